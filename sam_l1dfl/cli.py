@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 # name -> (module, one-line help).  Order is the data flow.
@@ -29,7 +30,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _available() -> dict[str, tuple[str, str]]:
     out = {}
     for name, (mod, help_) in COMMANDS.items():
-        if importlib.util.find_spec(mod) is not None:
+        try:
+            found = mod in sys.modules or importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError):
+            found = False
+        if found:
             out[name] = (mod, help_)
     return out
 
