@@ -438,7 +438,7 @@ def _build_anatomy(an: _Anatomy, lab: np.ndarray) -> dict[str, Any]:
     # salivary glands
     for sx in (-1, 1):
         an.ellipsoid(lab, L["parotid"], (sx * 50, 15, 705), (14, 24, 26), where=inside)
-        an.ellipsoid(lab, L["submandibular"], (sx * 35, -25, 655), (13, 14, 11), where=inside)
+        an.ellipsoid(lab, L["submandibular"], (sx * 30, -5, 660), (15, 15, 12), where=inside)
     return out
 
 

@@ -1,0 +1,45 @@
+"""``sam-l1dfl mip --pet SUV.nii.gz [--mask SEG.nii.gz ...] --out fig.png``: PET MIP pictures."""
+
+from __future__ import annotations
+
+HELP = "render PET maximum-intensity projections with masks"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--pet", required=True, metavar="SUV.nii.gz", help="PET volume (SUV)")
+    parser.add_argument("--mask", action="append", default=[], metavar="[NAME=]MASK.nii.gz",
+                        help="mask to outline (repeatable); any grid, it is drawn in world mm; "
+                             "the legend uses NAME or the file name")
+    parser.add_argument("--axis", choices=("coronal", "sagittal", "both"), default="both",
+                        help="projection(s) to draw (default both)")
+    parser.add_argument("--vmax", type=float, default=10.0, help="SUV at full black (default 10)")
+    parser.add_argument("--title", default=None, help="picture title (default: the PET file name)")
+    parser.add_argument("--out", required=True, metavar="FIG.png", help="PNG to write (atomically)")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from sam_l1dfl.data.io import _overlaps, read_image, strip_suffix
+    from sam_l1dfl.errors import InputError
+    from sam_l1dfl.viz import DEFAULT_COLORS, Panel, save_mip_figure
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise InputError(out, "output must be a .png file")
+    if not args.vmax > 0:
+        raise InputError(None, f"--vmax must be positive, not {args.vmax}")
+    pet = read_image(args.pet, "PET")
+    masks = {}
+    for n, spec in enumerate(args.mask):
+        name, _, path = spec.rpartition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
+        img = read_image(path, "mask")
+        if not _overlaps(img, pet):
+            raise InputError(path, f"mask does not overlap the PET {args.pet} in world coordinates")
+        masks[name or strip_suffix(Path(path).name)] = (img, DEFAULT_COLORS[n % len(DEFAULT_COLORS)])
+    axes = ("coronal", "sagittal") if args.axis == "both" else (args.axis,)
+    title = args.title if args.title is not None else Path(args.pet).name
+    panels = [Panel(pet=pet, masks=masks, axis=a, title=f"{title} ({a})") for a in axes]
+    save_mip_figure(out, panels, vmax=args.vmax)
+    print(f"wrote {out}")
+    return 0
