@@ -420,7 +420,7 @@ def _build_anatomy(an: _Anatomy, lab: np.ndarray) -> dict[str, Any]:
         f1 /= f1.std() + 1e-9
         f2 /= f2.std() + 1e-9
         reg = ((X / 130) ** 2 + ((Y + 15) / 80) ** 2 + ((Z - 160) / 80) ** 2) <= 1.0
-        bowel = reg & (np.abs(f1) < 0.45)
+        bowel = reg & (np.abs(f1) < 0.32)
         cur = lab[sl]
         cur[bowel & np.isin(cur, [L["soft_tissue"], L["fat"]])] = L["bowel"]
         out["bowel_field"] = (sl, f2)
