@@ -35,3 +35,14 @@ def test_input_error_names_file_and_problem():
     err = InputError("/data/SUV.nii.gz", "contains NaN")
     assert str(err) == "/data/SUV.nii.gz: contains NaN"
     assert isinstance(err, ValueError)
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        p = write_json_atomic(tmp_path / "x.json", {})
+    finally:
+        os.umask(umask)
+    assert (p.stat().st_mode & 0o777) == 0o644
