@@ -1,0 +1,415 @@
+"""Evaluate whole data sets: find files by case id, check grids, compute every metric.
+
+File layout (matching is by case id):
+
+* reference (``gt_dir``): the autoPET layout ``<case>/SEG.nii.gz`` (PET beside it as
+  ``<case>/SUV.nii.gz``), also one level deeper (``<patient>/<study>/SEG.nii.gz``, case id
+  ``<patient>_<study>``), or flat files ``<case>.nii.gz``;
+* predictions (``pred_dir``): flat files ``<case>.nii.gz`` (also ``.nii``, ``.mha``,
+  ``.nrrd``) or ``<case>/SEG.nii.gz``; label maps are binarised (> 0);
+* PET (``pet_dir``, optional): ``<case>/SUV.nii.gz`` or ``<case>.nii.gz``; without
+  ``pet_dir`` the ``SUV.nii.gz`` beside each ``SEG.nii.gz`` is used when present.
+
+Several click counts: give ``pred_dir`` as ``{clicks: dir}``, as a list of dirs with
+``clicks=[...]`` of the same length, or as one dir with subfolders ``clicks_<N>`` (or
+``clicks<N>``), optionally selected by ``clicks``.
+
+A prediction must be on the reference grid (size, spacing, origin, direction), and so must
+the PET; otherwise a one-line :class:`~sam_l1dfl.errors.InputError` names the file.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from .components import AUTOPET_CONNECTIVITY, component_overlap
+from .detection import match_lesions
+from .quantify import QUANTITIES, quantify
+from .volume import volume_metrics
+
+EXTS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+_CLICK_DIR = re.compile(r"^clicks_?(\d+)$")
+
+
+def _strip_ext(name: str) -> str | None:
+    for e in EXTS:
+        if name.endswith(e) and len(name) > len(e):
+            return name[: -len(e)]
+    return None
+
+
+def _find_named(folder: Path, stem: str) -> Path | None:
+    for e in EXTS:
+        p = folder / f"{stem}{e}"
+        if p.is_file():
+            return p
+    return None
+
+
+def find_masks(folder: "str | Path") -> dict[str, Path]:
+    """Case id -> mask file in ``folder`` (see the module docstring for the layouts)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "is not a folder")
+    out: dict[str, Path] = {}
+
+    def add(case: str, path: Path) -> None:
+        if case in out:
+            raise InputError(path, f"case {case!r} is given twice (also {out[case]})")
+        out[case] = path
+
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_file():
+            stem = _strip_ext(p.name)
+            if stem is not None:
+                add(stem, p)
+        elif p.is_dir():
+            seg = _find_named(p, "SEG")
+            if seg is not None:
+                add(p.name, seg)
+                continue
+            for q in sorted(p.iterdir()):
+                if q.is_dir() and not q.name.startswith("."):
+                    seg = _find_named(q, "SEG")
+                    if seg is not None:
+                        add(f"{p.name}_{q.name}", seg)
+    return out
+
+
+def find_pet(case: str, gt_path: Path, pet_dir: "str | Path | None") -> Path | None:
+    """PET file of ``case``: in ``pet_dir`` if given (error if absent), else beside the SEG."""
+    if pet_dir is None:
+        if gt_path.name.startswith("SEG."):
+            return _find_named(gt_path.parent, "SUV")
+        return None
+    pet_dir = Path(pet_dir)
+    for cand in (_find_named(pet_dir / case, "SUV"), _find_named(pet_dir, case),
+                 _find_named(pet_dir, f"{case}_SUV")):
+        if cand is not None:
+            return cand
+    if "_" in case:  # nested autoPET layout <patient>/<study>/SUV.nii.gz
+        head, _, tail = case.partition("_")
+        cand = _find_named(pet_dir / head / tail, "SUV")
+        if cand is not None:
+            return cand
+    raise InputError(pet_dir, f"no PET for case {case!r} (looked for {case}/SUV.nii.gz and {case}.nii.gz)")
+
+
+def resolve_runs(
+    pred_dir: "str | Path | Sequence[str | Path] | Mapping[int, str | Path]",
+    clicks: "Sequence[int] | None" = None,
+) -> list[tuple[int | None, Path]]:
+    """``[(clicks or None, folder), ...]`` sorted by click count."""
+    if isinstance(pred_dir, Mapping):
+        if clicks is not None:
+            raise InputError(None, "give click counts either as the keys of pred_dir or as clicks, not both")
+        runs = [(int(k), Path(v)) for k, v in pred_dir.items()]
+    elif isinstance(pred_dir, (str, Path)):
+        folder = Path(pred_dir)
+        if not folder.is_dir():
+            raise InputError(folder, "prediction folder does not exist")
+        sub = {int(m.group(1)): p for p in folder.iterdir() if p.is_dir() and (m := _CLICK_DIR.match(p.name))}
+        if clicks is not None and len(clicks) == 1 and not sub:
+            runs = [(int(clicks[0]), folder)]
+        elif clicks is not None:
+            missing = [c for c in clicks if int(c) not in sub]
+            if missing:
+                raise InputError(folder, f"no subfolder clicks_{missing[0]} for click count {missing[0]}")
+            runs = [(int(c), sub[int(c)]) for c in clicks]
+        elif sub and not find_masks(folder):
+            runs = sorted(sub.items())
+        else:
+            runs = [(None, folder)]
+    else:
+        dirs = [Path(p) for p in pred_dir]
+        if clicks is None:
+            if len(dirs) != 1:
+                raise InputError(None, f"{len(dirs)} prediction folders need as many click counts (clicks=...)")
+            runs = [(None, dirs[0])]
+        else:
+            if len(clicks) != len(dirs):
+                raise InputError(None, f"{len(dirs)} prediction folders but {len(clicks)} click counts")
+            runs = [(int(c), d) for c, d in zip(clicks, dirs)]
+    keys = [c for c, _ in runs]
+    if len(set(keys)) != len(keys):
+        raise InputError(None, f"click counts repeat: {keys}")
+    for _, d in runs:
+        if not d.is_dir():
+            raise InputError(d, "prediction folder does not exist")
+    return sorted(runs, key=lambda r: -1 if r[0] is None else r[0])
+
+
+# --------------------------------------------------------------------------- images
+
+
+def read_image(path: Path):
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        raise InputError(path, f"cannot read image ({first})") from None
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(path, f"expected a 3-D scalar image, got {img.GetDimension()}-D with "
+                               f"{img.GetNumberOfComponentsPerPixel()} component(s)")
+    return img
+
+
+def mask_array(img, path: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    a = sitk.GetArrayViewFromImage(img)
+    if a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a)):
+            raise InputError(path, "has non-integer values: this looks like a probability map, not a mask; threshold it first")
+    return np.asarray(a > 0)
+
+
+def check_same_grid(img, ref_img, path: Path, ref_path: Path) -> None:
+    """Raise a one-line InputError naming ``path`` unless ``img`` is on ``ref_img``'s grid."""
+    checks = (
+        ("size", img.GetSize(), ref_img.GetSize(), 0.0),
+        ("spacing", img.GetSpacing(), ref_img.GetSpacing(), 1e-4),
+        ("origin", img.GetOrigin(), ref_img.GetOrigin(), 1e-3),
+        ("direction", img.GetDirection(), ref_img.GetDirection(), 1e-4),
+    )
+    for name, a, b, tol in checks:
+        if not np.allclose(a, b, rtol=0, atol=tol):
+            fa = tuple(round(float(v), 4) for v in a)
+            fb = tuple(round(float(v), 4) for v in b)
+            raise InputError(path, f"{name} {fa} differs from the reference {ref_path} ({fb}); "
+                                   "resample the prediction onto the reference grid")
+
+
+# --------------------------------------------------------------------------- one case
+
+CASE_COLUMNS = [
+    "case", "clicks", "dice", "fpv_ml", "fnv_ml",
+    *[f"{k}_{c}" for c in ("c1", "c2", "c3") for k in ("tp", "fp", "fn", "precision", "recall", "f1")],
+    *[f"{w}_{q}" for q in QUANTITIES for w in ("ref", "pred")],
+    "voxel_ml", "spacing_mm", "has_pet", "gt_file", "pred_file", "pet_file",
+]
+LESION_COLUMNS = [
+    "case", "clicks", "kind", "lesion_id", "voxels", "volume_ml", "stratum",
+    "x_mm", "y_mm", "z_mm", "dice", "best_iou", "n_overlapping", "overlapping_ids",
+    "detected_c1", "detected_c2", "detected_c3", "fp_c1", "fp_c2", "fp_c3",
+    "suv_max", "suv_mean", "tlu", "pred_volume_ml", "pred_suv_max", "pred_suv_mean",
+]
+
+
+@dataclass
+class CaseResult:
+    """Everything computed for one case (rows for the CSV files, the matching for pictures)."""
+
+    row: dict[str, Any]
+    lesions: list[dict[str, Any]]
+    matching: Any = field(repr=False, default=None)
+
+
+def evaluate_case(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: Sequence[float],
+    pet: np.ndarray | None = None,
+    case: str = "",
+    clicks: int | None = None,
+    index_to_world: Callable[[Sequence[float]], Sequence[float]] | None = None,
+    connectivity: int = AUTOPET_CONNECTIVITY,
+) -> CaseResult:
+    """All metrics of one case from arrays (``spacing`` in array axis order).
+
+    ``index_to_world`` maps a continuous array index to world millimetres for the lesion
+    positions in ``lesions.csv`` (without it the array index is given).
+    """
+    ov = component_overlap(pred, ref, connectivity)
+    vol = volume_metrics(pred, ref, spacing, overlap=ov)
+    m = match_lesions(pred, ref, spacing, pet=pet, overlap=ov)
+    row: dict[str, Any] = {"case": case, "clicks": clicks, **{k: vol[k] for k in ("dice", "fpv_ml", "fnv_ml")}}
+    for c in ("c1", "c2", "c3"):
+        for k in ("tp", "fp", "fn", "precision", "recall", "f1"):
+            row[f"{k}_{c}"] = m.counts[c][k] if c in m.counts else None
+    qr = quantify(ref, spacing, pet, lesion_count=ov.n_ref)
+    qp = quantify(pred, spacing, pet, lesion_count=ov.n_pred)
+    for q in QUANTITIES:
+        row[f"ref_{q}"] = qr[q]
+        row[f"pred_{q}"] = qp[q]
+    from .volume import voxel_volume_ml
+
+    row["voxel_ml"] = voxel_volume_ml(spacing)
+    row["spacing_mm"] = "x".join(f"{float(s):g}" for s in spacing)
+    row["has_pet"] = pet is not None
+
+    def pos(ci):
+        w = index_to_world(ci) if index_to_world is not None else ci
+        return {"x_mm": float(w[0]), "y_mm": float(w[1]), "z_mm": float(w[2])}
+
+    lesions: list[dict[str, Any]] = []
+    for r in m.ref:
+        lesions.append({
+            "case": case, "clicks": clicks, "kind": "ref", "lesion_id": r["lesion_id"],
+            "voxels": r["voxels"], "volume_ml": r["volume_ml"], "stratum": r["stratum"],
+            **pos(r["centroid_index"]), "dice": r["dice"], "best_iou": r["best_iou"],
+            "n_overlapping": len(r["pred_ids"]), "overlapping_ids": ";".join(map(str, r["pred_ids"])),
+            **{f"detected_{c}": r.get(f"detected_{c}") for c in ("c1", "c2", "c3")},
+            "suv_max": r.get("suv_max"), "suv_mean": r.get("suv_mean"), "tlu": r.get("tlu"),
+            "pred_volume_ml": r["pred_volume_ml"], "pred_suv_max": r.get("pred_suv_max"),
+            "pred_suv_mean": r.get("pred_suv_mean"),
+        })
+    for p in m.pred:
+        lesions.append({
+            "case": case, "clicks": clicks, "kind": "pred", "lesion_id": p["lesion_id"],
+            "voxels": p["voxels"], "volume_ml": p["volume_ml"], "stratum": p["stratum"],
+            **pos(p["centroid_index"]), "best_iou": p["best_iou"],
+            "n_overlapping": len(p["ref_ids"]), "overlapping_ids": ";".join(map(str, p["ref_ids"])),
+            **{f"fp_{c}": p.get(f"fp_{c}") for c in ("c1", "c2", "c3")},
+            "suv_max": p.get("suv_max"), "suv_mean": p.get("suv_mean"), "tlu": p.get("tlu"),
+        })
+    return CaseResult(row, lesions, m)
+
+
+def load_case(gt_path: Path, pred_path: Path | None, pet_path: Path | None):
+    """Read and check one case; returns ``(gt_img, pred, ref, pet, spacing_zyx)`` as arrays.
+
+    A missing prediction (``pred_path=None``) is an empty mask.
+    """
+    import SimpleITK as sitk
+
+    gt_img = read_image(gt_path)
+    ref = mask_array(gt_img, gt_path)
+    if pred_path is None:
+        pred = np.zeros_like(ref)
+    else:
+        pimg = read_image(pred_path)
+        check_same_grid(pimg, gt_img, pred_path, gt_path)
+        pred = mask_array(pimg, pred_path)
+    pet = None
+    if pet_path is not None:
+        petimg = read_image(pet_path)
+        check_same_grid(petimg, gt_img, pet_path, gt_path)
+        pet = sitk.GetArrayFromImage(petimg).astype(np.float32, copy=False)
+    spacing = tuple(reversed(gt_img.GetSpacing()))
+    return gt_img, pred, ref, pet, spacing
+
+
+def index_to_world_fn(img) -> Callable[[Sequence[float]], Sequence[float]]:
+    """Array (z, y, x) continuous index -> world LPS mm of a SimpleITK image."""
+    def f(ci):
+        return img.TransformContinuousIndexToPhysicalPoint([float(v) for v in reversed(ci)])
+
+    return f
+
+
+# --------------------------------------------------------------------------- data set
+
+
+@dataclass
+class EvaluationResult:
+    """Rows of ``metrics.csv`` / ``lesions.csv``, the ``summary.json`` content, written paths."""
+
+    cases: list[dict[str, Any]]
+    lesions: list[dict[str, Any]]
+    summary: dict[str, Any]
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def evaluate_dataset(
+    pred_dir: "str | Path | Sequence[str | Path] | Mapping[int, str | Path]",
+    gt_dir: "str | Path",
+    pet_dir: "str | Path | None" = None,
+    out_dir: "str | Path | None" = None,
+    clicks: "Sequence[int] | None" = None,
+    *,
+    missing_as_empty: bool = False,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    mips: bool = True,
+    max_mip_cases: int | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Evaluate predictions against references for a whole data set (and several click counts).
+
+    Writes ``metrics.csv``, ``lesions.csv``, ``summary.json`` and ``report.html`` to
+    ``out_dir`` when given.  A reference case without a prediction is an error unless
+    ``missing_as_empty`` (then it counts as an empty prediction); predictions without a
+    reference are listed in ``summary["inputs"]["unmatched_predictions"]`` and ignored.
+    MIPs are drawn for the largest click count (at most ``max_mip_cases`` cases).
+    """
+    from tqdm.auto import tqdm
+
+    from .report import DEFINITIONS, case_figure, click_curve_figure, dice_volume_figure, summarize_run, write_outputs
+
+    gt = find_masks(gt_dir)
+    if not gt:
+        raise InputError(gt_dir, "no reference masks found (expected <case>/SEG.nii.gz or <case>.nii.gz)")
+    runs = resolve_runs(pred_dir, clicks)
+    pets = {case: find_pet(case, path, pet_dir) for case, path in gt.items()}
+    cases_rows: list[dict[str, Any]] = []
+    lesion_rows: list[dict[str, Any]] = []
+    run_summaries = []
+    unmatched: list[str] = []
+    missing_all: dict[str, list[str]] = {}
+    figures: dict[str, Any] = {"cases": []}
+    for k, (nclicks, folder) in enumerate(runs):
+        preds = find_masks(folder)
+        missing = sorted(set(gt) - set(preds))
+        if missing and not missing_as_empty:
+            raise InputError(folder / f"{missing[0]}.nii.gz",
+                             f"no prediction for reference case {missing[0]!r} ({len(missing)} case(s) without one; "
+                             "use --missing-as-empty to count them as empty predictions)")
+        if len(missing) == len(gt):
+            raise InputError(folder, f"no prediction matches a reference case in {gt_dir}")
+        missing_all[str(folder)] = missing
+        unmatched += [str(preds[c]) for c in sorted(set(preds) - set(gt))]
+        draw = mips and k == len(runs) - 1
+        rows_run, les_run = [], []
+        desc = "evaluate" + ("" if nclicks is None else f" ({nclicks} clicks)")
+        for case in tqdm(sorted(gt), desc=desc, unit="case", disable=not progress):
+            gt_img, pred, ref, pet, spacing = load_case(gt[case], preds.get(case), pets[case])
+            res = evaluate_case(pred, ref, spacing, pet, case=case, clicks=nclicks,
+                                index_to_world=index_to_world_fn(gt_img))
+            res.row.update(gt_file=str(gt[case]), pred_file=str(preds.get(case, "")),
+                           pet_file=str(pets[case] or ""))
+            rows_run.append(res.row)
+            les_run += res.lesions
+            if draw:
+                if max_mip_cases is None or len(figures["cases"]) < max_mip_cases:
+                    title = f"{case}  Dice {res.row['dice']:.3f}  FPV {res.row['fpv_ml']:.2f} mL  FNV {res.row['fnv_ml']:.2f} mL"
+                    figures["cases"].append((case, case_figure(gt_img, pet, res.matching, title)))
+                else:
+                    figures["cases_left_out"] = figures.get("cases_left_out", 0) + 1
+        cases_rows += rows_run
+        lesion_rows += les_run
+        run_summaries.append(summarize_run(rows_run, les_run, n_resamples, seed))
+    summary = {
+        "format": "sam-l1dfl-evaluation",
+        "version": 1,
+        "inputs": {
+            "gt_dir": str(gt_dir),
+            "pet_dir": None if pet_dir is None else str(pet_dir),
+            "pred_dirs": {("all" if c is None else str(c)): str(f) for c, f in runs},
+            "n_cases": len(gt),
+            "cases_with_pet": sum(1 for p in pets.values() if p is not None),
+            "missing_predictions_counted_empty": {f: m for f, m in missing_all.items() if m},
+            "unmatched_predictions": unmatched,
+            "bootstrap": {"n_resamples": n_resamples, "seed": seed},
+        },
+        "definitions": DEFINITIONS,
+        "runs": run_summaries,
+    }
+    main_lesions = [l for l in lesion_rows if l["clicks"] == runs[-1][0]]
+    if mips:
+        figures["scatter"] = dice_volume_figure(main_lesions)
+        figures["clicks"] = click_curve_figure(run_summaries)
+    result = EvaluationResult(cases_rows, lesion_rows, summary)
+    if out_dir is not None:
+        result.paths = write_outputs(out_dir, cases_rows, lesion_rows, summary, figures)
+    return result

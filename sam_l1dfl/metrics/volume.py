@@ -1,0 +1,75 @@
+"""Per-case volume metrics with exactly the autoPET challenge definitions.
+
+* **Dice** = 2 |P ∩ R| / (|P| + |R|) on the binarised masks (foreground Dice).  It is **NaN when
+  the reference is empty** (a negative case), whatever the prediction: false positives on
+  negative cases are measured by FPV instead.  These are the semantics of
+  ``monai.metrics.compute_dice(..., include_background=True, ignore_empty=True)``; we compute
+  it in numpy on boolean arrays to avoid float tensor copies of whole-body volumes (a test
+  checks that both agree).
+* **FPV** (false positive volume, mL) = volume of the predicted 18-connected components that
+  share no voxel with the reference.
+* **FNV** (false negative volume, mL) = volume of the reference 18-connected components that
+  share no voxel with the prediction.
+* Voxel volume = product of the image spacing (mm) / 1000, in mL.
+
+Arrays may be in any axis order as long as ``spacing`` follows the same order (only its
+product is used).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .components import AUTOPET_CONNECTIVITY, Overlap, component_overlap
+
+
+def voxel_volume_ml(spacing: Sequence[float]) -> float:
+    """Volume of one voxel in mL (spacing in mm)."""
+    sp = [float(s) for s in spacing]
+    if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
+        raise ValueError(f"spacing must be three positive numbers, got {spacing!r}")
+    return float(np.prod(sp)) / 1000.0
+
+
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Foreground Dice of two masks (> 0 is foreground); NaN when ``ref`` is empty."""
+    p = np.asarray(pred) > 0
+    r = np.asarray(ref) > 0
+    nr = int(np.count_nonzero(r))
+    if nr == 0:
+        return float("nan")
+    inter = int(np.count_nonzero(p & r))
+    return 2.0 * inter / (int(np.count_nonzero(p)) + nr)
+
+
+def fp_fn_voxels(ov: Overlap) -> tuple[int, int]:
+    """Voxel counts of non-overlapping predicted (FP) and reference (FN) components."""
+    hit_pred = np.zeros(ov.n_pred + 1, dtype=bool)
+    hit_ref = np.zeros(ov.n_ref + 1, dtype=bool)
+    hit_pred[ov.pairs[:, 1]] = True
+    hit_ref[ov.pairs[:, 0]] = True
+    fp = int(ov.pred_sizes[1:][~hit_pred[1:]].sum())
+    fn = int(ov.ref_sizes[1:][~hit_ref[1:]].sum())
+    return fp, fn
+
+
+def volume_metrics(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: Sequence[float],
+    connectivity: int = AUTOPET_CONNECTIVITY,
+    overlap: Overlap | None = None,
+) -> dict[str, float]:
+    """autoPET metrics of one case: ``dice``, ``fpv_ml``, ``fnv_ml`` plus both total volumes."""
+    vml = voxel_volume_ml(spacing)
+    ov = overlap if overlap is not None else component_overlap(pred, ref, connectivity)
+    fp, fn = fp_fn_voxels(ov)
+    return {
+        "dice": dice(pred, ref),
+        "fpv_ml": fp * vml,
+        "fnv_ml": fn * vml,
+        "ref_volume_ml": int(ov.ref_sizes[1:].sum()) * vml,
+        "pred_volume_ml": int(ov.pred_sizes[1:].sum()) * vml,
+    }
