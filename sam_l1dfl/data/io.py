@@ -110,8 +110,10 @@ def read_image(path: "str | os.PathLike", kind: str = "image", check_finite: boo
     if check_finite and img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         arr = sitk.GetArrayViewFromImage(img)
         n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
-        if n_nan == 0 and n_inf == 0 and image_suffix(p.name) in (".nii", ".nii.gz"):
-            # ITK < 6 silently turns NaN/inf into 0 when reading NIfTI (ITK PR #6683): look at the bytes.
+        if (n_nan == 0 and n_inf == 0 and image_suffix(p.name) in (".nii", ".nii.gz")
+                and not np.all(arr)):
+            # ITK < 6 silently turns NaN/inf into 0 when reading NIfTI (ITK PR #6683): where zeros
+            # were read, look at the bytes.
             n_nan, n_inf = nifti_nonfinite_counts(p)
         if n_nan or n_inf:
             raise InputError(p, f"{kind} contains {n_nan} NaN and {n_inf} infinite voxel(s)")
