@@ -1,0 +1,192 @@
+"""3D Slicer markups: structure of markups-schema-v1.0.3, round trips, import of Slicer-made files."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from sam_l1dfl.errors import PromptError
+from sam_l1dfl.prompts import PromptConfig, generate_prompts, load_prompts, save_prompts
+from sam_l1dfl.prompts.slicer import MARKUPS_SCHEMA, prompts_to_markups
+
+# The subset of markups-schema-v1.0.3 (Slicer, Modules/Loadable/Markups/Resources/Schema) that
+# our files use: required keys, types, enums and array lengths, transcribed from the published schema.
+_NUM3 = {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3}
+_NUM9 = {"type": "array", "items": {"type": "number"}, "minItems": 9, "maxItems": 9}
+_RGB = {"type": "array", "items": {"type": "number", "minimum": 0.0, "maximum": 1.0}, "minItems": 3, "maxItems": 3}
+MARKUPS_V103_SUBSET = {
+    "$schema": "http://json-schema.org/draft-07/schema",
+    "type": "object",
+    "required": ["@schema", "markups"],
+    "properties": {
+        "@schema": {"type": "string"},
+        "markups": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["type"],
+                "properties": {
+                    "type": {"type": "string", "enum": ["Fiducial", "Line", "Angle", "Curve", "ClosedCurve", "Plane", "ROI"]},
+                    "name": {"type": "string"},
+                    "coordinateSystem": {"type": "string", "enum": ["LPS", "RAS"]},
+                    "coordinateUnits": {"anyOf": [{"type": "string", "enum": ["mm", "um"]},
+                                                  {"type": "array", "items": {"type": "string"}, "minItems": 3, "maxItems": 3}]},
+                    "locked": {"type": "boolean"},
+                    "fixedNumberOfControlPoints": {"type": "boolean"},
+                    "labelFormat": {"type": "string"},
+                    "roiType": {"type": "string"},
+                    "center": _NUM3,
+                    "size": _NUM3,
+                    "orientation": _NUM9,
+                    "controlPoints": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "id": {"type": "string"},
+                                "label": {"type": "string"},
+                                "description": {"type": "string"},
+                                "associatedNodeID": {"type": "string"},
+                                "position": _NUM3,
+                                "orientation": _NUM9,
+                                "selected": {"type": "boolean"},
+                                "locked": {"type": "boolean"},
+                                "visibility": {"type": "boolean"},
+                                "positionStatus": {"type": "string", "enum": ["undefined", "preview", "defined"]},
+                            },
+                        },
+                    },
+                    "display": {
+                        "type": "object",
+                        "properties": {
+                            "visibility": {"type": "boolean"},
+                            "opacity": {"type": "number", "minimum": 0.0, "maximum": 1.0},
+                            "color": _RGB,
+                            "selectedColor": _RGB,
+                            "activeColor": _RGB,
+                            "propertiesLabelVisibility": {"type": "boolean"},
+                            "pointLabelsVisibility": {"type": "boolean"},
+                            "textScale": {"type": "number", "minimum": 0.0},
+                            "glyphType": {"type": "string", "enum": [
+                                "Vertex2D", "Dash2D", "Cross2D", "ThickCross2D", "Triangle2D", "Square2D", "Circle2D",
+                                "Diamond2D", "Arrow2D", "ThickArrow2D", "HookedArrow2D", "StarBurst2D", "Sphere3D",
+                                "Diamond3D"]},
+                            "glyphScale": {"type": "number", "minimum": 0.0},
+                            "glyphSize": {"type": "number", "minimum": 0.0},
+                            "useGlyphScale": {"type": "boolean"},
+                            "sliceProjection": {"type": "boolean"},
+                            "sliceProjectionColor": _RGB,
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def _case(direction=None, tmp_path=None):
+    a = np.zeros((10, 12, 14), np.uint8)
+    a[2:5, 3:7, 4:9] = 1
+    a[7:9, 9:11, 10:13] = 1
+    lab = sitk.GetImageFromArray(a)
+    lab.SetSpacing((2.0, 2.5, 3.0))
+    lab.SetOrigin((-40.0, 12.0, 100.0))
+    if direction is not None:
+        lab.SetDirection(direction)
+    pet = sitk.GetImageFromArray((a * 8.0 + 1.0).astype(np.float32))
+    pet.CopyInformation(lab)
+    cfg = PromptConfig(n_pos=2, n_neg=2, boxes=True, box_jitter_mm=2.0, seed=3)
+    return generate_prompts(lab, pet, cfg, case_id="c1"), pet
+
+
+def test_export_matches_schema_structure():
+    cp, _ = _case()
+    doc = prompts_to_markups(cp)
+    jsonschema.validate(doc, MARKUPS_V103_SUBSET)
+    assert doc["@schema"] == MARKUPS_SCHEMA and "markups-schema-v1.0.3" in doc["@schema"]
+    types = [m["type"] for m in doc["markups"]]
+    assert types == ["Fiducial", "Fiducial", "ROI", "ROI"]
+    fid = doc["markups"][0]
+    assert fid["coordinateSystem"] == "LPS" and fid["coordinateUnits"] == "mm"
+    assert [c["label"] for c in fid["controlPoints"]] == ["L1+1", "L1+2", "L2+1", "L2+2"]
+    assert all(c["description"].startswith("positive") for c in fid["controlPoints"])
+    assert all(c["description"].startswith("negative") for c in doc["markups"][1]["controlPoints"])
+    roi = doc["markups"][2]
+    assert roi["roiType"] == "Box" and len(roi["center"]) == 3 and len(roi["size"]) == 3 and len(roi["orientation"]) == 9
+    np.testing.assert_allclose(roi["center"], cp.lesions[0].boxes[0].center)
+    # a broken document fails the same checks
+    broken = json.loads(json.dumps(doc))
+    broken["markups"][0]["controlPoints"][0]["positionStatus"] = "somewhere"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, MARKUPS_V103_SUBSET)
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+def test_round_trip_gives_the_same_prompts(tmp_path, oblique):
+    c, s = np.cos(0.4), np.sin(0.4)
+    d = (c, 0.0, s, 0.0, -1.0, 0.0, s, 0.0, -c) if oblique else None
+    cp, pet = _case(d)
+    path = tmp_path / "c1.mrk.json"
+    save_prompts(cp, path)
+    back = load_prompts(path)
+    assert back.equivalent(cp, tol_mm=1e-6)
+    assert [p.kind for l in back.lesions for p in l.points] == [p.kind for l in cp.lesions for p in l.points]
+    assert back.lesions[0].boxes[0].kind == "jittered"
+    np.testing.assert_allclose(back.lesions[1].boxes[0].index_min, cp.lesions[1].boxes[0].index_min, atol=1e-6)
+    # via our JSON and back again
+    save_prompts(back, tmp_path / "c1.json")
+    assert load_prompts(tmp_path / "c1.json").equivalent(cp, tol_mm=1e-5)
+
+
+def test_import_of_a_slicer_saved_file_needs_the_image_and_reads_ras(tmp_path):
+    cp, pet = _case()
+    pet_path = tmp_path / "SUV.nii.gz"
+    sitk.WriteImage(pet, str(pet_path))
+    p = cp.lesions[0].points[0].world
+    doc = {  # what a user clicks in Slicer: default labels, RAS file, no sam_l1dfl block
+        "@schema": MARKUPS_SCHEMA,
+        "markups": [
+            {"type": "Fiducial", "coordinateSystem": "RAS", "controlPoints": [
+                {"label": "F-1", "position": [-p[0], -p[1], p[2]], "positionStatus": "defined"},
+                {"label": "F-2", "description": "negative", "position": [-p[0], -p[1], p[2] + 3.0]},
+                {"label": "F-3", "position": [0.0, 0.0, 0.0], "positionStatus": "undefined"},
+            ]},
+        ],
+    }
+    path = tmp_path / "user.mrk.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(PromptError, match="no image grid"):
+        load_prompts(path)
+    got = load_prompts(path, image_path=pet_path)
+    (les,) = got.lesions
+    assert [q.label for q in les.points] == [1, 0]
+    np.testing.assert_allclose(les.points[0].world, p, atol=1e-9)
+    np.testing.assert_allclose(les.points[0].index, cp.lesions[0].points[0].index, atol=1e-9)
+    assert load_prompts(path, image=pet).equivalent(got)
+
+
+def test_bad_markups_give_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.mrk.json"
+    bad.write_text(json.dumps({"@schema": MARKUPS_SCHEMA, "markups": [{"type": "Banana"}]}))
+    with pytest.raises(PromptError, match="not one of") as e:
+        load_prompts(bad)
+    assert "bad.mrk.json" in str(e.value) and "\n" not in str(e.value)
+    bad.write_text(json.dumps({"markups": []}))
+    with pytest.raises(PromptError, match="@schema"):
+        load_prompts(bad)
+    cp, pet = _case()
+    doc = prompts_to_markups(cp)
+    doc["markups"][0]["controlPoints"][0]["position"] = [1e4, 0.0, 0.0]
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(PromptError, match="outside the image"):
+        load_prompts(bad)
+    doc = prompts_to_markups(cp)
+    doc["markups"] = []
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(PromptError, match="no lesion"):
+        load_prompts(bad)
