@@ -1,0 +1,501 @@
+"""L1DFL, the L1-weighted Dice Focal Loss (Dzikunu et al., arXiv 2502.02756), and baselines.
+
+Public API
+----------
+* :class:`L1DFLoss` -- a ``monai``-style ``_Loss`` with the argument names and ``reduction``
+  semantics of :class:`monai.losses.DiceFocalLoss`.
+* :func:`l1_voxel_weights` -- the per-voxel weights ``beta`` (for inspection and plots).
+* :func:`l1_histogram` -- the histogram behind ``beta`` (counts, bin edges, widths, weights).
+* :func:`make_loss` -- build ``l1dfl`` or a MONAI baseline (``dice``, ``dicefocal``, ``dicece``,
+  ``focal``) by name, as the fine-tuning configuration does.
+
+Formulation (softmax form, as in the authors' released code)
+-----------------------------------------------------------
+``p = softmax(logits)``, ``y = one_hot(labels)``, difficulty ``g = |p - y|`` (not
+differentiated).  One histogram of ``g`` over the whole batch (all samples and all channels
+that enter the loss) with bins of width ``eps`` centred on ``c_k = k*eps``,
+``k = 0 .. K`` with ``K = floor(1/eps)`` (``1/eps`` is rounded when it is within 1e-9 of an
+integer).  Bin ``k`` is ``[c_k - eps/2, c_k + eps/2)`` clipped to ``[0, 1]``; the first bin is
+``[0, eps/2)`` and the last one is ``[c_K - eps/2, 1]`` (so 1.0 lies in it, and when ``1/eps`` is
+not an integer it is wider than ``eps/2``).
+
+**Edge rule.**  The bin of ``g`` is ``min(floor(g * (1/eps) + 0.5), K)`` computed in ``g``'s
+floating-point dtype, i.e. a value on an edge ``(k - 1/2)*eps`` goes to the bin on its right
+(bins are found by their left edge), up to the one rounding of ``g * (1/eps) + 0.5``.  The test
+reference uses the same expression.
+
+``density_k = count_k / width_k`` and ``beta = N / density_{bin(g)} = N * width_k / count_k``
+with ``N`` the number of elements of ``g``; ``sum(beta)`` over a bin is ``N * width_k``
+whatever the bin's population (GHM-style harmonisation without momentum).  Then, per sample
+``b`` and channel ``c``::
+
+    D_bc  = (2 sum(beta p y) + smooth_nr) / (sum(beta (p^2 + y^2)) + smooth_dr)
+    focal = mean over B x C x voxels of  -(1 - p)^gamma * y * log(p)       (not weighted)
+    loss  = lambda_dice * (1 - mean_bc D_bc) + lambda_focal * focal
+
+Sigmoid mode (SAM-Med3D's single logit)
+---------------------------------------
+With ``sigmoid=True`` every channel is an independent binary problem: ``p = sigmoid(z)``,
+``g = |p - y|`` pooled over all channels as above, Dice over the given channels and MONAI's
+sigmoid focal loss.  For one logit ``z`` and binary ``y``, ``sigmoid(z)`` is the foreground
+probability of the 2-class softmax of ``(0, z)`` and ``g`` is the same in both channels of the
+softmax form, so (exactly, up to float rounding of the bin coordinate):
+
+* ``beta`` is identical: the softmax histogram is twice the sigmoid one, and so is ``N``;
+* the sigmoid Dice term equals the softmax foreground Dice ``D_fg``;
+* the sigmoid focal term equals **twice** the softmax focal term (softmax focal averages the
+  one non-zero class term over 2 channels; sigmoid focal has it once per voxel).
+
+Hence ``L_sigmoid(z) = l_d (1 - D_fg) + l_f F`` while
+``L_softmax((0, z)) = l_d (1 - (D_fg + D_bg)/2) + l_f F/2``; and ``L1DFLoss(sigmoid=True)`` on the
+two channels ``(-z, z)`` has exactly the softmax Dice term and the focal term ``F``.  The tests
+check these relations.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from typing import Any, NamedTuple
+
+import torch
+from monai.losses.focal_loss import sigmoid_focal_loss, softmax_focal_loss
+from monai.networks import one_hot
+from monai.utils import LossReduction
+from torch.nn.modules.loss import _Loss
+
+from sam_l1dfl.errors import ConfigError
+
+__all__ = ["L1DFLoss", "L1Histogram", "l1_bin_layout", "l1_histogram", "l1_voxel_weights", "make_loss", "LOSS_NAMES"]
+
+
+# ----------------------------------------------------------------------------------------------
+# histogram and weights
+# ----------------------------------------------------------------------------------------------
+def _check_eps(eps: float) -> float:
+    try:
+        eps = float(eps)
+    except (TypeError, ValueError):
+        raise ValueError(f"eps (the L1DFL bin width) must be a number in (0, 0.5], got {eps!r}") from None
+    if not (0.0 < eps <= 0.5):
+        raise ValueError(f"eps (the L1DFL bin width) must be in (0, 0.5], got {eps}")
+    return eps
+
+
+def _last_bin_index(eps: float) -> int:
+    r = 1.0 / eps
+    k = round(r)
+    return int(k) if abs(r - k) <= 1e-9 * r else int(math.floor(r))
+
+
+def l1_bin_layout(eps: float = 0.05) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return ``(centres, left_edges, widths)`` of the L1DFL bins as float64 CPU tensors.
+
+    ``centres[k] = k*eps`` for ``k = 0..K``; bin ``k`` is ``[left_edges[k], left_edges[k+1])``
+    and the last bin is ``[left_edges[K], 1]``.
+    """
+    eps = _check_eps(eps)
+    k_last = _last_bin_index(eps)
+    k = torch.arange(k_last + 1, dtype=torch.float64)
+    centres = k * eps
+    left = ((k - 0.5) * eps).clamp(min=0.0)
+    right = torch.cat([left[1:], torch.ones(1, dtype=torch.float64)])
+    return centres, left, right - left
+
+
+def _bin_index(g: torch.Tensor, eps: float, k_last: int) -> torch.Tensor:
+    # The documented edge rule: floor(g * (1/eps) + 0.5) in g's dtype, clamped to [0, K].
+    # g >= 0, so truncation towards zero (the float -> int conversion) is the floor.
+    return g.mul_(1.0 / eps).add_(0.5).long().clamp_(0, k_last)  # (modifies g, a temporary)
+
+
+def _count(idx: torch.Tensor, nbins: int) -> torch.Tensor:
+    flat = idx.reshape(-1)
+    if flat.is_cuda:  # bincount syncs with the host on CUDA (it reads the max); scatter_add does not
+        ones = torch.ones(1, dtype=torch.int64, device=flat.device).expand(flat.numel())
+        return torch.zeros(nbins, dtype=torch.int64, device=flat.device).scatter_add_(0, flat, ones)
+    return torch.bincount(flat, minlength=nbins)
+
+
+def _maybe_all_reduce(counts: torch.Tensor, sync: bool) -> torch.Tensor:
+    if sync and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.SUM)
+    return counts
+
+
+class L1Histogram(NamedTuple):
+    """The histogram behind the L1DFL weights (all float64/int64, on the input's device)."""
+
+    counts: torch.Tensor  #: int64 population of each bin (all-reduced when synchronised)
+    left_edges: torch.Tensor  #: float64 left edge of each bin
+    widths: torch.Tensor  #: float64 width of each bin
+    centres: torch.Tensor  #: float64 centre ``k*eps`` of each bin
+    weights: torch.Tensor  #: float64 ``beta`` of a voxel in each bin (0 for empty bins)
+    n: torch.Tensor  #: int64 0-d number of elements ``N`` (sum of ``counts``)
+
+
+def _histogram_and_index(
+    prob: torch.Tensor, target: torch.Tensor, eps: float, sync_histogram: bool
+) -> tuple[L1Histogram, torch.Tensor]:
+    eps = _check_eps(eps)
+    centres, left, widths = l1_bin_layout(eps)
+    k_last = len(centres) - 1
+    with torch.no_grad():
+        g = (prob.detach() - target.to(prob.dtype)).abs_()
+        idx = _bin_index(g, eps, k_last)
+        del g
+        counts = _maybe_all_reduce(_count(idx, k_last + 1), sync_histogram)
+        n = counts.sum()
+        widths = widths.to(counts.device)
+        countsf = counts.to(torch.float64)
+        table = torch.where(counts > 0, n.to(torch.float64) * widths / countsf.clamp(min=1.0), torch.zeros_like(widths))
+    hist = L1Histogram(counts, left.to(counts.device), widths, centres.to(counts.device), table, n)
+    return hist, idx
+
+
+def l1_histogram(
+    prob: torch.Tensor, target: torch.Tensor, eps: float = 0.05, *, sync_histogram: bool = False
+) -> L1Histogram:
+    """Histogram of ``g = |prob - target|`` over every element, with the L1DFL per-bin weights.
+
+    ``prob`` are probabilities (after sigmoid/softmax) and ``target`` a binary tensor of the same
+    shape.  With ``sync_histogram=True`` and ``torch.distributed`` initialised, the counts are
+    summed over all processes (a collective call: every rank must make it).
+    """
+    _check_same_shape(prob, target)
+    return _histogram_and_index(prob, target, eps, sync_histogram)[0]
+
+
+def l1_voxel_weights(
+    prob: torch.Tensor, target: torch.Tensor, eps: float = 0.05, *, sync_histogram: bool = False
+) -> torch.Tensor:
+    """The L1DFL weights ``beta = N * width_k / count_k`` of every element (not differentiable).
+
+    ``prob``: probabilities ``(B, C, *spatial)`` (or any shape); ``target``: binary, same shape.
+    Returns a tensor of ``prob``'s shape and floating dtype.  See the module docstring for the
+    bins and the edge rule; ``sync_histogram`` as in :func:`l1_histogram`.
+    """
+    _check_same_shape(prob, target)
+    hist, idx = _histogram_and_index(prob, target, eps, sync_histogram)
+    dtype = prob.dtype if prob.is_floating_point() else torch.float32
+    return hist.weights.to(dtype).take(idx)
+
+
+def _check_same_shape(prob: torch.Tensor, target: torch.Tensor) -> None:
+    if prob.shape != target.shape:
+        raise ValueError(f"prob and target must have the same shape, got {tuple(prob.shape)} and {tuple(target.shape)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# the loss
+# ----------------------------------------------------------------------------------------------
+class _WeightedDiceSums(torch.autograd.Function):
+    """Per-row ``sum(beta*p*y)``, ``sum(beta*p*p)``, ``sum(beta*y*y)`` of ``(R, V)`` tensors.
+
+    Only ``p`` is differentiated (``beta`` and ``y`` are constants).  The sums use one BLAS dot
+    per row (rows are ``B*C``, a handful), and the backward pass is two fused element-wise
+    passes, which keeps the weighted Dice about as cheap as MONAI's.
+    """
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, beta: torch.Tensor, y: torch.Tensor):  # type: ignore[override]
+        by = beta * y
+        bp = beta * p
+        inter = torch.stack([torch.dot(by[r], p[r]) for r in range(p.shape[0])])
+        bpp = torch.stack([torch.dot(bp[r], p[r]) for r in range(p.shape[0])])
+        byy = torch.stack([torch.dot(by[r], y[r]) for r in range(p.shape[0])])
+        ctx.save_for_backward(by, bp)
+        ctx.mark_non_differentiable(byy)
+        return inter, bpp, byy
+
+    @staticmethod
+    def backward(ctx, g_inter: torch.Tensor, g_bpp: torch.Tensor, g_byy: torch.Tensor):  # type: ignore[override]
+        by, bp = ctx.saved_tensors
+        grad = by * g_inter.unsqueeze(1)
+        grad.addcmul_(bp, (2.0 * g_bpp).unsqueeze(1))
+        return grad, None, None
+
+
+class L1DFLoss(_Loss):
+    """L1-weighted Dice Focal Loss (L1DFL), with MONAI's argument names and reductions.
+
+    Args:
+        include_background: if False, channel 0 is excluded from the Dice, the focal term and the
+            histogram (in softmax mode the softmax is still taken over all channels first).
+            Ignored, with a warning, for single-channel input (as MONAI does).
+        to_onehot_y: convert a ``(B, 1, ...)`` label map to one-hot with ``C`` channels
+            (ignored, with a warning, for single-channel input).
+        sigmoid: independent channels, ``p = sigmoid(logits)``, MONAI's sigmoid focal loss
+            (the mode for SAM-Med3D's single-logit output).
+        softmax: mutually exclusive classes, ``p = softmax(logits, 1)``, softmax focal loss (the
+            paper's 2-class CNN form).  Exactly one of ``sigmoid``/``softmax`` must be True: the
+            loss takes logits.
+        gamma: focal exponent (2).
+        alpha: focal alpha as in :class:`monai.losses.FocalLoss` (None: no alpha).
+        lambda_dice, lambda_focal: non-negative weights of the two terms (1, 1).
+        smooth_nr, smooth_dr: Dice smoothing added to numerator and denominator (1e-8).
+        batch: sum the Dice numerator and denominator over the batch before dividing (the
+            histogram is always pooled over the whole batch).
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"`` with :class:`monai.losses.DiceFocalLoss`
+            semantics: ``mean`` averages ``1 - D`` over (B, C) and focal over every element;
+            ``sum`` sums ``1 - D`` over (B, C) and sums the spatially averaged focal loss over
+            (B, C); ``none`` returns ``lambda_dice*(1-D)`` of shape ``(B, C, 1, ...)`` (``(C, 1,
+            ...)`` with ``batch=True``) broadcast-added to the element-wise focal loss, i.e. a
+            ``(B, C, *spatial)`` tensor.
+        eps: histogram bin width in (0, 0.5] (0.05).
+        weight_focal: also multiply the focal term element-wise by ``beta / mean(beta)``
+            (an ablation; the paper's loss does not).
+        sync_histogram: all-reduce the bin counts (and hence ``N``) over ``torch.distributed``
+            processes when it is initialised, so ``beta`` does not depend on how the global batch
+            is split.  Every rank must then call the loss at every step.
+        validate: check the values of the inputs (finite logits, binary / one-hot targets).  The
+            checks cost one pass over the data and, on CUDA, one host synchronisation per call;
+            ``False`` skips them (shape checks always run).
+
+    ``forward(input, target, voxel_weights=None)``: ``input`` are logits ``(B, C, *spatial)``,
+    ``target`` is ``(B, C, *spatial)`` binary or, with ``to_onehot_y``, a ``(B, 1, *spatial)``
+    label map.  ``voxel_weights`` (optional, broadcastable to the included channels) replaces
+    ``beta``, e.g. ``torch.ones_like`` gives a plain squared-denominator Dice Focal loss.
+    """
+
+    def __init__(
+        self,
+        include_background: bool = True,
+        to_onehot_y: bool = False,
+        sigmoid: bool = False,
+        softmax: bool = False,
+        gamma: float = 2.0,
+        alpha: float | None = None,
+        lambda_dice: float = 1.0,
+        lambda_focal: float = 1.0,
+        smooth_nr: float = 1e-8,
+        smooth_dr: float = 1e-8,
+        batch: bool = False,
+        reduction: LossReduction | str = LossReduction.MEAN,
+        eps: float = 0.05,
+        weight_focal: bool = False,
+        sync_histogram: bool = False,
+        validate: bool = True,
+    ) -> None:
+        try:
+            red = LossReduction(reduction).value
+        except ValueError:
+            raise ValueError(f'Unsupported reduction: {reduction!r}, available options are ["mean", "sum", "none"].') from None
+        super().__init__(reduction=red)
+        if bool(sigmoid) == bool(softmax):
+            raise ValueError(
+                "L1DFLoss takes logits: set exactly one of sigmoid=True (independent channels, "
+                "e.g. SAM-Med3D's single logit) or softmax=True (mutually exclusive classes)"
+            )
+        if lambda_dice < 0.0:
+            raise ValueError(f"lambda_dice should be no less than 0.0, got {lambda_dice}")
+        if lambda_focal < 0.0:
+            raise ValueError(f"lambda_focal should be no less than 0.0, got {lambda_focal}")
+        if smooth_nr < 0.0 or smooth_dr < 0.0:
+            raise ValueError(f"smooth_nr and smooth_dr should be no less than 0.0, got {smooth_nr}, {smooth_dr}")
+        if alpha is not None and not (0.0 <= float(alpha) <= 1.0):
+            raise ValueError(f"alpha should be in [0, 1] or None, got {alpha}")
+        self.eps = _check_eps(eps)
+        self.include_background = bool(include_background)
+        self.to_onehot_y = bool(to_onehot_y)
+        self.sigmoid = bool(sigmoid)
+        self.softmax = bool(softmax)
+        self.gamma = float(gamma)
+        self.alpha = None if alpha is None else float(alpha)
+        self.lambda_dice = float(lambda_dice)
+        self.lambda_focal = float(lambda_focal)
+        self.smooth_nr = float(smooth_nr)
+        self.smooth_dr = float(smooth_dr)
+        self.batch = bool(batch)
+        self.weight_focal = bool(weight_focal)
+        self.sync_histogram = bool(sync_histogram)
+        self.validate = bool(validate)
+
+    # -- input checks ---------------------------------------------------------------------------
+    def _check_shapes(self, input: torch.Tensor, target: torch.Tensor) -> None:
+        if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
+            raise ValueError("L1DFLoss expects tensors for input and target")
+        if not input.is_floating_point():
+            raise ValueError(f"input must be floating-point logits, got dtype {input.dtype}")
+        if input.dim() < 3:
+            raise ValueError(f"input must be (B, C, *spatial) with at least one spatial dim, got shape {tuple(input.shape)}")
+        if target.dim() != input.dim():
+            raise ValueError(
+                f"input and target must have the same number of dimensions, got {tuple(input.shape)} and "
+                f"{tuple(target.shape)}; a label map must be (B, 1, *spatial)"
+            )
+        c = input.shape[1]
+        onehot = self.to_onehot_y and c > 1
+        want_c = 1 if onehot else c
+        if target.shape[0] != input.shape[0] or target.shape[2:] != input.shape[2:] or target.shape[1] != want_c:
+            what = "a (B, 1, *spatial) label map (to_onehot_y=True)" if onehot else "the same shape as input"
+            raise ValueError(f"target must be {what}: input {tuple(input.shape)}, target {tuple(target.shape)}")
+        if self.softmax and c == 1:
+            raise ValueError("softmax=True needs at least 2 channels; use sigmoid=True for a single logit")
+
+    def _check_values(self, input: torch.Tensor, target: torch.Tensor) -> None:
+        # Cheap single-pass reductions; all results are read back in one host synchronisation.
+        c = input.shape[1]
+        checks = [torch.isfinite(input.sum())]  # non-finite iff some logit is NaN/inf (or overflow)
+        msgs = ["input contains NaN or inf logits"]
+        lo, hi = torch.aminmax(target)
+        integral = torch.count_nonzero(torch.frac(target)) == 0 if target.is_floating_point() else torch.ones((), dtype=torch.bool, device=target.device)
+        if self.to_onehot_y and c > 1:
+            checks.append((lo >= 0) & (hi <= c - 1) & integral)
+            msgs.append(f"target labels must be integers in [0, {c - 1}] for to_onehot_y=True with {c} channels")
+        else:
+            checks.append((lo >= 0) & (hi <= 1) & integral)
+            msgs.append("target must be binary (0/1); pass a label map with to_onehot_y=True for class indices")
+            if self.softmax:
+                checks.append((target.sum(1) == 1).all())
+                msgs.append("softmax target must be one-hot: exactly one channel set to 1 at every voxel")
+        ok = torch.stack(checks).tolist()  # the one host synchronisation
+        if not ok[0] and bool(torch.isfinite(input).all()):
+            ok[0] = True  # the sum overflowed but every logit is finite
+        for good, msg in zip(ok, msgs):
+            if not good:
+                raise ValueError(msg)
+
+    # -- forward ---------------------------------------------------------------------------------
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, voxel_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        self._check_shapes(input, target)
+        if self.validate:
+            self._check_values(input, target)
+        if input.dtype in (torch.float16, torch.bfloat16):
+            input = input.float()
+        n_ch = input.shape[1]
+        if self.to_onehot_y:
+            if n_ch == 1:
+                warnings.warn("single channel prediction, `to_onehot_y=True` ignored.", stacklevel=2)
+            else:
+                target = one_hot(target, num_classes=n_ch)
+        target = target.to(input.dtype)
+        prob = torch.sigmoid(input) if self.sigmoid else torch.softmax(input, 1)
+
+        if self.sigmoid:
+            focal = sigmoid_focal_loss(input, target, self.gamma, self.alpha)
+        else:
+            focal = softmax_focal_loss(input, target, self.gamma, self.alpha)
+
+        if not self.include_background:
+            if n_ch == 1:
+                warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=2)
+            else:
+                prob, target, focal = prob[:, 1:], target[:, 1:], focal[:, 1:]
+
+        if voxel_weights is None:
+            hist, idx = _histogram_and_index(prob, target, self.eps, self.sync_histogram)
+            beta = hist.weights.to(prob.dtype).take(idx)
+            del idx
+            # mean(beta) = sum over occupied bins of width_k (global when synchronised)
+            beta_mean = (hist.weights * hist.counts.to(torch.float64)).sum() / hist.n.to(torch.float64)
+        else:
+            beta = torch.broadcast_to(voxel_weights.detach().to(prob.dtype), prob.shape)
+            beta_mean = None
+
+        # ---- weighted Dice (squared denominator), per (b, c); with batch=True summed over b
+        b, c = prob.shape[:2]
+        rows = (b * c, -1)
+        inter, bpp, byy = _WeightedDiceSums.apply(
+            prob.reshape(rows), beta.reshape(rows).detach(), target.reshape(rows).detach()
+        )
+        inter, den = inter.reshape(b, c), (bpp + byy).reshape(b, c)
+        if self.batch:
+            inter, den = inter.sum(0), den.sum(0)
+        dice = 1.0 - (2.0 * inter + self.smooth_nr) / (den + self.smooth_dr)
+
+        # ---- focal
+        if self.weight_focal:
+            bm = beta.mean() if beta_mean is None else beta_mean.to(beta.dtype)
+            focal = focal * (beta / bm)
+
+        spatial = list(range(2, focal.dim()))
+        if self.reduction == LossReduction.MEAN.value:
+            return self.lambda_dice * dice.mean() + self.lambda_focal * focal.mean()
+        if self.reduction == LossReduction.SUM.value:
+            return self.lambda_dice * dice.sum() + self.lambda_focal * focal.mean(dim=spatial).sum()
+        dice = dice.reshape(list(dice.shape[0:2]) + [1] * (input.dim() - 2))
+        return self.lambda_dice * dice + self.lambda_focal * focal
+
+    def extra_repr(self) -> str:
+        mode = "sigmoid" if self.sigmoid else "softmax"
+        return (
+            f"mode={mode}, eps={self.eps}, include_background={self.include_background}, to_onehot_y={self.to_onehot_y}, "
+            f"gamma={self.gamma}, alpha={self.alpha}, lambda_dice={self.lambda_dice}, lambda_focal={self.lambda_focal}, "
+            f"batch={self.batch}, reduction={self.reduction}, weight_focal={self.weight_focal}, "
+            f"sync_histogram={self.sync_histogram}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# factory
+# ----------------------------------------------------------------------------------------------
+LOSS_NAMES = ("l1dfl", "dice", "dicefocal", "dicece", "focal")
+
+
+def _loss_class(name: str) -> type:
+    import monai.losses as ml
+
+    return {
+        "l1dfl": L1DFLoss,
+        "dice": ml.DiceLoss,
+        "dicefocal": ml.DiceFocalLoss,
+        "dicece": ml.DiceCELoss,
+        "focal": ml.FocalLoss,
+    }[name]
+
+
+def _defaults(name: str, mode: str) -> dict[str, Any]:
+    sig = mode == "sigmoid"
+    act = {"sigmoid": sig, "softmax": not sig}
+    onehot = {"to_onehot_y": not sig}
+    if name == "l1dfl":
+        return {**act, **onehot}
+    if name in ("dice", "dicefocal", "dicece"):
+        return {**act, **onehot, "squared_pred": True}
+    # focal
+    return {"use_softmax": not sig, **onehot}
+
+
+def make_loss(name: str, mode: str = "sigmoid", **kwargs: Any) -> torch.nn.Module:
+    """Build a segmentation loss by name, as the fine-tuning configuration selects it.
+
+    ``name``: ``l1dfl`` (:class:`L1DFLoss`), or a MONAI baseline: ``dice``
+    (:class:`monai.losses.DiceLoss`), ``dicefocal`` (:class:`monai.losses.DiceFocalLoss`),
+    ``dicece`` (:class:`monai.losses.DiceCELoss`, what official SAM-Med3D trains with) or
+    ``focal`` (:class:`monai.losses.FocalLoss`).
+
+    ``mode``: ``"sigmoid"`` (default; SAM-Med3D's single logit, binary target of the same shape
+    ``(B, 1, ...)``) sets ``sigmoid=True`` (``use_softmax=False`` for focal); ``"softmax"`` (a
+    2-class or multi-class CNN with a ``(B, 1, ...)`` label map) sets ``softmax=True``,
+    ``to_onehot_y=True`` (``use_softmax=True`` for focal).  ``dice``, ``dicefocal`` and
+    ``dicece`` default to ``squared_pred=True`` (as SAM-Med3D's ``DiceCELoss`` and L1DFL's Dice).
+    Note that MONAI 1.6's ``DiceFocalLoss`` uses the *sigmoid* focal term even with
+    ``softmax=True``.
+
+    ``**kwargs``: any ``__init__`` argument of the selected class (they override the mode's
+    defaults), e.g. for ``l1dfl``: ``include_background, to_onehot_y, sigmoid, softmax, gamma,
+    alpha, lambda_dice, lambda_focal, smooth_nr, smooth_dr, batch, reduction, eps, weight_focal,
+    sync_histogram, validate``.  Unknown names, an unknown loss or mode, and invalid values raise
+    :class:`sam_l1dfl.errors.ConfigError` (a ``ValueError``) naming them.
+    """
+    key = str(name).strip().lower().replace("-", "").replace("_", "")
+    if key not in LOSS_NAMES:
+        raise ConfigError(None, f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
+    if mode not in ("sigmoid", "softmax"):
+        raise ConfigError(None, f"loss {key}: unknown mode {mode!r}; choose 'sigmoid' or 'softmax'")
+    cls = _loss_class(key)
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            None, f"loss {key}: unknown option(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}"
+        )
+    args = {**_defaults(key, mode), **kwargs}
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(None, f"loss {key}: invalid option value: {exc}") from exc
