@@ -377,7 +377,8 @@ def evaluate_dataset(
             res = evaluate_case(pred, ref, spacing, pet, case=case, clicks=nclicks,
                                 index_to_world=index_to_world_fn(gt_img))
             res.row.update(gt_file=str(gt[case]), pred_file=str(preds.get(case, "")),
-                           pet_file=str(pets[case] or ""))
+                           pet_file=str(pets[case] or ""),
+                           spacing_mm="x".join(f"{s:g}" for s in gt_img.GetSpacing()))  # image (x, y, z) order
             rows_run.append(res.row)
             les_run += res.lesions
             if draw:
