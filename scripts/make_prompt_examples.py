@@ -74,7 +74,7 @@ def main(argv=None) -> int:
             for axis in ("coronal", "sagittal")
         ]
         png = save_mip_figure(ROOT / "docs" / "img" / "prompts_case.png", panels,
-                              suptitle="SEG outline (blue), centre points (green +), shell negatives (red x), boxes (orange)")
+                              suptitle="SEG outline (blue), centre points (green +),\nshell negatives (red x), boxes (orange)")
     print(f"wrote {len(files)} file(s) to {out_dir} and {png}")
     return 0
 
