@@ -1,0 +1,318 @@
+"""The interactive click loop as ONE ``nn.Module`` forward (what DDP wraps).
+
+Each training step runs ``clicks_per_sample`` iterations inside :meth:`ClickLoop.forward`, so
+DDP sees exactly one forward and one backward per step (one gradient all-reduce):
+
+1. a click from the current errors (iteration 0: the empty prediction, so a positive click in the
+   lesion) — see :func:`sample_clicks`;
+2. prompt encoder with the newest click (``click_mode: newest``, as official SAM-Med3D trains) or
+   all clicks so far (``cumulative``), optionally the lesion's box, and the previous low-res
+   logits as the mask prompt (zeros at iteration 0, as the official ``interaction``);
+3. mask decoder (single-mask output) → ``(B, 1, 32, 32, 32)`` logits, upsampled trilinearly to
+   the 128³ label;
+4. segmentation loss at 128³ (+ ``iou_loss_weight`` × MSE between the IoU head and the actual IoU
+   of the thresholded mask, as SAM; or a frozen IoU head);
+5. the low-res logits become the next mask prompt.  ``detach_mask_prompt: true`` (default) feeds
+   them back **detached**, so each iteration's loss trains the decoder for one click given the
+   previous mask, and memory stays flat in the number of clicks; ``false`` backpropagates through
+   the whole chain (the official ``train.py`` does not detach).
+
+Mask-only iterations (``mask_only: official``: one random iteration in [2, 8] and the last one)
+get the mask prompt without a new click, like official SAM-Med3D.  The loss is the **sum** over
+iterations.
+
+Randomness is per sample: the click in iteration ``t`` of sample ``i`` is the ``floor(u·n)``-th
+voxel (raster order) of its error region, with ``u`` drawn from a generator seeded by
+``(seed, epoch, dataset index)`` (see :func:`click_uniforms`).  So the clicks do not depend on how
+the global batch is split over processes, nor on a resume.  :func:`sample_clicks` is pure tensor
+code with no host synchronisation (no ``.item()``, no ``nonzero``), so a GPU never waits in the
+loop.
+
+Parameters that the loop never uses are frozen deliberately by :func:`configure_trainable` (never
+``find_unused_parameters=True``): the three multimask hypernetwork MLPs (training uses the
+single-mask output), ``no_mask_embed`` (a mask prompt is always given), ``not_a_point_embed`` when
+boxes are given (no padding point), the box embeddings without boxes, and the IoU head when it is
+frozen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------- randomness
+_MASK_ONLY_RANGE = (2, 9)  # official: np.random.randint(2, 9)
+
+
+def _seed_of(*parts: Any) -> int:
+    h = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def click_uniforms(seed: int, epoch: int, indices: Sequence[int], n: int) -> torch.Tensor:
+    """(B, n) uniforms in [0, 1), one row per dataset index, independent of batch/process split."""
+    rows = []
+    for i in indices:
+        g = torch.Generator().manual_seed(_seed_of("clicks", seed, epoch, int(i)))
+        rows.append(torch.rand(n, generator=g, dtype=torch.float64))
+    return torch.stack(rows) if rows else torch.zeros(0, n, dtype=torch.float64)
+
+
+def mask_only_iterations(policy: str, n_clicks: int, seed: int, epoch: int, step: int) -> tuple[int, ...]:
+    """Which iterations get the mask prompt alone (same on every process for a given step)."""
+    if policy == "none" or n_clicks < 2:
+        return ()
+    last = n_clicks - 1
+    if policy == "last":
+        return (last,)
+    g = torch.Generator().manual_seed(_seed_of("mask_only", seed, epoch, step))
+    r = int(torch.randint(_MASK_ONLY_RANGE[0], _MASK_ONLY_RANGE[1], (1,), generator=g))
+    return tuple(sorted({r, last} & set(range(1, n_clicks))))
+
+
+# ---------------------------------------------------------------------- clicks
+def sample_clicks(pred: torch.Tensor, gt: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next click per sample, sync-free: ``(points (B, 1, 3) float, labels (B, 1) int64)``.
+
+    ``pred``/``gt``: bool ``(B, 1, D, H, W)``; ``u``: ``(B,)`` in [0, 1).  The error region is the
+    larger of false negatives (→ positive click) and false positives (→ negative click), ties
+    positive, as :func:`sam_l1dfl.prompts.clicks.error_regions`; a perfect prediction clicks in
+    the ground truth (or the background when that is empty).  The click is the
+    ``floor(u·n)``-th voxel of the region in raster order: uniform over the region.
+    """
+    b = gt.shape[0]
+    spatial = gt.shape[2:]
+    fn = gt & ~pred
+    fp = pred & ~gt
+    nfn = fn.flatten(1).sum(1)
+    nfp = fp.flatten(1).sum(1)
+    is_pos = nfn >= nfp
+    region = torch.where(is_pos.view(b, 1, 1, 1, 1), fn, fp)
+    perfect = (nfn + nfp) == 0
+    g_any = gt.flatten(1).any(1)
+    fallback = torch.where(g_any.view(b, 1, 1, 1, 1), gt, ~gt)
+    region = torch.where(perfect.view(b, 1, 1, 1, 1), fallback, region)
+    is_pos = torch.where(perfect, g_any, is_pos)
+    flat = region.flatten(1)
+    cs = flat.cumsum(1, dtype=torch.int32)
+    n = cs[:, -1]
+    k = (u.to(torch.float64) * n.to(torch.float64)).floor().to(torch.int32)
+    k = torch.minimum(k, (n - 1).clamp_min(0))
+    idx = (cs > k[:, None]).to(torch.uint8).argmax(1)
+    d, h, w = spatial
+    pts = torch.stack((idx // (h * w), (idx // w) % h, idx % w), dim=1)
+    return pts.to(torch.float32).unsqueeze(1), is_pos.to(torch.int64).unsqueeze(1)
+
+
+def label_boxes(gt: torch.Tensor) -> torch.Tensor:
+    """(B, 2, 3) min/max voxel corners of each sample's foreground (sync-free; empty → whole crop)."""
+    out_lo, out_hi = [], []
+    for dims in ((3, 4), (2, 4), (2, 3)):
+        prof = gt[:, 0].any(dim=tuple(d - 1 for d in dims))  # (B, L)
+        L = prof.shape[1]
+        lo = prof.to(torch.uint8).argmax(1)
+        hi = L - 1 - prof.flip(1).to(torch.uint8).argmax(1)
+        empty = ~prof.any(1)
+        out_lo.append(torch.where(empty, torch.zeros_like(lo), lo))
+        out_hi.append(torch.where(empty, torch.full_like(hi, L - 1), hi))
+    return torch.stack([torch.stack(out_lo, 1), torch.stack(out_hi, 1)], 1).to(torch.float32)
+
+
+def dice_per_sample(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Dice of bool masks per sample (1 when both are empty)."""
+    inter = (pred & gt).flatten(1).sum(1).to(torch.float32)
+    tot = pred.flatten(1).sum(1).to(torch.float32) + gt.flatten(1).sum(1).to(torch.float32)
+    return torch.where(tot > 0, 2 * inter / tot.clamp_min(1), torch.ones_like(tot))
+
+
+# ---------------------------------------------------------------------- trainable parameters
+def configure_trainable(model: nn.Module, cfg) -> dict[str, Any]:
+    """Freeze/unfreeze ``model`` per ``cfg.trainable`` / ``cfg.prompts`` BEFORE ``prepare``.
+
+    Returns a report: trainable parameter names and counts, and the deliberately frozen unused ones.
+    """
+    t, p = cfg.trainable, cfg.prompts
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    want: list[nn.Module] = []
+    if t.full:
+        want.append(model)
+    if t.mask_decoder:
+        want.append(model.mask_decoder)
+    if t.prompt_encoder:
+        want.append(model.prompt_encoder)
+    if p.boxes and t.box_embeddings and len(model.prompt_encoder.point_embeddings) > 2:
+        want += [model.prompt_encoder.point_embeddings[2], model.prompt_encoder.point_embeddings[3]]
+    if t.patch_embed:
+        want.append(model.image_encoder.patch_embed)
+    for m in want:
+        for prm in m.parameters():
+            prm.requires_grad_(True)
+    # never used by the training loop: freeze deliberately (DDP needs every trainable param used)
+    unused: list[tuple[str, nn.Module]] = []
+    md, pe = model.mask_decoder, model.prompt_encoder
+    for i, mlp in enumerate(md.output_hypernetworks_mlps):
+        if i > 0:
+            unused.append((f"mask_decoder.output_hypernetworks_mlps.{i} (multimask outputs)", mlp))
+    if t.iou_head == "frozen" or t.iou_loss_weight == 0:
+        unused.append(("mask_decoder.iou_prediction_head (iou_head: frozen)", md.iou_prediction_head))
+    unused.append(("prompt_encoder.no_mask_embed (a mask prompt is always given)", pe.no_mask_embed))
+    if p.boxes or not p.points:
+        unused.append(("prompt_encoder.not_a_point_embed (no padding point)", pe.not_a_point_embed))
+    if not p.points:
+        unused += [("prompt_encoder.point_embeddings.0/1 (no points)", pe.point_embeddings[0]),
+                   ("prompt_encoder.point_embeddings.1", pe.point_embeddings[1])]
+    if not p.boxes and len(pe.point_embeddings) > 2:
+        unused += [("prompt_encoder.point_embeddings.2/3 (no boxes)", pe.point_embeddings[2]),
+                   ("prompt_encoder.point_embeddings.3", pe.point_embeddings[3])]
+    frozen_unused = []
+    for name, m in unused:
+        if any(q.requires_grad for q in m.parameters()):
+            frozen_unused.append(name)
+        for q in m.parameters():
+            q.requires_grad_(False)
+    names = [n for n, q in model.named_parameters() if q.requires_grad]
+    n_train = sum(q.numel() for q in model.parameters() if q.requires_grad)
+    n_all = sum(q.numel() for q in model.parameters())
+    return {"trainable": names, "n_trainable": int(n_train), "n_total": int(n_all),
+            "frozen_unused": frozen_unused}
+
+
+# ---------------------------------------------------------------------- the module
+class ClickLoop(nn.Module):
+    """Prompt encoder + mask decoder (+ the image encoder when embeddings are not cached).
+
+    ``forward(label, u, embeddings=None, images=None, mask_only=())`` returns a dict with
+    ``loss`` (scalar, what backward uses), ``seg_per_iter`` (n,), ``iou_mse`` and ``dice_last``
+    (detached, for logging).
+    """
+
+    def __init__(self, model: nn.Module, prompts, loss_fn: nn.Module, iou_head: str = "mse",
+                 iou_loss_weight: float = 1.0, with_encoder: bool = False):
+        super().__init__()
+        self.prompt_encoder = model.prompt_encoder
+        self.mask_decoder = model.mask_decoder
+        self.image_encoder = model.image_encoder if with_encoder else None
+        self.loss_fn = loss_fn
+        self.n_clicks = int(prompts.clicks_per_sample)
+        self.click_mode = prompts.click_mode
+        self.use_points = bool(prompts.points)
+        self.use_boxes = bool(prompts.boxes)
+        self.detach_mask_prompt = bool(prompts.detach_mask_prompt)
+        self.supervise_iou = iou_head == "mse" and iou_loss_weight > 0
+        self.iou_loss_weight = float(iou_loss_weight)
+
+    # -------------------------------------------------------------- pieces
+    def embed(self, embeddings: Optional[torch.Tensor], images: Optional[torch.Tensor]) -> torch.Tensor:
+        if embeddings is not None:
+            return embeddings
+        if self.image_encoder is None:
+            raise ValueError("ClickLoop built without the image encoder needs embeddings")
+        if any(p.requires_grad for p in self.image_encoder.parameters()):
+            return self.image_encoder(images)
+        with torch.no_grad():
+            return self.image_encoder(images)
+
+    def decode(self, emb, points, labels, boxes, mask_prompt):
+        sparse, dense = self.prompt_encoder(
+            points=None if points is None else (points, labels), boxes=boxes, masks=mask_prompt)
+        return self.mask_decoder(image_embeddings=emb, image_pe=self.prompt_encoder.get_dense_pe(),
+                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                 multimask_output=False)
+
+    def _low_res_zeros(self, emb: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        s = tuple(4 * d for d in emb.shape[-3:])
+        return torch.zeros((gt.shape[0], 1) + s, device=emb.device, dtype=emb.dtype)
+
+    # -------------------------------------------------------------- training forward
+    def forward(self, label: torch.Tensor, u: torch.Tensor, embeddings: Optional[torch.Tensor] = None,
+                images: Optional[torch.Tensor] = None, mask_only: Sequence[int] = ()) -> dict[str, torch.Tensor]:
+        emb = self.embed(embeddings, images)
+        wdtype = self.mask_decoder.iou_token.weight.dtype
+        if emb.dtype != wdtype and not torch.is_autocast_enabled(emb.device.type):
+            emb = emb.to(wdtype)
+        gt = label > 0
+        gtf = gt.to(torch.float32)
+        size = gt.shape[-3:]
+        boxes = label_boxes(gt) if self.use_boxes else None
+        pred = torch.zeros_like(gt)
+        low = self._low_res_zeros(emb, gt)
+        pts_all = labs_all = None
+        mask_only = set(int(i) for i in mask_only)
+        seg_terms, iou_terms = [], []
+        dice_last = None
+        for it in range(self.n_clicks):
+            points = labels = None
+            it_boxes = None
+            if it not in mask_only:
+                if self.use_points:
+                    p, lab = sample_clicks(pred, gt, u[:, it])
+                    if self.click_mode == "cumulative" and pts_all is not None:
+                        pts_all, labs_all = torch.cat([pts_all, p], 1), torch.cat([labs_all, lab], 1)
+                    else:
+                        pts_all, labs_all = p, lab
+                    points, labels = pts_all, labs_all
+                it_boxes = boxes
+            low_res, iou_pred = self.decode(emb, points, labels, it_boxes, low)
+            logits = F.interpolate(low_res, size=size, mode="trilinear", align_corners=False).float()
+            seg_terms.append(self.loss_fn(logits, gtf))
+            pred = (logits > 0).detach()
+            if self.supervise_iou:
+                with torch.no_grad():
+                    inter = (pred & gt).flatten(1).sum(1).float()
+                    union = (pred | gt).flatten(1).sum(1).float()
+                    iou_true = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+                iou_terms.append(F.mse_loss(iou_pred[:, 0].float(), iou_true))
+            low = low_res.detach() if self.detach_mask_prompt else low_res
+        seg = torch.stack(seg_terms)
+        loss = seg.sum()
+        out = {"seg_per_iter": seg.detach()}
+        if iou_terms:
+            iou = torch.stack(iou_terms).sum()
+            loss = loss + self.iou_loss_weight * iou
+            out["iou_mse"] = iou.detach() / len(iou_terms)
+        out["loss"] = loss
+        out["dice_last"] = dice_per_sample(pred, gt).mean().detach()
+        return out
+
+    # -------------------------------------------------------------- validation
+    @torch.no_grad()
+    def evaluate(self, label: torch.Tensor, embeddings: Optional[torch.Tensor] = None,
+                 images: Optional[torch.Tensor] = None, report_at: Sequence[int] = (1, 3, 5)) -> torch.Tensor:
+        """Per-sample Dice after ``report_at`` simulated clicks: ``(B, len(report_at))``.
+
+        Deterministic clicks (:func:`sam_l1dfl.prompts.clicks.next_click`, ``mode="center"`` in the
+        largest error component), cumulative, with the previous low-res logits as mask prompt
+        (as interactive inference does); boxes at every click when ``prompts.boxes``.
+        """
+        from sam_l1dfl.prompts.clicks import accumulate_clicks, next_click
+
+        emb = self.embed(embeddings, images)
+        wdtype = self.mask_decoder.iou_token.weight.dtype
+        if emb.dtype != wdtype and not torch.is_autocast_enabled(emb.device.type):
+            emb = emb.to(wdtype)
+        gt = label > 0
+        boxes = label_boxes(gt) if self.use_boxes else None
+        pred = torch.zeros_like(gt)
+        low = self._low_res_zeros(emb, gt)
+        pts = labs = None
+        out = []
+        n = max(report_at)
+        for k in range(1, n + 1):
+            if self.use_points:
+                p, lab = next_click(pred, gt, mode="center")
+                pts, labs = accumulate_clicks(pts, labs, p, lab)
+            low, _ = self.decode(emb, pts, labs, boxes, low)
+            logits = F.interpolate(low, size=gt.shape[-3:], mode="trilinear", align_corners=False)
+            pred = logits > 0
+            if k in report_at:
+                out.append(dice_per_sample(pred, gt))
+        return torch.stack(out, 1)
+
+
+__all__ = ["ClickLoop", "click_uniforms", "configure_trainable", "dice_per_sample", "label_boxes",
+           "mask_only_iterations", "sample_clicks"]
