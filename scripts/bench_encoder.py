@@ -69,10 +69,12 @@ def _timings(model, x, impls, repeats: int, warmup: int, cuda: bool) -> dict:
     return {impl: statistics.median(t) for impl, t in times.items()}
 
 
-def _peak_memory(config: str, impl: str, batch: int, device: str) -> float:
+def _peak_memory(config: str, impl: str, batch: int, device: str, threads: int = 0) -> float:
     """Peak extra memory (MiB) of one forward pass: CUDA allocator peak, or sampled CPU RSS."""
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     model = _build(config, device)
     model.image_encoder.attn_impl = impl
     s = model.config.img_size
@@ -130,7 +132,10 @@ class _RssSampler:
 
 def _child_memory(config: str, impl: str, batch: int) -> float:
     """CPU peak memory in a fresh process, so that earlier runs' allocations do not count."""
-    cmd = [sys.executable, __file__, "--_child", json.dumps(dict(config=config, impl=impl, batch=batch, device="cpu"))]
+    import torch
+
+    spec = dict(config=config, impl=impl, batch=batch, device="cpu", threads=torch.get_num_threads())
+    cmd = [sys.executable, __file__, "--_child", json.dumps(spec)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1])
 
@@ -166,6 +171,8 @@ def main(argv=None) -> int:
     import torch
     from tqdm import tqdm
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"# SAM-Med3D encoder benchmark ({args.config}); torch {torch.__version__}; "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
           f"{time.strftime('%Y-%m-%d')}")
@@ -177,8 +184,6 @@ def main(argv=None) -> int:
     rows = []
     jobs = [(dev, prec, b) for dev, prec in setups for b in args.batches]
     for dev, prec, b in tqdm(jobs, desc="measuring", unit="setting"):
-        if args.threads and dev == "cpu":
-            torch.set_num_threads(args.threads)
         model = _build(args.config, dev)
         s = model.config.img_size
         x = torch.randn(b, model.config.in_chans, s, s, s, device=dev)
