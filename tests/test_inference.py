@@ -1,0 +1,267 @@
+"""Prompted inference: exact geometry back onto the PET grid, crop sharing, labels, bad input, CLI.
+
+The geometry tests replace the decoder by an oracle that outputs the reference lesion (cut into
+the crop by a nearest-neighbour resample) as crop-space logits: whatever the crop placement, the
+output must reproduce the reference SEG on the original (lps, flipped, oblique) grid.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from sam_l1dfl.data.geometry import resample_to_crop
+from sam_l1dfl.data.lesions import label_components
+from sam_l1dfl.data.synthetic import generate_case, write_case
+from sam_l1dfl.errors import CheckpointError, InputError, PromptError
+from sam_l1dfl.inference import Segmenter, plan_windows
+from sam_l1dfl.model import SamMed3DConfig, build_sam_med3d, save_model_dir
+from sam_l1dfl.prompts import generate_prompts
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("model") / "best"
+    save_model_dir(build_sam_med3d(SamMed3DConfig.preset("tiny")), d, {"input_mode": "pet"})
+    return d
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return {k: generate_case(11, direction=k, n_lesions=5) for k in ("lps", "flipped", "oblique")}
+
+
+def _components(seg: sitk.Image) -> sitk.Image:
+    comps, _ = label_components(sitk.GetArrayViewFromImage(seg) > 0, 18)
+    img = sitk.GetImageFromArray(comps.astype(np.uint32))
+    img.CopyInformation(seg)
+    return img
+
+
+def _oracle(comp_img: sitk.Image):
+    """A ``Segmenter._decode`` that returns +-8 logits of the reference lesion under the first point."""
+
+    def decode(self, emb, points, labels, boxes, mask_input, geoms):
+        out = []
+        for b, g in enumerate(geoms):
+            inst = resample_to_crop(comp_img, g, "nearest", 0)
+            i, j, k = np.clip(np.rint(points[b, 0].cpu().numpy()).astype(int), 0, np.asarray(g.size) - 1)
+            lid = inst[i, j, k]
+            out.append(np.where((inst == lid) & (lid > 0), 8.0, -8.0).astype(np.float32))
+        logits = torch.from_numpy(np.stack(out))[:, None]
+        s = self.model.config.low_res_size
+        return torch.zeros(len(geoms), 1, s, s, s), logits, torch.ones(len(geoms))
+
+    return decode
+
+
+def _fast_encoder(seg: Segmenter, monkeypatch):
+    c, g = seg.model.config.out_chans, seg.model.config.grid_size
+    monkeypatch.setattr(seg.model, "encode", lambda x: torch.zeros(x.shape[0], c, g, g, g))
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return 2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> None:
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)  # NIfTI stores float32
+
+
+# ------------------------------------------------------------------------------ planning
+def test_plan_windows_every_lesion_fits_with_margin():
+    rng = np.random.default_rng(0)
+    c = rng.uniform(-150, 150, size=(30, 3))
+    lo, hi = c - rng.uniform(0, 10, (30, 3)), c + rng.uniform(0, 10, (30, 3))
+    size, sp, margin = 128, 1.5, 16
+    shared = plan_windows(lo, hi, size, sp, margin, share=True)
+    alone = plan_windows(lo, hi, size, sp, margin, share=False)
+    assert len(alone) == 30 and sorted(m for w in alone for m in w.members) == list(range(30))
+    assert sorted(m for w in shared for m in w.members) == list(range(30))  # each lesion exactly once
+    assert len(shared) < 30
+    half = (size - 1) / 2 * sp - margin * sp
+    for w in shared:
+        for m in w.members:
+            assert np.all(lo[m] >= np.asarray(w.center_lps) - half - 1e-6)
+            assert np.all(hi[m] <= np.asarray(w.center_lps) + half + 1e-6)
+    # a single lesion's window is centred on its own extent (where an unshared crop goes)
+    one = plan_windows(lo[:1], hi[:1], size, sp, margin)
+    np.testing.assert_allclose(one[0].center_lps, (lo[0] + hi[0]) / 2)
+
+
+# ------------------------------------------------------------------------------ geometry
+@pytest.mark.parametrize("direction", ["lps", "flipped", "oblique"])
+def test_crop_space_mask_maps_back_onto_the_lesion(model_dir, cases, direction, monkeypatch):
+    case = cases[direction]
+    comp = _components(case.seg)
+    prompts = generate_prompts(case.seg, case.pet)
+    seg = Segmenter(model_dir, device="cpu", batch_size=2)
+    _fast_encoder(seg, monkeypatch)
+    monkeypatch.setattr(Segmenter, "_decode", _oracle(comp))
+    res = {}
+    for share in (True, False):
+        res[share] = seg.segment(case.pet, prompts=prompts, share_crops=share)
+    for r in res.values():
+        _same_grid(r.labels, case.pet)
+        _same_grid(r.mask, case.pet)
+    ref = sitk.GetArrayFromImage(case.seg)
+    lab = sitk.GetArrayFromImage(res[True].labels)
+    assert _dice(lab, ref) > 0.95
+    comps = sitk.GetArrayFromImage(comp)
+    ids = [l.lesion_id for l in prompts.lesions]
+    assert sorted(d["label"] for d in res[True].lesions) == ids  # one label per prompt
+    for lid in ids:  # each label sits on its own lesion
+        assert _dice(lab == lid, comps == lid) > 0.9
+    # crop sharing: fewer encoder passes, the same masks
+    n = len(ids)
+    assert res[False].report.encoder_passes == n
+    assert res[True].report.encoder_passes < n
+    assert _dice(sitk.GetArrayFromImage(res[False].labels), lab) > 0.99
+
+
+def test_overlapping_lesions_highest_probability_wins(model_dir, cases, monkeypatch):
+    case = cases["lps"]
+    prompts = generate_prompts(case.seg, case.pet)
+    prompts.lesions = prompts.lesions[:2]
+    seg = Segmenter(model_dir, device="cpu")
+    _fast_encoder(seg, monkeypatch)
+
+    def decode(self, emb, points, labels, boxes, mask_input, geoms):  # whole-crop masks, distinct confidence
+        s, b = self.preprocess.crop_size, len(geoms)
+        logits = (1.0 + torch.arange(b, dtype=torch.float32))[:, None, None, None, None].expand(-1, 1, s, s, s)
+        return torch.zeros(b, 1, 32, 32, 32), logits.clone(), torch.ones(b)
+
+    monkeypatch.setattr(Segmenter, "_decode", decode)
+    res = seg.segment(case.pet, prompts=prompts, probabilities=True)
+    lab = sitk.GetArrayFromImage(res.labels)
+    p1 = sitk.GetArrayFromImage(res.probabilities[1])
+    p2 = sitk.GetArrayFromImage(res.probabilities[2])
+    both = (p1 >= 0.5) & (p2 >= 0.5)
+    assert both.any()
+    np.testing.assert_array_equal(lab[both], np.where(p2[both] > p1[both], 2, 1))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(res.mask), (lab > 0).astype(np.uint8))
+
+
+# ------------------------------------------------------------------------------ real model
+def test_tiny_model_end_to_end_with_clicks(model_dir, cases):
+    case = generate_case(5, n_lesions=2, direction="oblique")
+    seg = Segmenter(model_dir, device="cpu")
+    res = seg.segment(case.pet, reference=case.seg, clicks=1)
+    _same_grid(res.labels, case.pet)
+    n = len(_components_ids(case.seg))
+    r = res.report
+    assert r.n_lesions == n and r.decoder_passes == 2 * n and r.encoder_passes <= n
+    assert set(np.unique(sitk.GetArrayFromImage(res.labels))) <= set(range(n + 1))
+    assert all(d["n_points"] == 2 for d in res.lesions)  # initial point + one refinement click
+    assert "encoder passes" in r.summary() and r.total_seconds > 0
+
+
+def _components_ids(seg):
+    comps, n = label_components(sitk.GetArrayViewFromImage(seg) > 0, 18)
+    return list(range(1, n + 1))
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_bad_inputs_one_line_errors(model_dir, cases, tmp_path):
+    case = cases["lps"]
+    seg = Segmenter(model_dir, device="cpu")
+    prompts = generate_prompts(case.seg, case.pet)
+    # a point outside the image
+    from dataclasses import replace
+
+    p0 = prompts.lesions[0].points[0]
+    prompts.lesions[0].points[0] = replace(p0, world=tuple(np.asarray(p0.world) + [0, 0, 2000.0]))
+    with pytest.raises(PromptError, match="outside the PET image"):
+        seg.segment(case.pet, prompts=prompts)
+    # CT given to a PET-only checkpoint; clicks without a reference
+    with pytest.raises(InputError, match="PET only"):
+        seg.segment(case.pet, case.ct, prompts=generate_prompts(case.seg, case.pet))
+    with pytest.raises(InputError, match="reference"):
+        seg.segment(case.pet, prompts=generate_prompts(case.seg, case.pet), clicks=2)
+    # pet+ct checkpoint: missing CT; input mode that does not fit the model's channels
+    d2 = tmp_path / "petct"
+    save_model_dir(build_sam_med3d(SamMed3DConfig.preset("tiny", in_chans=2)), d2, {"input_mode": "pet+ct"})
+    with pytest.raises(InputError, match="needs a CT"):
+        Segmenter(d2, device="cpu").segment(case.pet, prompts=generate_prompts(case.seg, case.pet))
+    d3 = tmp_path / "bad"
+    save_model_dir(build_sam_med3d(SamMed3DConfig.preset("tiny")), d3, {"input_mode": "pet+ct"})
+    with pytest.raises(CheckpointError, match="channel"):
+        Segmenter(d3, device="cpu")
+    with pytest.raises(CheckpointError, match="not found"):
+        Segmenter(tmp_path / "nope", device="cpu")
+    for e in (PromptError, InputError, CheckpointError):
+        assert issubclass(e, ValueError)
+
+
+# ------------------------------------------------------------------------------ CLI
+def test_cli_single_and_dataset(model_dir, cases, tmp_path, monkeypatch, capsys):
+    from sam_l1dfl.cli import main
+    from sam_l1dfl.model.sam import SamMed3D
+
+    data = tmp_path / "data"
+    for k in ("flipped", "oblique"):
+        c = cases[k]
+        c.case_id = f"case_{k}"
+        write_case(c, data)
+    monkeypatch.setattr(SamMed3D, "encode", lambda self, x: torch.zeros(x.shape[0], 48, 8, 8, 8))
+
+    comp_of = {}
+
+    def decode(self, emb, points, labels, boxes, mask_input, geoms):
+        return _oracle(comp_of["img"])(self, emb, points, labels, boxes, mask_input, geoms)
+
+    monkeypatch.setattr(Segmenter, "_decode", decode)
+    case_dir = data / "case_oblique"
+    comp_of["img"] = _components(sitk.ReadImage(str(case_dir / "SEG.nii.gz")))
+    out = tmp_path / "one" / "pred.nii.gz"
+    rc = main(["infer", "--pet", str(case_dir / "SUV.nii.gz"), "--prompts-from-mask", str(case_dir / "SEG.nii.gz"),
+               "--checkpoint", str(model_dir), "--out", str(out), "--verbose", "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "encoder passes" in text and "seconds" in text
+    pred, ref = sitk.ReadImage(str(out)), sitk.ReadImage(str(case_dir / "SEG.nii.gz"))
+    _same_grid(pred, ref)
+    assert _dice(sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(ref)) > 0.95
+    assert (tmp_path / "one" / "pred_lesions.nii.gz").is_file()
+    rep = json.loads((tmp_path / "one" / "pred.json").read_text())
+    assert rep["report"]["encoder_passes"] >= 1 and len(rep["lesions"]) == rep["report"]["n_lesions"]
+    assert not list((tmp_path / "one").glob(".*part*"))  # atomic writes left nothing behind
+
+    # a whole data set (one case per run keeps the oracle unambiguous)
+    seg_imgs = {k: _components(sitk.ReadImage(str(data / f"case_{k}" / "SEG.nii.gz"))) for k in ("flipped", "oblique")}
+    for k in ("flipped", "oblique"):  # one case per run keeps the oracle unambiguous
+        sub = tmp_path / f"data_{k}"
+        write_case(cases[k], sub, organs=False)
+        comp_of["img"] = seg_imgs[k]
+        od = tmp_path / "out"
+        assert main(["infer", "--data", str(sub), "--prompts-from-mask", "--checkpoint", str(model_dir),
+                     "--out-dir", str(od), "--no-progress"]) == 0
+        p = sitk.ReadImage(str(od / f"case_{k}.nii.gz"))
+        r = sitk.ReadImage(str(data / f"case_{k}" / "SEG.nii.gz"))
+        _same_grid(p, r)
+        assert _dice(sitk.GetArrayFromImage(p), sitk.GetArrayFromImage(r)) > 0.95
+        assert (od / "lesions" / f"case_{k}.nii.gz").is_file()
+    summ = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summ["failed"] == [] and summ["lesions"] >= 1
+
+    # one-line errors, exit 2
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not an image")
+    rc = main(["infer", "--pet", str(bad), "--prompts-from-mask", str(case_dir / "SEG.nii.gz"),
+               "--checkpoint", str(model_dir), "--out", str(tmp_path / "x.nii.gz")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:") and "bad.nii.gz" in err and "\n" not in err
+    rc = main(["infer", "--pet", str(case_dir / "SUV.nii.gz"), "--checkpoint", str(model_dir),
+               "--out", str(tmp_path / "x.nii.gz")])
+    assert rc == 2 and "--prompts" in capsys.readouterr().err
