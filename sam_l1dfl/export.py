@@ -514,6 +514,8 @@ def export_delta(
         f"base:  {base} (SHA-256 {md['base_sha256']})",
         "kept: changed tensors, model config, preprocessing and training summary; needs the exact base file",
     ]
+    if not delta:
+        notes.append("warning: the model equals its base; the delta holds no tensors")
     return ExportResult("delta", [out], src.notes + notes,
                         info={"tensors": len(delta), "bytes_fraction": size / max(total, 1), "groups": groups})
 
