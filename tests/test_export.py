@@ -230,7 +230,9 @@ def test_delta_roundtrip_is_bit_identical_and_small(run, tmp_path, capsys):
     assert dec_bytes <= delta.stat().st_size <= dec_bytes + 64 * 1024
     ratio = delta.stat().st_size / full
     dec_share = dec_bytes / sum(v.numel() * 4 for v in run["tuned"].state_dict().values())
-    print(f"tiny: delta {delta.stat().st_size} B / full {full} B = {ratio:.3f} (decoder share {dec_share:.3f})")
+    capsys.readouterr()
+    with capsys.disabled():
+        print(f"\ntiny: delta {delta.stat().st_size} B / full {full} B = {ratio:.3f} (decoder share {dec_share:.3f})")
     assert abs(ratio - dec_share) < 0.02
 
     rebuilt = E.apply_delta(delta, run["base"])
