@@ -281,7 +281,7 @@ def train(cfg: FinetuneConfig, resume: bool = False, accelerator=None, progress:
         if latest is not None:
             acc.load_state(str(latest))
             resumed_from = str(latest)
-            say(f"resumed from {latest} (step {state.global_step}, epoch {state.epoch})")
+            acc.print(f"resumed from {latest} (step {state.global_step}, epoch {state.epoch})")
         else:
             say(f"--resume: no saved state in {states_dir}; starting fresh")
 

@@ -1,0 +1,133 @@
+"""End-to-end fine-tuning on tiny synthetic data: run layout, SIGKILL + resume, 1 vs 2 processes.
+
+All runs use the tiny model, 2 clicks, a handful of steps and one shared embedding cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from sam_l1dfl.data.synthetic import generate_dataset
+
+    d = tmp_path_factory.mktemp("ft")
+    generate_dataset(d / "synth", 3, seed=1, progress=False)  # 3, 6 and 5 lesions
+    return d
+
+
+def base_overrides(d: Path, name: str) -> list[str]:
+    return [f"data.root={d / 'synth'}", "data.val_cases=[synth_000]", "data.max_train_crops=4",
+            "data.max_val_crops=1", f"data.cache_dir={d / 'cache'}", f"output_dir={d / 'runs'}", f"name={name}",
+            "prompts.clicks_per_sample=2", "train.batch_size=2", "train.max_steps=4", "train.save_every=1",
+            "train.keep_last=2", "train.log_every=1", "train.val_every=0", "optim.lr=3e-3"]
+
+
+def train_in_process(overrides):
+    from accelerate.state import AcceleratorState
+
+    from sam_l1dfl.training import load_config
+    from sam_l1dfl.training.loop import train
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", overrides)
+    try:
+        return train(cfg, progress=False)
+    finally:
+        AcceleratorState._reset_state(True)
+
+
+def weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "last" / "model.safetensors"))
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    recs = [json.loads(l) for l in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in recs if r["type"] == "train"}
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def test_run_layout_then_sigkill_and_resume(synth):
+    ov = base_overrides(synth, "full")
+    res = train_in_process(ov)
+    run = res.run_dir
+    assert res.steps == 4
+    for p in ("config.yaml", "metrics.json", "train_log.jsonl", "best/model.safetensors", "best/config.json",
+              "last/model.safetensors", "last/config.json"):
+        assert (run / p).is_file(), p
+    assert any((run / "tb").iterdir())
+    states = sorted(p.name for p in (run / "states").iterdir())
+    assert states == ["step_00000003", "step_00000004"]  # keep_last=2, nothing half-written left
+    meta = json.loads((run / "last" / "config.json").read_text())
+    assert meta["preprocess"]["spacing"] == 1.5 and meta["input_mode"] == "pet"
+    assert meta["training"]["step"] == 4
+    from sam_l1dfl.model import load_sam_med3d
+
+    load_sam_med3d(run / "last")  # inference can read it back
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["dice_after"]) >= {"dice@1", "dice@3", "dice@5"}
+    assert metrics["embedding_cache"]["train"]["crops"] == 4
+    assert len(train_losses(run)) == 4
+    full_w = weights(run)
+
+    # the same run in a subprocess, SIGKILLed once step 2 is saved, then resumed
+    ov = base_overrides(synth, "killed")
+    cmd = [PY, str(ROOT / "scripts" / "finetune.py"), "--config", str(ROOT / "configs" / "tiny.yaml"), "--quiet", *ov]
+    kdir = synth / "runs" / "killed"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.time()
+    while not (kdir / "states" / "step_00000002").is_dir():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() - t0 < 300
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (kdir / "last").exists()
+    out = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resumed from" in out.stdout + out.stderr
+    assert max_diff(weights(kdir), full_w) < 1e-5
+    lk, lf = train_losses(kdir), train_losses(run)
+    assert lk.keys() == lf.keys()
+    assert all(abs(lk[s] - lf[s]) < 1e-4 for s in lf)
+
+
+def test_two_processes_match_one_process(synth):
+    ov = [o for o in base_overrides(synth, "one") if not o.startswith(("train.", "name="))]
+    common = ["train.max_steps=2", "train.save_every=0", "train.log_every=1", "train.val_every=0"]
+    one = train_in_process(ov + common + ["name=one", "train.batch_size=4"])
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    cmd = [str(Path(PY).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           str(ROOT / "scripts" / "finetune.py"), "--config", str(ROOT / "configs" / "tiny.yaml"), "--quiet",
+           *ov, *common, "name=two", "train.batch_size=2"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    two_dir = synth / "runs" / "two"
+    m = json.loads((two_dir / "metrics.json").read_text())
+    assert m["processes"] == 2 and m["global_batch"] == 4
+    l1, l2 = train_losses(one.run_dir), train_losses(two_dir)
+    assert l1.keys() == l2.keys() == {1, 2}
+    assert all(abs(l1[s] - l2[s]) < 1e-4 * max(1.0, abs(l1[s])) for s in l1), (l1, l2)
+    assert max_diff(weights(two_dir), weights(one.run_dir)) < 1e-4
+    assert m["dice_after"]["n_lesions"] == one.metrics["dice_after"]["n_lesions"] == 1  # no duplicate from padding
