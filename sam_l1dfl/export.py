@@ -49,9 +49,9 @@ import torch
 
 from sam_l1dfl.errors import CheckpointError, ConfigError, SamL1dflError
 from sam_l1dfl.io_utils import atomic_path, sha256_file, write_json_atomic, write_text_atomic
+from sam_l1dfl.model.checkpoint import DELTA_FORMAT
 
 FORMATS = ("sam-med3d", "safetensors", "delta", "onnx")
-DELTA_FORMAT = "sam-l1dfl-delta"
 DELTA_VERSION = "1"
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -124,17 +124,9 @@ def resolve_checkpoint(path: "str | os.PathLike") -> Path:
     its ``best/`` (``last/`` if there is no ``best/``); a model directory or a file is returned
     as is.
     """
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(p, "no such file or directory")
-    if p.is_dir() and not (p / MODEL_FILE).is_file():
-        for sub in ("best", "last"):
-            if (p / sub / MODEL_FILE).is_file():
-                return p / sub
-        raise CheckpointError(
-            p, f"is neither a model directory ({MODEL_FILE} + {CONFIG_FILE}) nor a run directory with best/ or last/"
-        )
-    return p
+    from sam_l1dfl.model.checkpoint import resolve_model_path
+
+    return resolve_model_path(path)
 
 
 def _find_metrics(weights: Path) -> Optional[Path]:

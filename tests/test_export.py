@@ -119,6 +119,8 @@ def test_resolve_checkpoint(run, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="neither a model directory"):
         E.resolve_checkpoint(tmp_path / "empty")
+    # the model loader (and so `sam-l1dfl infer`) takes a run directory too
+    assert load_sam_med3d(run["run"]).load_report.path.endswith("best")
     src = E.load_source(run["run"])
     assert src.metrics == METRICS and src.metrics_path == run["run"] / "metrics.json"
     assert src.meta["preprocess"] == PREPROCESS
@@ -248,9 +250,17 @@ def test_delta_roundtrip_is_bit_identical_and_small(run, tmp_path, capsys):
     sd, fmt, cfg, _ = E.read_delta_checkpoint(delta)
     assert "delta" in fmt and cfg == run["tuned"].config
     assert all(torch.equal(sd[k], v) for k, v in run["tuned"].state_dict().items())
-    # a delta is not a full model
+    # the model loader itself rebuilds a delta whose base sits next to it
+    _assert_identical(load_sam_med3d(delta), run, outputs=False)
+    # but exporting *from* a delta needs an explicit rebuild first
     with pytest.raises(CheckpointError, match="is a sam-l1dfl delta"):
         E.load_source(delta)
+    # without its base next to it, the loader says which base it needs
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    shutil.copy(delta, lonely / "delta.safetensors")
+    with pytest.raises(CheckpointError, match="give that base"):
+        load_sam_med3d(lonely / "delta.safetensors")
 
 
 @pytest.mark.skipif(not MANIFEST.is_file(), reason=f"reference manifest {MANIFEST} not available")

@@ -36,6 +36,7 @@ from sam_l1dfl.model.sam import SamMed3D
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 DIR_FORMAT = "sam-l1dfl-model"
+DELTA_FORMAT = "sam-l1dfl-delta"  # written by sam_l1dfl.export (decoder-only deltas)
 _META_CONFIG_KEY = "sam_l1dfl_model_config"
 BOX_KEYS = ("prompt_encoder.point_embeddings.2.weight", "prompt_encoder.point_embeddings.3.weight")
 POS_POINT_KEY = "prompt_encoder.point_embeddings.1.weight"
@@ -182,9 +183,7 @@ def read_checkpoint(
     The config is the one stored with the weights (run directory or safetensors metadata), if
     any.  The SHA-256 is that of the weights file.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(path, "no such file or directory")
+    path = resolve_model_path(path)
     cfg: Optional[SamMed3DConfig] = None
     if path.is_dir():
         weights = path / MODEL_FILE
@@ -200,6 +199,10 @@ def read_checkpoint(
     with open(path, "rb") as f:
         head = f.read(16)
     if path.suffix == ".safetensors" or _looks_like_safetensors(head, path):
+        if _safetensors_format(path) == DELTA_FORMAT:  # a delta: rebuild it on its base
+            from sam_l1dfl.export import read_delta_checkpoint
+
+            return read_delta_checkpoint(path, trust=trust)
         sd, fmt, cfg = _read_safetensors(path)
         side = path.parent / CONFIG_FILE
         if cfg is None and path.name == MODEL_FILE and side.is_file():
@@ -210,6 +213,34 @@ def read_checkpoint(
     obj = _torch_load(path, trust)
     sd, fmt = _unwrap(obj, path)
     return sd, fmt, None, sha256_file(path)
+
+
+def resolve_model_path(path: "str | os.PathLike") -> Path:
+    """The weights behind ``path``: a ``finetune.py`` run directory (``runs/<name>``, holding
+    ``best/`` and/or ``last/``) gives its ``best/`` (``last/`` if there is no ``best/``); a model
+    directory or a file is returned as is."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(p, "no such file or directory")
+    if p.is_dir() and not (p / MODEL_FILE).is_file():
+        for sub in ("best", "last"):
+            if (p / sub / MODEL_FILE).is_file():
+                return p / sub
+        raise CheckpointError(
+            p, f"is neither a model directory ({MODEL_FILE} + {CONFIG_FILE}) nor a run directory with best/ or last/"
+        )
+    return p
+
+
+def _safetensors_format(path: Path) -> Optional[str]:
+    """The ``format`` entry of a safetensors file's metadata (None when unreadable or absent)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return (f.metadata() or {}).get("format")
+    except (SafetensorError, OSError, ValueError):
+        return None
 
 
 def _looks_like_safetensors(head: bytes, path: Path) -> bool:
@@ -379,7 +410,7 @@ def load_sam_med3d(
     every file key must be used.  Shape mismatches are always an error.  The returned model is
     in eval mode, float32, on ``map_location``, with ``model.load_report`` (:class:`LoadReport`).
     """
-    path = Path(path)
+    path = resolve_model_path(path)
     sd, fmt, stored_cfg, sha = read_checkpoint(path, trust=trust)
     if isinstance(cfg, str):
         cfg = SamMed3DConfig.preset(cfg)
@@ -441,7 +472,9 @@ def official_state_dict(model: SamMed3D, drop_boxes: bool = False) -> "OrderedDi
             "the model has box-prompt embeddings (prompt_encoder.point_embeddings.2/3) that the official "
             "layout lacks; export with drop_boxes=True (--drop-boxes) to leave them out",
         )
-    return OrderedDict((k, v.detach().cpu()) for k, v in sd.items() if k not in BOX_KEYS)
+    return OrderedDict(
+        (k, v.detach() if v.is_meta else v.detach().cpu()) for k, v in sd.items() if k not in BOX_KEYS
+    )
 
 
 def save_model_dir(model: SamMed3D, out_dir: "str | os.PathLike", meta: Optional[dict] = None) -> Path:
