@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("sam_l1dfl.commands.inspect", "load a checkpoint and report its keys and SHA-256"),
     "finetune": ("sam_l1dfl.commands.finetune", "fine-tune the mask decoder (single process)"),
     "infer": ("sam_l1dfl.commands.infer", "prompted inference on PET (and CT) volumes"),
+    "infer-auto": ("sam_l1dfl.commands.infer_auto", "automatic whole-scan segmentation with a trained CNN"),
     "evaluate": ("sam_l1dfl.commands.evaluate", "Dice, FPV/FNV and lesion-wise detection metrics"),
     "export": ("sam_l1dfl.commands.export", "export checkpoints (sam-med3d, safetensors, delta, onnx)"),
     "mip": ("sam_l1dfl.commands.mip", "render PET maximum-intensity projections with masks"),

@@ -1,0 +1,134 @@
+"""Automatic whole-scan segmentation with a trained CNN, on the original PET grid.
+
+    seg = AutoSegmenter("runs/cnn/cnn_unet/best")
+    res = seg.segment(pet, ct)        # SimpleITK images in
+    res.mask                          # UInt8 mask on the PET grid
+    res.probability                   # Float32 lesion probability on the PET grid
+
+Pipeline: the whole scan is resampled by SimpleITK onto a RAS+ grid at the model's spacing
+(:func:`~sam_l1dfl.cnn.volumes.whole_image_geometry`, CT min-max / PET SUV as in training),
+MONAI ``sliding_window_inference`` (crop size of the model, overlap 0.25, Gaussian blending)
+gives the 2-class softmax, and ONE linear ``sitk.Resample`` maps the lesion probability back onto
+the PET grid (:func:`~sam_l1dfl.data.geometry.crop_to_image`), thresholded there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sam_l1dfl.errors import CheckpointError, InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import SimpleITK as sitk
+
+
+@dataclass
+class AutoResult:
+    mask: "sitk.Image"
+    probability: "sitk.Image"
+    seconds: dict = field(default_factory=dict)
+
+
+def load_cnn_dir(path: "str | os.PathLike", map_location: str = "cpu") -> tuple[Any, Any]:
+    """``(network, CnnConfig)`` from a ``best/``/``last/`` directory written by :func:`train_cnn`."""
+    from safetensors.torch import load_file
+
+    from sam_l1dfl.cnn.config import cnn_config_from_dict
+    from sam_l1dfl.cnn.networks import build_network
+    from sam_l1dfl.cnn.train import FORMAT
+
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(p, "expected a CNN model directory (runs/cnn/<name>/best) with model.safetensors "
+                                 "and config.json")
+    cj, wf = p / "config.json", p / "model.safetensors"
+    for f in (cj, wf):
+        if not f.is_file():
+            raise CheckpointError(f, "missing (a CNN model directory holds model.safetensors and config.json)")
+    try:
+        meta = json.loads(cj.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(cj, f"unreadable JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        hint = " (a SAM-Med3D model: use `sam-l1dfl infer`)" if fmt == "sam-l1dfl-model" else ""
+        raise CheckpointError(cj, f"format is {fmt!r}, expected {FORMAT!r}{hint}")
+    cfg = cnn_config_from_dict(meta["training"]["config"], source=str(cj))
+    net = build_network(cfg.network.name, cfg.network.width, cfg.augment.crop_size, cfg.network.overrides)
+    try:
+        sd = load_file(str(wf), device=map_location)
+    except Exception as exc:  # safetensors raises several types
+        raise CheckpointError(wf, f"not a readable safetensors file ({str(exc).splitlines()[0][:150]})") from None
+    missing, unexpected = net.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(wf, f"weights do not fit {cfg.network.name}: {len(missing)} missing "
+                                  f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    return net, cfg
+
+
+class AutoSegmenter:
+    """Sliding-window CNN segmentation; ``checkpoint`` is a CNN model directory (or give ``model`` + ``cfg``)."""
+
+    def __init__(self, checkpoint: "str | os.PathLike | None" = None, device=None, *, model=None, cfg=None,
+                 threshold: "float | None" = None, overlap: "float | None" = None, sw_batch_size: "int | None" = None):
+        import torch
+
+        if model is None:
+            if checkpoint is None:
+                raise InputError(None, "give a CNN model directory (runs/cnn/<name>/best)")
+            model, cfg = load_cnn_dir(checkpoint)
+        elif cfg is None:
+            raise InputError(None, "a model given directly needs its CnnConfig (cfg=...)")
+        import copy
+
+        cfg = copy.deepcopy(cfg)
+        if threshold is not None:
+            cfg.infer.threshold = float(threshold)
+        if overlap is not None:
+            cfg.infer.overlap = float(overlap)
+        if sw_batch_size is not None:
+            cfg.infer.sw_batch_size = int(sw_batch_size)
+        cfg.validate()
+        self.cfg = cfg
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.to(self.device).eval()
+        self.checkpoint = None if checkpoint is None else str(checkpoint)
+
+    def segment(self, pet: "sitk.Image", ct: "sitk.Image") -> AutoResult:
+        import SimpleITK as sitk
+
+        from sam_l1dfl.cnn.train import sliding_probability
+        from sam_l1dfl.cnn.volumes import network_channels, whole_image_geometry
+        from sam_l1dfl.data.geometry import crop_to_image
+        from sam_l1dfl.data.io import Case
+
+        if not isinstance(pet, sitk.Image) or pet.GetDimension() != 3:
+            raise InputError(None, "pet must be a 3D SimpleITK image")
+        if ct is None:
+            raise InputError(None, "the CNNs take CT + PET: a CT is required")
+        t0 = time.perf_counter()
+        if pet.GetPixelID() != sitk.sitkFloat32:
+            pet = sitk.Cast(pet, sitk.sitkFloat32)
+        geom = whole_image_geometry(pet, self.cfg.preprocess.spacing)
+        x = network_channels(Case(case_id="case", pet=pet, ct_native=ct), geom, self.cfg.preprocess)
+        t1 = time.perf_counter()
+        prob = sliding_probability(self.model, x, self.cfg, self.device)
+        t2 = time.perf_counter()
+        pimg = crop_to_image(prob, geom, pet, "linear", 0.0)
+        a = sitk.GetArrayViewFromImage(pimg)
+        mask = sitk.GetImageFromArray((a >= self.cfg.infer.threshold).astype(np.uint8))
+        mask.CopyInformation(pet)
+        t3 = time.perf_counter()
+        return AutoResult(mask, pimg, {"resample_in": round(t1 - t0, 3), "network": round(t2 - t1, 3),
+                                       "map_back": round(t3 - t2, 3)})
+
+
+__all__ = ["AutoResult", "AutoSegmenter", "load_cnn_dir"]
