@@ -262,9 +262,11 @@ def checkpoint_preprocess(checkpoint: "str | os.PathLike", model_cfg=None) -> tu
     """
     from sam_l1dfl.data.preprocess import IntensityConfig
 
+    from sam_l1dfl.model.checkpoint import resolve_model_path
+
     meta: dict = {}
     source = "defaults (official SAM-Med3D preprocessing)"
-    p = Path(checkpoint)
+    p = resolve_model_path(checkpoint)  # a run directory gives its best/ (or last/)
     if p.is_dir() or p.suffix == ".safetensors":
         try:
             from sam_l1dfl.model import read_model_meta

@@ -265,3 +265,14 @@ def test_cli_single_and_dataset(model_dir, cases, tmp_path, monkeypatch, capsys)
     rc = main(["infer", "--pet", str(case_dir / "SUV.nii.gz"), "--checkpoint", str(model_dir),
                "--out", str(tmp_path / "x.nii.gz")])
     assert rc == 2 and "--prompts" in capsys.readouterr().err
+
+
+def test_run_directory_is_accepted_as_checkpoint(model_dir):
+    from sam_l1dfl.inference import Segmenter, checkpoint_preprocess
+
+    run_dir = model_dir.parent  # runs/<name>/ holding best/
+    cfg_run, meta_run, _ = checkpoint_preprocess(run_dir)
+    cfg_best, meta_best, _ = checkpoint_preprocess(model_dir)
+    assert cfg_run == cfg_best and meta_run == meta_best
+    seg = Segmenter(run_dir)
+    assert seg.input_mode == "pet"
