@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+
 from sam_l1dfl.errors import ConfigError
 
 NETWORKS = ("unet", "segresnet", "attentionunet", "unetr")
@@ -178,6 +180,12 @@ class CnnConfig:
             raise bad("augment.crop_size", f"must be >= 8, got {a.crop_size}")
         if n.name == "unetr" and a.crop_size % 16:
             raise bad("augment.crop_size", f"UNETR's 16³ patches need a multiple of 16, got {a.crop_size}")
+        if n.name in ("unet", "attentionunet"):
+            strides = n.overrides.get("strides", (2,) * 5)
+            div = int(np.prod(strides))
+            if a.crop_size % div:
+                raise bad("augment.crop_size", f"{n.name} with strides {list(strides)} needs a multiple of {div}, "
+                                               f"got {a.crop_size}")
         if n.name == "segresnet" and a.crop_size % 8:
             raise bad("augment.crop_size", f"SegResNet needs a multiple of 8, got {a.crop_size}")
         if a.pos < 0 or a.neg < 0 or a.pos + a.neg == 0:
