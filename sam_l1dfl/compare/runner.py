@@ -15,7 +15,7 @@
 3. **Report** (:mod:`sam_l1dfl.compare.report`): ``table.md``, ``table.csv``, ``stats.csv``,
    ``figures/``.
 
-Budgets: ``small`` (2 CPU cores, < 45 min on 16 synthetic cases: tiny widths, 4 mm, 64³ crops,
+Budgets: ``small`` (2 CPU cores, < 45 min on 16 synthetic cases: tiny widths, 4 mm, 32³ crops,
 short training, SAM-Med3D's tiny preset from random weights unless a checkpoint is given — a
 SMOKE-SCALE result), ``paper`` (the paper's settings, for GPUs; SAM-Med3D from the given
 checkpoint).  Runs execute in a subprocess each by default (clean memory figures and state).
@@ -47,22 +47,22 @@ CALIB_BINS = 20
 #: Per budget: CNN config overrides, SAM-Med3D config, split sizes, defaults for the command line.
 BUDGETS: dict[str, dict[str, Any]] = {
     "small": {
-        "description": "SMOKE-SCALE: tiny widths (0.25), 4 mm grid, 64³ crops, 40 epochs on 2 CPU cores; "
+        "description": "SMOKE-SCALE: tiny widths (0.25), 4 mm grid, 32³ crops, 30 epochs on 2 CPU cores; "
                        "SAM-Med3D = tiny preset (random init unless --sam-checkpoint). Not the paper's result.",
         "default_models": ("unet", "segresnet", SAM_MODEL),
         "default_seeds": 1,
         "test_fraction": 0.4,
         "n_val": 2,
         "cnn": {"preprocess": {"spacing": 4.0}, "network": {"width": 0.25},
-                "augment": {"crop_size": 64, "num_samples": 2},
+                "augment": {"crop_size": 32, "num_samples": 2},
                 "optim": {"lr": 2e-3},
-                "train": {"epochs": 40, "batch_size": 2, "val_every": 5, "save_every": 10, "keep_last": 1,
+                "train": {"epochs": 30, "batch_size": 2, "val_every": 5, "save_every": 10, "keep_last": 1,
                           "log_every": 5, "mixed_precision": "no"},
                 "infer": {"sw_batch_size": 4}},
         "sam": {"model": {"preset": "tiny", "checkpoint": None},
                 "prompts": {"clicks_per_sample": 3, "mask_only": "last"},
                 "optim": {"lr": 1e-3, "warmup_steps": 0},
-                "train": {"epochs": 6, "batch_size": 2, "val_every": 0, "save_every": 0, "keep_last": 1,
+                "train": {"epochs": 4, "batch_size": 2, "val_every": 0, "save_every": 0, "keep_last": 1,
                           "log_every": 5, "mixed_precision": "no"}},
     },
     "paper": {
