@@ -243,6 +243,9 @@ def cnn_config_from_dict(data: dict, source: "str | None" = None, validate: bool
     # Reuses the fine-tuning config's typed mapping parser (see the report on sharing it).
     from sam_l1dfl.training.config import _from_mapping
 
+    tr = data.get("train") if isinstance(data, dict) else None
+    if isinstance(tr, dict) and tr.get("mixed_precision") is False:  # YAML 1.1 reads `no` as false
+        data = {**data, "train": {**tr, "mixed_precision": "no"}}
     cfg = _from_mapping(CnnConfig, data, "", source)
     cfg.source = source
     return cfg.validate() if validate else cfg
