@@ -47,7 +47,7 @@ CALIB_BINS = 20
 #: Per budget: CNN config overrides, SAM-Med3D config, split sizes, defaults for the command line.
 BUDGETS: dict[str, dict[str, Any]] = {
     "small": {
-        "description": "SMOKE-SCALE: tiny widths (0.25), 4 mm grid, 32³ crops, 30 epochs on 2 CPU cores; "
+        "description": "SMOKE-SCALE: tiny widths (0.25), 4 mm grid, 32³ crops, 80 epochs on 2 CPU cores; "
                        "SAM-Med3D = tiny preset (random init unless --sam-checkpoint). Not the paper's result.",
         "default_models": ("unet", "segresnet", SAM_MODEL),
         "default_seeds": 1,
@@ -56,13 +56,13 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "cnn": {"preprocess": {"spacing": 4.0}, "network": {"width": 0.25},
                 "augment": {"crop_size": 32, "num_samples": 2},
                 "optim": {"lr": 2e-3},
-                "train": {"epochs": 30, "batch_size": 2, "val_every": 5, "save_every": 10, "keep_last": 1,
+                "train": {"epochs": 80, "batch_size": 2, "val_every": 10, "save_every": 20, "keep_last": 1,
                           "log_every": 5, "mixed_precision": "no"},
                 "infer": {"sw_batch_size": 4}},
         "sam": {"model": {"preset": "tiny", "checkpoint": None},
                 "prompts": {"clicks_per_sample": 3, "mask_only": "last"},
                 "optim": {"lr": 1e-3, "warmup_steps": 0},
-                "train": {"epochs": 4, "batch_size": 2, "val_every": 0, "save_every": 0, "keep_last": 1,
+                "train": {"epochs": 8, "batch_size": 2, "val_every": 0, "save_every": 0, "keep_last": 1,
                           "log_every": 5, "mixed_precision": "no"}},
     },
     "paper": {
@@ -72,7 +72,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "default_seeds": 3,
         "test_fraction": 0.2,
         "n_val": None,  # 20 % of the rest
-        "cnn": {"train": {"epochs": 300, "mixed_precision": "bf16"}},
+        "cnn": {"data": {"num_workers": 4}, "train": {"epochs": 300, "mixed_precision": "bf16"}},
         "sam": {"model": {"preset": "vit_b_ori"},
                 "train": {"epochs": 100, "batch_size": 8, "mixed_precision": "bf16", "val_every": 500,
                           "save_every": 500}},
