@@ -139,3 +139,24 @@ def test_script_reports_one_line_error(tmp_path, capsys):
     assert mod.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "missing" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_sam_arm_one_click_per_lesion(tmp_path):
+    """The SAM-Med3D arm: fine-tuning API with the loss, then 1 simulated click per lesion on the test case."""
+    from sam_l1dfl.compare.runner import run_comparison
+    from sam_l1dfl.data.synthetic import generate_dataset
+
+    generate_dataset(tmp_path / "synth", 3, seed=1, progress=False)
+    sam = {"data": {"max_train_crops": 2, "max_val_crops": 1}, "prompts": {"clicks_per_sample": 2},
+           "train": {"epochs": 1, "max_steps": 1, "save_every": 1}}
+    s = run_comparison(tmp_path / "synth", tmp_path / "o", models=["sam-med3d"], losses=["l1dfl"], seeds=1,
+                       budget="small", isolate=False, sam_overrides=sam, progress=False, log=lambda m: None)
+    res = json.loads((tmp_path / "o" / "runs" / "sam-med3d-l1dfl-s0" / "result.json").read_text())
+    assert res["steps"] == 1 and res["start_from"]["checkpoint"] is None
+    test_case = res["cases"][0]
+    n_ref = sum(1 for l in res["lesions"] if l["kind"] == "ref")
+    assert n_ref > 0 and test_case["tp_c1"] + test_case["fn_c1"] == n_ref
+    assert s["table"][0]["model"] == "sam-med3d" and not s["stats"]  # one loss: nothing to compare
+    md = (tmp_path / "o" / "table.md").read_text()
+    assert "random weights" in md
