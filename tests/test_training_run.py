@@ -34,7 +34,7 @@ def synth(tmp_path_factory):
 def base_overrides(d: Path, name: str) -> list[str]:
     return [f"data.root={d / 'synth'}", "data.val_cases=[synth_002]", "data.max_train_crops=4",
             "data.max_val_crops=1", f"data.cache_dir={d / 'cache'}", f"output_dir={d / 'runs'}", f"name={name}",
-            "prompts.clicks_per_sample=2", "train.batch_size=2", "train.max_steps=4", "train.save_every=1",
+            "prompts.clicks_per_sample=2", "train.batch_size=2", "train.max_steps=3", "train.save_every=1",
             "train.keep_last=2", "train.log_every=1", "train.val_every=0", "optim.lr=3e-3"]
 
 
@@ -71,32 +71,32 @@ def test_run_layout_then_sigkill_and_resume(synth):
     ov = base_overrides(synth, "full")
     res = train_in_process(ov)
     run = res.run_dir
-    assert res.steps == 4
+    assert res.steps == 3
     for p in ("config.yaml", "metrics.json", "train_log.jsonl", "best/model.safetensors", "best/config.json",
               "last/model.safetensors", "last/config.json"):
         assert (run / p).is_file(), p
     assert any((run / "tb").iterdir())
     states = sorted(p.name for p in (run / "states").iterdir())
-    assert states == ["step_00000003", "step_00000004"]  # keep_last=2, nothing half-written left
+    assert states == ["step_00000002", "step_00000003"]  # keep_last=2, nothing half-written left
     meta = json.loads((run / "last" / "config.json").read_text())
     assert meta["preprocess"]["spacing"] == 1.5 and meta["input_mode"] == "pet"
-    assert meta["training"]["step"] == 4
+    assert meta["training"]["step"] == 3
     from sam_l1dfl.model import load_sam_med3d
 
     load_sam_med3d(run / "last")  # inference can read it back
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["dice_after"]) >= {"dice@1", "dice@3", "dice@5"}
     assert metrics["embedding_cache"]["train"]["crops"] == 4
-    assert len(train_losses(run)) == 4
+    assert len(train_losses(run)) == 3
     full_w = weights(run)
 
-    # the same run in a subprocess, SIGKILLed once step 2 is saved, then resumed
+    # the same run in a subprocess, SIGKILLed once step 1 is saved, then resumed
     ov = base_overrides(synth, "killed")
     cmd = [PY, str(ROOT / "scripts" / "finetune.py"), "--config", str(ROOT / "configs" / "tiny.yaml"), "--quiet", *ov]
     kdir = synth / "runs" / "killed"
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t0 = time.time()
-    while not (kdir / "states" / "step_00000002").is_dir():
+    while not (kdir / "states" / "step_00000001").is_dir():
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.time() - t0 < 300
         time.sleep(0.05)
@@ -118,6 +118,7 @@ def test_two_processes_match_one_process(synth):
     common = ["train.max_steps=2", "train.save_every=0", "train.log_every=1", "train.val_every=0"]
     one = train_in_process(ov + common + ["name=one", "train.batch_size=4"])
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"  # 2 processes on 2 cores
     cmd = [str(Path(PY).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
            str(ROOT / "scripts" / "finetune.py"), "--config", str(ROOT / "configs" / "tiny.yaml"), "--quiet",
@@ -130,7 +131,14 @@ def test_two_processes_match_one_process(synth):
     l1, l2 = train_losses(one.run_dir), train_losses(two_dir)
     assert l1.keys() == l2.keys() == {1, 2}
     assert all(abs(l1[s] - l2[s]) < 1e-4 * max(1.0, abs(l1[s])) for s in l1), (l1, l2)
-    assert max_diff(weights(two_dir), weights(one.run_dir)) < 1e-4
+    w2, w1 = weights(two_dir), weights(one.run_dir)
+    assert w1.keys() == w2.keys()
+    d = torch.cat([(w2[k].float() - w1[k].float()).abs().flatten() for k in w1])
+    # Adam moves a parameter by ~lr whatever its gradient's size, so the float rounding of the
+    # gradient all-reduce can flip parameters whose gradients are ~0: bounded by 2 * lr * steps,
+    # and rare; everything else agrees tightly.
+    assert float(d.max()) <= 2 * 3e-3 * 2
+    assert float((d > 1e-5).float().mean()) < 1e-3, float((d > 1e-5).float().mean())
     assert m["dice_after"]["n_lesions"] == one.metrics["dice_after"]["n_lesions"] == 1  # no duplicate from padding
 
 
