@@ -59,7 +59,6 @@ def main(argv=None) -> int:
 
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     from sam_l1dfl.data.synthetic import generate_dataset
     from sam_l1dfl.metrics import evaluate_dataset
     from sam_l1dfl.model import SamMed3DConfig, build_sam_med3d, save_model_dir
@@ -95,7 +94,7 @@ def main(argv=None) -> int:
     if TURBO.is_file():
         print(f"starting from the published weights: {TURBO}")
         init = TURBO
-        overrides += [f"model.checkpoint={TURBO}", "model.preset=vit_b_ori"]
+        overrides += [f"model.checkpoint={TURBO}", "model.preset=vit_b_ori", "optim.lr=1e-4"]  # demo.yaml's lr suits random weights only
     else:
         loud(f"{TURBO.relative_to(ROOT)} not found: starting from RANDOM weights of the tiny architecture. "
              "The pipeline runs end to end, but the Dice numbers say nothing about SAM-Med3D.")
