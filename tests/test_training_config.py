@@ -145,3 +145,11 @@ def test_several_processes_without_distributed_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="started as 2 processes"):
         check_distributed(_FakeAcc(1))
+
+
+def test_bare_no_in_yaml_means_no_mixed_precision(tmp_path):
+    from sam_l1dfl.training.config import load_config
+
+    y = tmp_path / "c.yaml"
+    y.write_text("name: x\ndata:\n  root: d\ntrain:\n  mixed_precision: no\n")
+    assert load_config(y).train.mixed_precision == "no"

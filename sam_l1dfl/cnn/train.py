@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +41,6 @@ from sam_l1dfl.cnn.config import CnnConfig
 from sam_l1dfl.errors import ConfigError, InputError
 
 FORMAT = "sam-l1dfl-cnn"
-STATE_PREFIX = "step_"
 
 
 # ---------------------------------------------------------------------- pieces
@@ -140,24 +137,10 @@ class CnnState:
 
 
 def save_state(acc, states_dir: Path, step: int, keep_last: int) -> Path:
-    """``accelerator.save_state`` into ``states/.tmp-step_N`` by every process, then renamed; keep the last K."""
-    final = states_dir / f"{STATE_PREFIX}{step:08d}"
-    tmp = states_dir / f".tmp-{final.name}"
-    if acc.is_main_process:
-        states_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-    acc.wait_for_everyone()
-    acc.save_state(str(tmp))
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        done = sorted(p for p in states_dir.iterdir() if p.is_dir() and p.name.startswith(STATE_PREFIX))
-        for old in done[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    acc.wait_for_everyone()
-    return final
+    """Atomic, keep-last-K ``accelerator.save_state`` (shared with SAM-Med3D fine-tuning)."""
+    from sam_l1dfl.training.loop import save_run_state
+
+    return save_run_state(acc, states_dir, step, keep_last)
 
 
 def case_dice(pred: np.ndarray, ref: np.ndarray) -> float:

@@ -332,6 +332,8 @@ def _coerce(value: Any, tp: Any, key: str, src: "str | None") -> Any:
         return _coerce(value, inner[0], key, src)
     if dataclasses.is_dataclass(tp):
         return _from_mapping(tp, value, key, src)
+    if tp is str and value is False and key.endswith("mixed_precision"):
+        return "no"  # YAML 1.1 reads a bare `no` as false
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -126,6 +126,28 @@ def latest_state(states_dir: Path) -> Optional[Path]:
     return done[-1] if done else None
 
 
+def save_run_state(acc, states_dir: Path, step: int, keep_last: int) -> Path:
+    """``accelerator.save_state`` by every process (RNG states per process) into
+    ``states/.tmp-step_N``, renamed by the main process; keeps the last ``keep_last``."""
+    final = states_dir / f"{STATE_PREFIX}{step:08d}"
+    tmp = states_dir / f".tmp-{final.name}"
+    if acc.is_main_process:
+        states_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        done = sorted(p for p in states_dir.iterdir() if p.is_dir() and p.name.startswith(STATE_PREFIX))
+        for old in done[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+    return final
+
+
 def split_cases(cfg: FinetuneConfig) -> tuple[list, list]:
     """(train records, val records) with labels; deterministic."""
     from sam_l1dfl.data.discovery import discover_cases
@@ -336,22 +358,7 @@ def train(cfg: FinetuneConfig, resume: bool = False, accelerator=None, progress:
             save_model_dir(model, run_dir / which, model_meta(state.global_step, dice))
 
     def save_state() -> None:
-        final = states_dir / f"{STATE_PREFIX}{state.global_step:08d}"
-        tmp = states_dir / f".tmp-{final.name}"
-        if main:
-            states_dir.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))  # every process (RNG states per process)
-        acc.wait_for_everyone()
-        if main:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            done = sorted(p for p in states_dir.iterdir() if p.is_dir() and p.name.startswith(STATE_PREFIX))
-            for old in done[:-cfg.train.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
+        save_run_state(acc, states_dir, state.global_step, cfg.train.keep_last)
 
     def on_validation(res: dict) -> None:
         entry = {"step": state.global_step, **{k: v for k, v in res.items() if k != "per_lesion"}}
