@@ -8,6 +8,7 @@ Python API (no file I/O needed: usable from a notebook or a 3D Slicer scripted m
     res.mask          # UInt8 binary mask (labels > 0)
     res.probabilities # {lesion_id: Float32 probability image} when probabilities=True
     res.lesions, res.report.summary()
+    summary = seg.segment_dataset(cases, "out/", prompts_dir="prompts/")   # a data set -> files + summary
 
 Pipeline for each lesion prompt (``LesionPrompts``):
 
@@ -19,10 +20,12 @@ Pipeline for each lesion prompt (``LesionPrompts``):
    encoder and mask decoder (single-mask output) with the lesion's points (positive and negative,
    cumulative) and its box when the model has box embeddings, and a zero mask prompt, as the
    official ``sam_model_infer``.
-3. **Refinement clicks** (evaluation mode, ``reference`` + ``clicks=N``): N more rounds, each
-   adding one click simulated by :func:`sam_l1dfl.prompts.clicks.next_click` against the
-   lesion's reference component in the crop (largest error component, interior point) and
-   feeding the previous low-resolution logits back as the mask prompt.
+3. **Refinement clicks** (evaluation mode, ``reference`` + ``clicks=N``): N more rounds of the
+   package's one click loop, :func:`sam_l1dfl.prompts.clicks.simulate_clicks` (also what training
+   validation runs): one click against the lesion's reference component in the crop (centre of the
+   largest error component), then the decoder with the previous low-resolution logits as the mask
+   prompt.  The decoder is injectable (``Segmenter(decoder=...)``, default the model's prompt
+   encoder + mask decoder), so tests can substitute an oracle that knows the crop.
 4. **Upsample** the 32³ logits trilinearly to the crop (as the official code).
 5. **Map back exactly**: ONE linear ``sitk.Resample`` of the crop-space logits onto the PET grid
    (:func:`~sam_l1dfl.data.geometry.crop_to_image`, restricted to the PET sub-grid that the crop
@@ -44,6 +47,11 @@ mapping either way.
 Negative points that fall outside their lesion's crop are dropped (counted in the report).  A
 model without box embeddings (the official weights) uses boxes only to place the crop; a lesion
 prompted by a box alone then gets one positive point at the box centre (noted in the report).
+
+**Data sets.**  :meth:`Segmenter.segment_dataset` runs a list of cases (``sam-l1dfl infer
+--data``): per case ``<case>.nii.gz``, ``lesions/<case>.nii.gz``, ``<case>.json`` (and
+``probabilities/<case>/``), an empty mask for a case without prompts, one line per unusable case,
+and ``summary.json``; it returns a :class:`DatasetSummary`.
 """
 
 from __future__ import annotations
@@ -54,19 +62,25 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
-from sam_l1dfl.errors import CheckpointError, InputError, PromptError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import SimpleITK as sitk
-    import torch
-
-    from sam_l1dfl.data.geometry import CropGeometry
-    from sam_l1dfl.data.preprocess import IntensityConfig
-    from sam_l1dfl.prompts.types import CasePrompts
+from sam_l1dfl.data.geometry import (CropGeometry, Grid, crop_to_image, grid_differences, image_world_to_index,
+                                     images_overlap, resample_to_crop)
+from sam_l1dfl.data.io import Case, CaseRecord, load_case
+from sam_l1dfl.data.lesions import label_components
+from sam_l1dfl.data.preprocess import IntensityConfig, make_network_input
+from sam_l1dfl.errors import CheckpointError, InputError, PromptError, SamL1dflError
+from sam_l1dfl.io_utils import write_image_atomic, write_json_atomic
+from sam_l1dfl.model import load_sam_med3d, read_model_meta
+from sam_l1dfl.model.weights import resolve_model_path
+from sam_l1dfl.prompts import CasePrompts, generate_prompts, load_prompts
+from sam_l1dfl.prompts.clicks import simulate_clicks
 
 #: Logit given to PET voxels outside a lesion's crop (sigmoid ~ 1e-13).
 OUTSIDE_LOGIT = -30.0
@@ -171,6 +185,49 @@ class SegmentationResult:
         """JSON-able record (no images): lesions and the report."""
         return {"lesions": self.lesions, "report": self.report.to_dict()}
 
+    def write(self, mask_path: "str | os.PathLike", labels_path: "str | os.PathLike",
+              json_path: "str | os.PathLike", prob_dir: "str | os.PathLike | None" = None,
+              extra: "dict | None" = None) -> None:
+        """Write the mask, the label map, the JSON record (``extra`` first) and, with ``prob_dir``,
+        ``lesion_<id>.nii.gz`` probability maps; atomically."""
+        write_image_atomic(self.mask, mask_path)
+        write_image_atomic(self.labels, labels_path)
+        if prob_dir is not None and self.probabilities:
+            for lid, im in self.probabilities.items():
+                write_image_atomic(im, Path(prob_dir) / f"lesion_{lid}.nii.gz")
+        write_json_atomic(json_path, {**(extra or {}), **self.to_dict()})
+
+
+@dataclass
+class DatasetSummary:
+    """What :meth:`Segmenter.segment_dataset` did; :meth:`to_dict` is its ``summary.json``."""
+
+    checkpoint: "str | None"
+    data: "str | None"
+    cases: int
+    clicks: int
+    share_crops: bool
+    out_dir: str
+    segmented: list[str] = field(default_factory=list)  # case ids
+    empty: list[str] = field(default_factory=list)  # "<case>: <why>" (an empty mask was written)
+    failed: list[str] = field(default_factory=list)  # "<case>: <error>" (nothing written)
+    lesions: int = 0
+    encoder_passes: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
+    wall_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        n_les, n_enc = self.lesions, self.encoder_passes
+        return {
+            "checkpoint": self.checkpoint, "data": self.data, "cases": self.cases,
+            "segmented": self.segmented, "empty": self.empty, "failed": self.failed, "lesions": n_les,
+            "encoder_passes": n_enc, "encoder_passes_per_lesion": round(n_enc / n_les, 4) if n_les else None,
+            "clicks": self.clicks, "share_crops": self.share_crops,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "wall_seconds": round(self.wall_seconds, 3),
+            "seconds_per_case": round(self.wall_seconds / max(len(self.segmented), 1), 3),
+        }
+
 
 @dataclass
 class _Lesion:
@@ -203,48 +260,21 @@ def _fmt(v, nd=1) -> str:
 
 
 def _world_bounds_check(image: "sitk.Image", world: np.ndarray) -> np.ndarray:
-    """Bool per point: inside the image's voxel extent (half a voxel past the outer centres)."""
-    from sam_l1dfl.data.geometry import image_world_to_index
-
-    idx = image_world_to_index(image, np.atleast_2d(world))
-    n = np.asarray(image.GetSize())
-    return np.all((idx >= -0.5 - 1e-6) & (idx <= n - 0.5 + 1e-6), axis=1)
+    """Bool per point: inside the image's voxel extent (half a voxel past the outer centres, +1e-6)."""
+    return Grid.from_image(image).contains_world(np.atleast_2d(world), margin=-1e-6)
 
 
-def _images_overlap(a: "sitk.Image", b: "sitk.Image") -> bool:
-    from sam_l1dfl.data.geometry import image_world_bounds
-
-    alo, ahi = image_world_bounds(a)
-    blo, bhi = image_world_bounds(b)
-    return bool(np.all(alo <= bhi) and np.all(blo <= ahi))
-
-
-def _subgrid(reference: "sitk.Image", geom: "CropGeometry") -> "tuple[sitk.Image, tuple[slice, slice, slice]] | None":
+def _subgrid(reference: "sitk.Image", geom: CropGeometry) -> "tuple[sitk.Image, tuple[slice, slice, slice]] | None":
     """The part of ``reference``'s grid that ``geom`` covers: a small image on the same lattice,
     and its (z, y, x) slices into the full array.  None when they do not overlap."""
-    import SimpleITK as sitk
-
-    from sam_l1dfl.data.geometry import image_world_to_index
-
-    n = np.asarray(geom.size, dtype=float)
-    corners = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=float) * n - 0.5
-    idx = image_world_to_index(reference, geom.index_to_world(corners))
-    size = np.asarray(reference.GetSize())
-    lo = np.maximum(np.floor(idx.min(0)).astype(np.int64), 0)
-    hi = np.minimum(np.ceil(idx.max(0)).astype(np.int64), size - 1)
-    if np.any(hi < lo):
+    grid = Grid.from_image(reference)
+    box = grid.index_box(geom.grid.extent_corners())
+    if box is None:
         return None
-    sub = sitk.Image([int(v) for v in hi - lo + 1], sitk.sitkUInt8)
-    sub.SetSpacing(reference.GetSpacing())
-    sub.SetDirection(reference.GetDirection())
-    sub.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in lo]))
-    sl = (slice(int(lo[2]), int(hi[2]) + 1), slice(int(lo[1]), int(hi[1]) + 1), slice(int(lo[0]), int(hi[0]) + 1))
-    return sub, sl
+    return grid.subgrid(*box).reference_image(), Grid.array_slices(*box)
 
 
-def _resolve_device(device) -> "torch.device":
-    import torch
-
+def _resolve_device(device) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -260,17 +290,11 @@ def checkpoint_preprocess(checkpoint: "str | os.PathLike", model_cfg=None) -> tu
     checkpoints (and files without them) get the defaults: PET, SAM-Med3D's z-score, 1.5 mm, 128³
     (``input_mode`` ``pet+ct`` when the model has 2 input channels).
     """
-    from sam_l1dfl.data.preprocess import IntensityConfig
-
-    from sam_l1dfl.model.checkpoint import resolve_model_path
-
     meta: dict = {}
     source = "defaults (official SAM-Med3D preprocessing)"
     p = resolve_model_path(checkpoint)  # a run directory gives its best/ (or last/)
     if p.is_dir() or p.suffix == ".safetensors":
         try:
-            from sam_l1dfl.model import read_model_meta
-
             meta = read_model_meta(p)
             source = f"{p if p.is_dir() else p.parent}/config.json" if "preprocess" in meta or "input_mode" in meta \
                 else source
@@ -304,14 +328,19 @@ class Segmenter:
     sharing.  ``threshold``: probability threshold on the original grid.  ``autocast``: bf16
     autocast (CUDA only; default off).  ``model``: an already loaded model (then ``checkpoint``
     only names it, and ``preprocess`` gives its :class:`IntensityConfig`).
+
+    ``decoder(emb, points, labels, boxes, mask_input, crops) -> (low_res (B,1,s,s,s), logits
+    (B,1,S,S,S) at the crop size, iou (B,))``: what turns a batch of image embeddings and prompts
+    (crop voxel indices; ``crops``: the :class:`~sam_l1dfl.data.geometry.CropGeometry` of each
+    batch element) into mask logits.  Default :meth:`model_decoder`: the model's prompt encoder and
+    mask decoder, upsampled trilinearly.  Another decoder (a test oracle that knows where each
+    crop lies) replaces only that step.
     """
 
     def __init__(self, checkpoint: "str | os.PathLike | None" = None, device=None, *, batch_size: int = 2,
                  share_crops: bool = True, margin_vox: float = 16, threshold: float = 0.5,
                  autocast: bool = False, trust: bool = False, model=None,
-                 preprocess: "IntensityConfig | None" = None):
-        import torch
-
+                 preprocess: "IntensityConfig | None" = None, decoder: "Callable[..., tuple] | None" = None):
         if batch_size < 1:
             raise InputError(None, f"batch_size must be >= 1, got {batch_size}")
         if not 0.0 < float(threshold) < 1.0:
@@ -326,16 +355,12 @@ class Segmenter:
         if model is None:
             if checkpoint is None:
                 raise InputError(None, "give a checkpoint (run directory, exported file or sam_med3d_turbo.pth)")
-            from sam_l1dfl.model import load_sam_med3d
-
             p = Path(checkpoint)
             if not p.exists():
                 raise CheckpointError(p, "checkpoint not found")
             model = load_sam_med3d(p, map_location="cpu", trust=trust)
             cfg, self.meta, self.preprocess_source = checkpoint_preprocess(p, model.config)
         else:
-            from sam_l1dfl.data.preprocess import IntensityConfig
-
             cfg, self.meta, self.preprocess_source = preprocess or IntensityConfig(), {}, "given by the caller"
         self.preprocess: IntensityConfig = preprocess or cfg
         mc = model.config
@@ -350,7 +375,7 @@ class Segmenter:
         self.model = model.to(self.device).eval()
         for prm in self.model.parameters():
             prm.requires_grad_(False)
-        self._torch = torch
+        self.decoder = decoder if decoder is not None else self.model_decoder
 
     # ------------------------------------------------------------------ public
     @property
@@ -368,8 +393,6 @@ class Segmenter:
         (:func:`~sam_l1dfl.prompts.generate_prompts`, defaults: one interior point per lesion).
         ``reference`` + ``clicks`` = N: evaluation mode, N simulated refinement clicks per lesion.
         """
-        import SimpleITK as sitk
-
         rep = InferenceReport(batch_size=self.batch_size, device=str(self.device),
                               share_crops=self.share_crops if share_crops is None else bool(share_crops))
         with _timer(rep, "prepare"):
@@ -388,8 +411,6 @@ class Segmenter:
         cfg = self.preprocess
         windows = plan_windows(np.stack([l.lo for l in lesions]), np.stack([l.hi for l in lesions]),
                                cfg.crop_size, cfg.spacing, self.margin_vox, rep.share_crops)
-        from sam_l1dfl.data.io import Case
-
         case = Case(case_id=prompts.case_id or "case", pet=pet, ct_native=ct)
         size_zyx = tuple(reversed(pet.GetSize()))
         best = np.full(size_zyx, -np.inf, dtype=np.float32)
@@ -401,9 +422,9 @@ class Segmenter:
             chunk = windows[w0:w0 + self.batch_size]
             geoms = [cfg.geometry_at(w.center_lps) for w in chunk]
             with _timer(rep, "crop"):
-                x = self._torch.stack([self._make_input(case, g) for g in geoms]).to(self.device)
+                x = torch.stack([make_network_input(case, g, self.preprocess) for g in geoms]).to(self.device)
             with _timer(rep, "encoder", self._sync):
-                with self._torch.inference_mode(), self._autocast():
+                with torch.inference_mode(), self._autocast():
                     emb = self.model.encode(x).float()
             rep.encoder_passes += len(chunk)
             del x
@@ -416,8 +437,6 @@ class Segmenter:
                     vox = 0
                     if sub is not None:
                         ref_small, sl = sub
-                        from sam_l1dfl.data.geometry import crop_to_image
-
                         img = crop_to_image(logits, geoms[wi], ref_small, "linear", OUTSIDE_LOGIT)
                         a = sitk.GetArrayViewFromImage(img)
                         b, lab = best[sl], labels[sl]
@@ -453,10 +472,81 @@ class Segmenter:
                     probs[lid] = im
         return SegmentationResult(lab_img, mask_img, probs, out_lesions, rep)
 
+    def segment_dataset(self, cases: "Sequence[CaseRecord]", out_dir: "str | os.PathLike", *,
+                        prompts_dir: "str | os.PathLike | None" = None, from_mask: bool = False, clicks: int = 0,
+                        probabilities: bool = False, allow_checksum_mismatch: bool = False,
+                        data: "str | os.PathLike | None" = None, progress: bool = True,
+                        on_case: "Callable[[str, SegmentationResult], None] | None" = None) -> DatasetSummary:
+        """Segment every case (``sam-l1dfl infer --data``) and write, atomically, into ``out_dir``:
+        ``<case>.nii.gz`` (binary; what ``sam-l1dfl evaluate`` reads), ``lesions/<case>.nii.gz``,
+        ``<case>.json``, ``probabilities/<case>/`` with ``probabilities``, and ``summary.json``.
+
+        Prompts: ``prompts_dir`` (``<case>.json`` or ``<case>.mrk.json``), or ``from_mask`` (each
+        case's label, optionally with ``clicks`` refinement clicks).  A case without a prompt file
+        or without a reference lesion gets an empty mask; a case whose files are unusable is listed
+        in ``failed`` with its one-line reason.  ``data`` names the source in the summary;
+        ``on_case(case_id, result)`` is called after each segmented case.
+        """
+        cases = list(cases)
+        if not cases:
+            raise InputError(data, "no case found")
+        if (prompts_dir is None) == (not from_mask):
+            raise InputError(None, "give either prompts_dir or from_mask")
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise InputError(out, "exists and is not a folder")
+        pdir = Path(prompts_dir) if prompts_dir is not None else None
+        if pdir is not None and not pdir.is_dir():
+            raise InputError(pdir, "prompt folder does not exist")
+        needs_ct = self.preprocess.needs_ct
+        summary = DatasetSummary(self.checkpoint, None if data is None else str(data), len(cases), int(clicks),
+                                 self.share_crops, str(out))
+        t0 = time.perf_counter()
+        bar = tqdm(cases, desc="infer", unit="case", disable=None if progress else True)
+        for rec in bar:
+            try:
+                case = load_case(rec, load_ct=needs_ct, load_label=from_mask)
+                if from_mask and case.label is None:
+                    raise InputError(rec.pet, f"case {rec.case_id} has no label for --prompts-from-mask")
+                if needs_ct and case.ct_native is None:
+                    raise InputError(rec.pet, f"case {rec.case_id} has no CT but the checkpoint's input_mode is "
+                                              f"{self.input_mode!r}")
+                prompts = None
+                if pdir is not None:
+                    cands = [pdir / f"{rec.case_id}.json", pdir / f"{rec.case_id}.mrk.json"]
+                    prompts = next((c for c in cands if c.is_file()), None)
+                    why = "no prompt file"
+                else:
+                    why = "no lesion in the reference mask"
+                if (pdir is not None and prompts is None) or (from_mask and not sitk.GetArrayViewFromImage(case.label).any()):
+                    _write_empty(case.pet, out, rec.case_id, why)
+                    summary.empty.append(f"{rec.case_id}: {why}")
+                    continue
+                res = self.segment(case.pet, case.ct_native if needs_ct else None, prompts=prompts,
+                                   reference=case.label if from_mask else None, clicks=clicks,
+                                   probabilities=probabilities, allow_checksum_mismatch=allow_checksum_mismatch)
+            except SamL1dflError as exc:
+                summary.failed.append(f"{rec.case_id}: {exc}")
+                continue
+            res.write(out / f"{rec.case_id}.nii.gz", out / "lesions" / f"{rec.case_id}.nii.gz",
+                      out / f"{rec.case_id}.json", out / "probabilities" / rec.case_id if probabilities else None,
+                      {"case_id": rec.case_id, "pet": str(rec.pet), "prompts": None if prompts is None else str(prompts),
+                       "checkpoint": self.checkpoint})
+            r = res.report
+            summary.lesions += r.n_lesions
+            summary.encoder_passes += r.encoder_passes
+            for k, v in r.seconds.items():
+                summary.seconds[k] += v
+            summary.segmented.append(rec.case_id)
+            bar.set_postfix(lesions=summary.lesions, passes=summary.encoder_passes)
+            if on_case is not None:
+                on_case(rec.case_id, res)
+        summary.wall_seconds = time.perf_counter() - t0
+        write_json_atomic(out / "summary.json", summary.to_dict())
+        return summary
+
     # ------------------------------------------------------------------ checks and prompts
     def _check_images(self, pet, ct, reference):
-        import SimpleITK as sitk
-
         where = self.checkpoint
         if not isinstance(pet, sitk.Image) or pet.GetDimension() != 3:
             raise InputError(None, "pet must be a 3D SimpleITK image")
@@ -473,11 +563,9 @@ class Segmenter:
         if ct is not None:
             if not isinstance(ct, sitk.Image) or ct.GetDimension() != 3:
                 raise InputError(None, "ct must be a 3D SimpleITK image")
-            if not _images_overlap(pet, ct):
+            if not images_overlap(pet, ct):
                 raise InputError(None, "the CT does not overlap the PET in world space (check the headers)")
         if reference is not None:
-            from sam_l1dfl.data.geometry import grid_differences
-
             diffs = grid_differences(pet, reference)
             if diffs:
                 raise InputError(None, "reference mask grid differs from the PET grid (mask vs PET: "
@@ -488,8 +576,6 @@ class Segmenter:
         return pet, ct, reference
 
     def _prompts(self, pet, prompts, reference, allow_mismatch):
-        from sam_l1dfl.prompts import CasePrompts, generate_prompts, load_prompts
-
         if prompts is None:
             if reference is None:
                 raise PromptError(None, "no prompts: give a prompt file, CasePrompts, or a reference mask")
@@ -545,11 +631,6 @@ class Segmenter:
     def _reference_components(self, reference, lesions: list[_Lesion], rep: InferenceReport):
         """Instance image of the reference (18-connected components) and each lesion's component id
         (the component under most of its positive points; 0 = none)."""
-        import SimpleITK as sitk
-
-        from sam_l1dfl.data.geometry import image_world_to_index
-        from sam_l1dfl.data.lesions import label_components
-
         comps, _ = label_components(sitk.GetArrayViewFromImage(reference) > 0, 18)
         inst = sitk.GetImageFromArray(comps.astype(np.uint32))
         inst.CopyInformation(reference)
@@ -570,27 +651,18 @@ class Segmenter:
     # ------------------------------------------------------------------ network
     def _sync(self) -> None:
         if self.device.type == "cuda":
-            self._torch.cuda.synchronize(self.device)
+            torch.cuda.synchronize(self.device)
 
     def _autocast(self):
         if self.autocast:
-            return self._torch.autocast("cuda", dtype=self._torch.bfloat16)
+            return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
-    def _make_input(self, case, geom) -> "torch.Tensor":
-        from sam_l1dfl.data.preprocess import make_network_input
-
-        return make_network_input(case, geom, self.preprocess)
-
-    def _decode(self, emb, points, labels, boxes, mask_input, geoms):
-        """One batched decoder call -> ``(low_res (B,1,s,s,s), logits (B,1,S,S,S), iou (B,))``.
-
-        ``geoms`` (the crop of each batch element) is unused here; it lets tests substitute an
-        oracle decoder that knows where the crop is.
-        """
-        import torch.nn.functional as F
-
-        with self._torch.inference_mode(), self._autocast():
+    def model_decoder(self, emb, points, labels, boxes, mask_input, crops=None):
+        """The default decoder: one batched prompt encoder + mask decoder call (single-mask output),
+        upsampled trilinearly to the crop, as the official ``sam_model_infer``.  ``crops`` is not
+        needed here (see the class docstring)."""
+        with torch.inference_mode(), self._autocast():
             low, iou = self.model.decode(emb, points, labels, boxes, mask_input, multimask_output=False)
         low = low.float()
         s = self.preprocess.crop_size
@@ -603,7 +675,6 @@ class Segmenter:
 
         Lesions with the same number of points and boxes are decoded together.  Returns per item
         ``(crop logits (X, Y, Z) float32, predicted IoU, number of points used)``."""
-        torch = self._torch
         cfg = self.preprocess
         s = cfg.crop_size
         low_s = self.model.config.low_res_size
@@ -640,7 +711,7 @@ class Segmenter:
                 box = torch.from_numpy(np.stack([prepared[k][2] for k in ks])).to(dev) if has_box else None
                 mask_in = torch.zeros((len(ks), 1, low_s, low_s, low_s), device=dev)
                 g = [geoms[items[k][1]] for k in ks]
-                low, logits, iou = self._decode(e, pts, lab, box, mask_in, g)
+                low, logits, iou = self.decoder(e, pts, lab, box, mask_in, g)
                 rep.decoder_passes += len(ks)
             if n_clicks:
                 inst, ids = comp
@@ -648,16 +719,14 @@ class Segmenter:
                     gt = torch.from_numpy(np.stack([
                         (np.asarray(_crop_instance(inst, gg)) == ids[items[k][2]]) & (ids[items[k][2]] > 0)
                         for k, gg in zip(ks, g)])[:, None]).to(dev)
-                for _ in range(n_clicks):
-                    with _timer(rep, "clicks"):
-                        from sam_l1dfl.prompts.clicks import next_click
 
-                        p_new, l_new = next_click(logits > 0, gt)
-                        pts = p_new if pts is None else torch.cat([pts, p_new.to(pts.dtype)], 1)
-                        lab = l_new.to(dev) if lab is None else torch.cat([lab, l_new.to(dev)], 1)
-                    with _timer(rep, "decoder"):
-                        low, logits, iou = self._decode(e, pts, lab, box, low, g)
-                        rep.decoder_passes += len(ks)
+                def decode(points, labels, mask_prompt, e=e, box=box, g=g):
+                    return self.decoder(e, points, labels, box, mask_prompt, g)
+
+                for r in simulate_clicks(decode, gt, n_clicks, mask_prompt=low, logits=logits, points=pts,
+                                         labels=lab, stage=lambda name: _timer(rep, name)):
+                    rep.decoder_passes += len(ks)
+                pts, logits, iou = r.points, r.logits, r.iou
             with _timer(rep, "map_back", self._sync):
                 out = logits[:, 0].detach().float().cpu().numpy()
                 iou_c = iou.detach().float().cpu().numpy()
@@ -667,11 +736,18 @@ class Segmenter:
         return results
 
 
-def _crop_instance(inst: "sitk.Image", geom: "CropGeometry") -> np.ndarray:
-    from sam_l1dfl.data.geometry import resample_to_crop
+def _write_empty(pet: sitk.Image, out: Path, case_id: str, why: str) -> None:
+    """The outputs of a case with nothing to segment: empty mask and label map, and a JSON note."""
+    z = sitk.Image(pet.GetSize(), sitk.sitkUInt8)
+    z.CopyInformation(pet)
+    write_image_atomic(z, out / f"{case_id}.nii.gz")
+    write_image_atomic(sitk.Cast(z, sitk.sitkUInt16), out / "lesions" / f"{case_id}.nii.gz")
+    write_json_atomic(out / f"{case_id}.json", {"case_id": case_id, "lesions": [], "note": f"{why}: empty prediction"})
 
+
+def _crop_instance(inst: "sitk.Image", geom: CropGeometry) -> np.ndarray:
     return resample_to_crop(inst, geom, "nearest", 0)
 
 
-__all__ = ["InferenceReport", "OUTSIDE_LOGIT", "STAGES", "Segmenter", "SegmentationResult", "Window",
-           "checkpoint_preprocess", "plan_windows"]
+__all__ = ["DatasetSummary", "InferenceReport", "OUTSIDE_LOGIT", "STAGES", "Segmenter", "SegmentationResult",
+           "Window", "checkpoint_preprocess", "plan_windows"]

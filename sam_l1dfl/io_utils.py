@@ -1,4 +1,4 @@
-"""Small I/O helpers shared by every stage: atomic writes and checksums.
+"""Small I/O helpers shared by every stage: atomic writes, checksums, compact JSON.
 
 Outputs are always written to a temporary name in the destination folder and renamed into
 place, so a crash never leaves a half-written file, and nothing the user gave us is modified.
@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -58,6 +59,15 @@ def write_text_atomic(path: "str | os.PathLike", text: str) -> Path:
 
 def write_json_atomic(path: "str | os.PathLike", obj: Any, indent: int = 2) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+_NUM_LIST = re.compile(r"\[\s+([-+0-9.eE,\s]+?)\s+\]")
+
+
+def dumps_compact(doc: Any) -> str:
+    """``json.dumps(indent=2)`` with short numeric arrays kept on one line (readable diffs)."""
+    text = json.dumps(doc, indent=2)
+    return _NUM_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
 
 
 def write_image_atomic(image, path: "str | os.PathLike", compress: bool = True) -> Path:

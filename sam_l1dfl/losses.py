@@ -7,7 +7,11 @@ Public API
 * :func:`l1_voxel_weights` -- the per-voxel weights ``beta`` (for inspection and plots).
 * :func:`l1_histogram` -- the histogram behind ``beta`` (counts, bin edges, widths, weights).
 * :func:`make_loss` -- build ``l1dfl`` or a MONAI baseline (``dice``, ``dicefocal``, ``dicece``,
-  ``focal``) by name, as the fine-tuning configuration does.
+  ``focal``) by name.
+* :func:`make_training_loss` -- the same with the training-safe defaults both trainers use
+  (``mode="sigmoid"`` for SAM-Med3D's single logit, ``"softmax"`` for the 2-class CNNs).
+* :func:`normalize_loss_name` -- ``"Dice-Focal"`` → ``"dicefocal"``; the one spelling rule of the
+  configs, the comparison and the factories.
 
 Formulation (softmax form, as in the authors' released code)
 -----------------------------------------------------------
@@ -67,7 +71,8 @@ from torch.nn.modules.loss import _Loss
 
 from sam_l1dfl.errors import ConfigError
 
-__all__ = ["L1DFLoss", "L1Histogram", "l1_bin_layout", "l1_histogram", "l1_voxel_weights", "make_loss", "LOSS_NAMES"]
+__all__ = ["L1DFLoss", "L1Histogram", "l1_bin_layout", "l1_histogram", "l1_voxel_weights", "make_loss",
+           "make_training_loss", "normalize_loss_name", "LOSS_NAMES"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -436,6 +441,17 @@ class L1DFLoss(_Loss):
 LOSS_NAMES = ("l1dfl", "dice", "dicefocal", "dicece", "focal")
 
 
+def normalize_loss_name(name: str) -> str:
+    """The canonical loss name: case, ``-`` and ``_`` ignored (``"Dice-Focal"`` → ``"dicefocal"``).
+
+    Raises :class:`~sam_l1dfl.errors.ConfigError` naming the known losses for anything else.
+    """
+    key = str(name).strip().lower().replace("-", "").replace("_", "")
+    if key not in LOSS_NAMES:
+        raise ConfigError(None, f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
+    return key
+
+
 def _loss_class(name: str) -> type:
     import monai.losses as ml
 
@@ -482,9 +498,7 @@ def make_loss(name: str, mode: str = "sigmoid", **kwargs: Any) -> torch.nn.Modul
     sync_histogram, validate``.  Unknown names, an unknown loss or mode, and invalid values raise
     :class:`sam_l1dfl.errors.ConfigError` (a ``ValueError``) naming them.
     """
-    key = str(name).strip().lower().replace("-", "").replace("_", "")
-    if key not in LOSS_NAMES:
-        raise ConfigError(None, f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
+    key = normalize_loss_name(name)
     if mode not in ("sigmoid", "softmax"):
         raise ConfigError(None, f"loss {key}: unknown mode {mode!r}; choose 'sigmoid' or 'softmax'")
     cls = _loss_class(key)
@@ -499,3 +513,24 @@ def make_loss(name: str, mode: str = "sigmoid", **kwargs: Any) -> torch.nn.Modul
         return cls(**args)
     except (TypeError, ValueError) as exc:
         raise ConfigError(None, f"loss {key}: invalid option value: {exc}") from exc
+
+
+def make_training_loss(name: str, params: "dict[str, Any] | None" = None, mode: str = "sigmoid") -> torch.nn.Module:
+    """The training loss by name with training-safe defaults (``params`` override them).
+
+    ``mode="sigmoid"``: SAM-Med3D fine-tuning (single logit, binary target); ``"softmax"``: the
+    paper's 2-class CNNs (label-map target, one-hot inside).  For ``l1dfl``:
+
+    * ``sync_histogram=True``: β from the histogram of the *global* batch, so one process with
+      batch 4 and two processes with batch 2 compute the same loss;
+    * ``validate=False``: the value check reads a result back to the host (one sync per call);
+    * ``batch=False``: per-sample Dice averaged over the local batch, so DDP's gradient average
+      over processes equals the single-process mean over the global batch.
+    """
+    kw = dict(params or {})
+    key = normalize_loss_name(name)
+    if key == "l1dfl":
+        kw.setdefault("sync_histogram", True)
+        kw.setdefault("validate", False)
+        kw.setdefault("batch", False)
+    return make_loss(key, mode=mode, **kw)

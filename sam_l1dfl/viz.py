@@ -27,6 +27,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from sam_l1dfl.io_utils import atomic_path
+
 AXES = ("coronal", "sagittal")
 DEFAULT_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6")
 
@@ -211,8 +213,6 @@ def save_mip_figure(path: "str | os.PathLike", panels: "Sequence[Panel | Mapping
     """Render panels side by side (wrapping after ``ncols``) and write a PNG atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from sam_l1dfl.io_utils import atomic_path
 
     panels = [p if isinstance(p, Panel) else Panel(**p) for p in panels]
     if not panels:

@@ -31,9 +31,10 @@ def main(argv=None) -> int:
     import torch
 
     from sam_l1dfl.model import build_sam_med3d
-    from sam_l1dfl.training.clickloop import ClickLoop, click_uniforms, configure_trainable
+    from sam_l1dfl.prompts.clicks import click_uniforms
+    from sam_l1dfl.training.clickloop import ClickLoop, configure_trainable
     from sam_l1dfl.training.config import load_config
-    from sam_l1dfl.training.losses import build_loss
+    from sam_l1dfl.losses import make_training_loss
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="tiny", choices=["tiny", "vit_b_ori"])
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     model = build_sam_med3d(cfg.model_config())
     configure_trainable(model, cfg)
     model.to(dev)
-    loss = build_loss(a.loss)
+    loss = make_training_loss(a.loss)
     B = a.batch
     label = torch.zeros(B, 1, 128, 128, 128, dtype=torch.uint8)
     for b in range(B):

@@ -31,9 +31,8 @@ def main(argv=None) -> int:
 
     from sam_l1dfl.cli import main as cli
     from sam_l1dfl.data.synthetic import generate_dataset
-    from sam_l1dfl.io_utils import write_text_atomic
+    from sam_l1dfl.io_utils import dumps_compact, write_text_atomic
     from sam_l1dfl.prompts import load_prompts
-    from sam_l1dfl.prompts.fileformat import dumps_compact
     from sam_l1dfl.viz import Panel, save_mip_figure
 
     out_dir = ROOT / "prompts" / "examples"

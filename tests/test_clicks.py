@@ -1,16 +1,22 @@
-"""Click simulation: right region, right label, interior point, batched == per sample, backends agree."""
+"""Click simulation: right region, right label, interior point, batched == per sample, backends agree,
+the training click is host-sync free and seeded exactly as before, and the one click loop."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from sam_l1dfl.prompts.clicks import (
-    ClickSimulator,
     accumulate_clicks,
+    click_uniforms,
+    error_regions,
+    label_boxes,
     largest_component,
+    mask_only_iterations,
     next_click,
     propagate_labels,
+    sample_clicks,
     simulate_clicks,
 )
 
@@ -103,29 +109,121 @@ def test_probabilities_thresholded_and_fp_vs_fn_choice():
     assert labels.item() == 1
 
 
-def test_accumulate_and_simulate():
-    pred, gt = _batch()
-    sim = ClickSimulator(max_clicks=3)
-    for n in range(1, 5):
-        p, l = sim.step(pred, gt)
-        assert p.shape == (4, min(n, 3), 3) and l.shape == (4, min(n, 3))
-    p, l = accumulate_clicks(None, None, p[:, :1], l[:, :1])
-    p, l = accumulate_clicks(p, l, p, l)
-    assert p.shape == (4, 2, 3)
+def test_error_region_of_a_perfect_prediction():
+    gt = torch.zeros(2, 1, 6, 6, 6, dtype=torch.bool)
+    gt[0, 0, 1:3, 1:3, 1:3] = True
+    region, is_pos = error_regions(gt.clone(), gt)
+    assert is_pos.tolist() == [True, False]
+    assert torch.equal(region[0], gt[0])  # lesion: click inside it
+    assert region[1].all()  # nothing anywhere: a negative click in the background
 
-    def predict(points, labels):  # a "model" that segments a 3-voxel cube at every positive click
+
+# ------------------------------------------------------------------------------ the training click
+class _NoHostSync(TorchFunctionMode):
+    """Fails on anything that makes the host wait for the device."""
+
+    BAD = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
+           torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.nonzero, torch.nonzero,
+           torch.Tensor.numpy, torch.Tensor.cpu, torch.equal}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.BAD:
+            raise AssertionError(f"host synchronisation: {func}")
+        if func is torch.Tensor.__getitem__:
+            idx = args[1] if isinstance(args[1], tuple) else (args[1],)
+            if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in idx):
+                raise AssertionError("host synchronisation: boolean mask indexing")
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_sync_guard_catches_a_sync():
+    pred, gt = _batch()
+    with pytest.raises(AssertionError, match="host synchronisation"), _NoHostSync():
+        next_click(pred, gt, mode="center")  # reads the batch's bounding box: not for the training step
+
+
+def test_training_click_is_host_sync_free_and_equals_the_random_click():
+    pred, gt = _batch()
+    u = torch.tensor([0.0, 0.3, 0.5, 0.999999], dtype=torch.float64)
+    with _NoHostSync():
+        pts, labels = sample_clicks(pred, gt, u)
+        error_regions(pred, gt)
+        label_boxes(gt)
+    ref = next_click(pred, gt, mode="random", component="any", u=u)
+    assert torch.equal(pts, ref[0]) and torch.equal(labels, ref[1])
+    # raster order: the same voxel whether or not the work is cut to the batch's bounding box
+    # (sample 2's error is one component, so "largest" and "any" are the same region)
+    for v in (0.0, 0.4, 0.999):
+        w = torch.tensor([v], dtype=torch.float64)
+        boxed = next_click(pred[2:3], gt[2:3], mode="random", component="largest", u=w)[0]
+        assert torch.equal(boxed, next_click(pred[2:3], gt[2:3], mode="random", component="any", u=w)[0])
+
+
+def test_training_click_randomness_is_pinned():
+    """Resumed runs compare weights bit for bit: the click seeds must never drift."""
+    u = click_uniforms(7, 3, [0], 5)
+    assert u.dtype == torch.float64 and u.shape == (1, 5)
+    expected = [0.5635738655927498, 0.09172572777785548, 0.6943003827496147, 0.14551249414537903,
+                0.6859093825031319]
+    assert u[0].tolist() == expected
+    assert mask_only_iterations("official", 11, 0, 0, 3) == (8, 10)
+    # per dataset index, whatever the batch split
+    a = click_uniforms(0, 1, [5, 9, 2, 7], 4)
+    assert torch.equal(a, torch.cat([click_uniforms(0, 1, [5, 9], 4), click_uniforms(0, 1, [2, 7], 4)]))
+    pred, gt = _batch()
+    p1, _ = sample_clicks(pred, gt, torch.tensor([0.0, 0.0, 0.0, 0.0], dtype=torch.float64))
+    assert p1[0, 0].tolist() == [2, 2, 2]  # u = 0: the first voxel of the region in raster order
+
+
+# ------------------------------------------------------------------------------ the click loop
+def _cube_decoder(gt, calls):
+    """A "model" that segments a 3-voxel cube at every positive click (and records its inputs)."""
+
+    def decode(points, labels, mask_prompt):
+        calls.append((None if points is None else points.clone(), mask_prompt.clone()))
         out = torch.zeros_like(gt)
-        for b in range(points.shape[0]):
+        for b in range(points.shape[0] if points is not None else 0):
             for q, lab in zip(points[b].long(), labels[b]):
                 if lab == 1:
                     i, j, k = q.tolist()
                     out[b, 0, max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2, max(k - 1, 0) : k + 2] = True
-        return out & gt
+        out &= gt
+        logits = torch.where(out, 5.0, -5.0)
+        return mask_prompt + 1, logits, out.flatten(1).float().mean(1)
 
-    points, labels, preds = simulate_clicks(gt, predict, n_clicks=5)
-    assert points.shape == (4, 5, 3) and len(preds) == 5
-    err = [(p ^ gt).sum().item() for p in preds]
-    assert err[-1] < err[0]  # clicking on the error reduces it
+    return decode
+
+
+def test_accumulate_keeps_the_latest():
+    p = torch.arange(12.0).view(2, 2, 3)
+    l = torch.tensor([[1, 0], [0, 1]])
+    q, m = accumulate_clicks(p, l, p[:, :1] + 100, l[:, :1], max_clicks=2)
+    assert q.shape == (2, 2, 3) and torch.equal(q[:, 0], p[:, 1]) and torch.equal(q[:, 1], p[:, 0] + 100)
+    assert torch.equal(m, torch.stack([l[:, 1], l[:, 0]], 1))
+
+
+def test_simulate_clicks_is_the_loop():
+    pred, gt = _batch()
+    calls, stages = [], []
+    given = torch.full((4, 1, 3), 1.0)
+    rounds = list(simulate_clicks(_cube_decoder(gt, calls), gt, 5, mask_prompt=torch.zeros(4, 1, 2, 2, 2),
+                                  points=given, labels=torch.zeros(4, 1, dtype=torch.int64),
+                                  stage=lambda name: stages.append(name) or torch.no_grad()))
+    assert [r.clicks for r in rounds] == [1, 2, 3, 4, 5]
+    assert rounds[-1].points.shape == (4, 6, 3) and rounds[-1].labels.shape == (4, 6)
+    assert torch.equal(rounds[-1].points[:, :1], given)  # the prompt's own points stay first
+    assert stages == ["clicks", "decoder"] * 5
+    # the mask prompt returned by one round is the input of the next
+    assert [float(c[1].mean()) for c in calls] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    # clicking on the error reduces it
+    err = [((r.logits > 0) ^ gt).sum().item() for r in rounds]
+    assert err[-1] < err[0]
+    # the first click was on the empty prediction: inside the lesion (positive)
+    assert rounds[0].labels[:, 1].tolist() == [1, 1, 1, 1]
+    # without points: decoding only
+    calls.clear()
+    rounds = list(simulate_clicks(_cube_decoder(gt, calls), gt, 2, mask_prompt=torch.zeros(4, 1), add_points=False))
+    assert len(rounds) == 2 and all(c[0] is None for c in calls)
 
 
 def test_bad_inputs():
@@ -134,11 +232,24 @@ def test_bad_inputs():
         next_click(gt[:, 0], gt[:, 0])
     with pytest.raises(ValueError):
         next_click(gt, gt, mode="middle")
+    with pytest.raises(ValueError):
+        next_click(gt, gt, component="biggest")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
+def test_cuda_matches_cpu_and_training_click_never_syncs():
     pred, gt = _batch()
     a = next_click(pred, gt)
     b = next_click(pred.cuda(), gt.cuda())
     assert torch.equal(a[0], b[0].cpu()) and torch.equal(a[1], b[1].cpu())
+    u = torch.rand(4, dtype=torch.float64)
+    ref = sample_clicks(pred, gt, u)
+    pc, gc, uc = pred.cuda(), gt.cuda(), u.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = sample_clicks(pc, gc, uc)
+        label_boxes(gc)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.equal(out[0].cpu(), ref[0]) and torch.equal(out[1].cpu(), ref[1])

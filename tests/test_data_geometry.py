@@ -8,14 +8,20 @@ import SimpleITK as sitk
 
 from _data_helpers import DIRECTIONS, FLIPPED_XY, IDENTITY, ball, blob, dice, make_image, sample_scene
 from sam_l1dfl.data.geometry import (
+    CROP_DIRECTION,
     CropGeometry,
+    Grid,
     crop_to_image,
+    grid_differences,
+    grid_mismatches,
     image_index_to_world,
     image_world_to_index,
     resample_to_crop,
+    same_grid,
 )
 from sam_l1dfl.data.io import Case
 from sam_l1dfl.data.preprocess import IntensityConfig, crop_mask, make_network_input
+from sam_l1dfl.prompts.types import ImageRef
 
 SPACINGS = {"iso": (2.0, 2.0, 2.0), "aniso": (4.07, 3.3, 2.5)}
 
@@ -184,3 +190,98 @@ def test_tiny_lesion_survives_downsampling():
     m = crop_mask(lab, geom)
     assert m.sum() == 1
     assert np.allclose(np.argwhere(m)[0], np.rint(geom.world_to_index(image_index_to_world(lab, (10, 10, 10)))))
+
+
+# ---------------------------------------------------------------------- the one grid type
+def _oblique_image(size=(9, 7, 5), spacing=(4.07, 3.3, 2.5), origin=(-30.5, 12.25, 101.0)):
+    return make_image(np.zeros(size[::-1], np.float32), spacing, origin, DIRECTIONS["oblique"])
+
+
+def test_grid_index_world_matches_sitk_on_oblique_grid():
+    img = _oblique_image()
+    g = Grid.from_image(img)
+    assert (g.size, g.spacing, g.origin, g.direction) == (img.GetSize(), img.GetSpacing(), img.GetOrigin(),
+                                                          img.GetDirection())
+    idx = np.random.default_rng(1).uniform(-3, 10, size=(40, 3))
+    world = g.index_to_world(idx)
+    ref = np.array([img.TransformContinuousIndexToPhysicalPoint(p.tolist()) for p in idx])
+    assert world.shape == (40, 3) and np.abs(world - ref).max() < 1e-9
+    back = np.array([img.TransformPhysicalPointToContinuousIndex(w.tolist()) for w in ref])
+    assert np.abs(g.world_to_index(ref) - back).max() < 1e-9
+    assert np.abs(g.world_to_index(world) - idx).max() < 1e-12
+    # one point in, one point out; numpy (z, y, x) array indices are reversed (i, j, k)
+    assert g.index_to_world(idx[0]).shape == (3,) and np.allclose(g.index_to_world(idx[0]), ref[0], atol=1e-9)
+    assert np.array_equal(g.array_index_to_world(idx[:, ::-1]), world)
+    # a grid survives a trip through a SimpleITK image exactly
+    assert Grid.from_image(g.reference_image()) == g
+    arr = np.arange(np.prod(g.array_shape), dtype=np.float32).reshape(g.array_shape)
+    im = g.image_from_array(arr)
+    assert Grid.from_image(im) == g and np.array_equal(sitk.GetArrayViewFromImage(im), arr)
+    with pytest.raises(ValueError, match="does not match"):
+        g.image_from_array(arr.T)
+    with pytest.raises(ValueError, match="positive"):
+        Grid((3, 3, 3), (1.0, 0.0, 1.0))
+
+
+def test_grid_bounds_overlap_containment_and_subgrid():
+    img = _oblique_image()
+    g = Grid.from_image(img)
+    n = np.asarray(g.size)
+    corners = np.array([[a, b, c] for a in (-0.5, n[0] - 0.5) for b in (-0.5, n[1] - 0.5) for c in (-0.5, n[2] - 0.5)])
+    w = np.array([img.TransformContinuousIndexToPhysicalPoint(p.tolist()) for p in corners])
+    lo, hi = g.world_bounds()
+    assert np.allclose(lo, w.min(0), atol=1e-9) and np.allclose(hi, w.max(0), atol=1e-9)
+    far = Grid(g.size, g.spacing, tuple(np.asarray(g.origin) + (hi - lo) + 1.0), g.direction)
+    near = Grid(g.size, g.spacing, tuple(np.asarray(g.origin) + 0.5 * (hi - lo)), g.direction)
+    assert g.overlaps(near) and near.overlaps(g) and not g.overlaps(far) and not far.overlaps(g)
+    # containment: voxel extent, shrunk or grown by a margin
+    pts = np.array([[-0.5, 0, 0], [-0.51, 0, 0], [n[0] - 0.5, 3, 2], [4, 3, 2]])
+    assert g.contains_index(pts).tolist() == [True, False, True, True]
+    assert g.contains_index(pts, margin=0.2).tolist() == [False, False, False, True]
+    assert g.contains_index(pts, margin=-0.02).tolist() == [True, True, True, True]
+    assert g.contains_world(g.index_to_world(pts)).tolist() == [True, False, True, True]
+    # an index box around points, clipped, and the subgrid on the same lattice
+    box = g.index_box(g.index_to_world(np.array([[1.2, 2.5, -4.0], [3.0, 2.6, 1.4]])))
+    assert [v.tolist() for v in box] == [[1, 2, 0], [3, 3, 2]]
+    assert g.index_box(g.index_to_world(np.array([[40.0, 40.0, 40.0]]))) is None
+    sub = g.subgrid(*box)
+    assert sub.size == (3, 2, 3) and sub.spacing == g.spacing and sub.direction == g.direction
+    assert np.allclose(sub.index_to_world([0, 0, 0]), img.TransformIndexToPhysicalPoint((1, 2, 0)), atol=1e-9)
+    assert Grid.array_slices(*box) == (slice(0, 3), slice(2, 4), slice(1, 4))
+
+
+def test_crop_geometry_is_a_grid_with_exact_crop_indices():
+    geom = CropGeometry.centered_at((0.75, -0.75, 0.75), 1.5, 128)
+    assert geom.grid == Grid(geom.size, geom.spacing, geom.origin_lps, tuple(CROP_DIRECTION.ravel()))
+    assert Grid.from_image(geom.reference_image()) == geom.grid
+    idx = np.stack(np.meshgrid(*[np.arange(128.0)] * 3, indexing="ij"), -1).reshape(-1, 3)[::97]
+    assert np.array_equal(geom.world_to_index(geom.index_to_world(idx)), idx)
+    # bit for bit the published crop formulas: a sign flip and a division by the spacing (not a
+    # multiplication by a rounded reciprocal), and origin + (index * spacing) with the flips
+    o, s = np.asarray(geom.origin_lps), np.asarray(geom.spacing)
+    w = np.random.default_rng(2).uniform(-200, 200, size=(500, 3))
+    assert np.array_equal(geom.world_to_index(w), ((w - o) @ CROP_DIRECTION) / s)
+    assert np.array_equal(geom.index_to_world(idx), o + (idx * s) @ CROP_DIRECTION.T)
+
+
+def test_image_ref_is_a_grid():
+    img = _oblique_image()
+    ref = ImageRef.from_image(img, path="pet.nii.gz", sha256="ab")
+    assert isinstance(ref, Grid) and ref.path == "pet.nii.gz"
+    assert Grid.from_image(img) == Grid(ref.size, ref.spacing, ref.origin, ref.direction)
+    p = np.array([[1.0, 2.0, 3.0], [0.5, -0.5, 4.5]])
+    assert np.array_equal(ref.index_to_world(p), Grid.from_image(img).index_to_world(p))
+    assert ref.contains_index((0.0, 0.0, 0.0)) and not ref.contains_index((-0.6, 0.0, 0.0))
+
+
+def test_grid_mismatches_one_rule_for_images_and_grids():
+    img = _oblique_image()
+    g = Grid.from_image(img)
+    moved = make_image(np.zeros((5, 7, 9), np.float32), (4.07, 3.3, 2.5), (-30.5, 12.26, 101.0), DIRECTIONS["oblique"])
+    assert grid_mismatches(img, img) == [] and same_grid(g, img)
+    # 0.01 mm is more than 1e-3 of the smallest spacing (2.5 mm): refused, with the numbers
+    assert [m[0] for m in grid_mismatches(img, moved)] == ["origin"]
+    assert grid_differences(g, Grid.from_image(moved)) == ["origin (-30.5, 12.26, 101) vs (-30.5, 12.25, 101)"]
+    assert same_grid(img, moved, coord_tol=0.02)
+    small = Grid((9, 7, 4), g.spacing, g.origin, g.direction)
+    assert grid_differences(g, small) == ["size (9, 7, 4) vs (9, 7, 5)"]

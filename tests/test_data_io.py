@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from _data_helpers import make_image, write
 from sam_l1dfl.cli import main
 from sam_l1dfl.data.discovery import discover_cases
-from sam_l1dfl.data.io import load_case, read_image
+from sam_l1dfl.data.io import load_case, read_image, read_mask
 from sam_l1dfl.errors import InputError
 
 
@@ -225,3 +225,33 @@ def test_discover_unknown_layout(tmp_path):
     (tmp_path / "readme.txt").write_text("hi")
     with pytest.raises(InputError, match="no autoPET"):
         discover_cases(tmp_path)
+
+
+# ---------------------------------------------------------------------- masks
+def test_read_mask_accepts_label_maps_and_refuses_probability_maps(tmp_path):
+    a = np.zeros((6, 7, 8), np.uint8)
+    a[1:3, 2:4, 2:5] = 1
+    a[4, 5, 6] = 3  # a label map: every label > 0 is foreground
+    p = tmp_path / "lab.nii.gz"
+    write(make_image(a, (2.0, 2.0, 3.0)), p)
+    img, fg = read_mask(p, "prediction")
+    assert img.GetSize() == (8, 7, 6) and fg.dtype == bool and np.array_equal(fg, a > 0)
+    # float 0/1 masks are masks
+    q = tmp_path / "float.nii.gz"
+    write(make_image(a.astype(np.float32), (2.0, 2.0, 3.0)), q)
+    assert np.array_equal(read_mask(q)[1], a > 0)
+    # a probability map is not a mask: one line naming the file, whatever reads it
+    prob = a.astype(np.float32) * 0.7
+    r = tmp_path / "prob.nii.gz"
+    write(make_image(prob, (2.0, 2.0, 3.0)), r)
+    with pytest.raises(InputError, match=r"prob\.nii\.gz: prediction has non-integer values: .*probability map"):
+        read_mask(r, "prediction")
+    d = _case_files(tmp_path / "case", label=make_image(prob, (2.0, 2.0, 3.0)))
+    with pytest.raises(InputError, match=r"SEG\.nii\.gz: label has non-integer values"):
+        load_case(dict(pet=d / "SUV.nii.gz", label=d / "SEG.nii.gz"))
+    neg = a.astype(np.int16)
+    neg[0, 0, 0] = -1
+    n = tmp_path / "neg.nii.gz"
+    write(make_image(neg, (2.0, 2.0, 3.0)), n)
+    with pytest.raises(InputError, match="negative values"):
+        read_mask(n)

@@ -185,9 +185,18 @@ def test_safetensors_dir_keeps_preprocessing_and_has_model_card(run, tmp_path, c
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     model = load_sam_med3d(out)
     _assert_identical(model, run, exact=True)  # inference gives exactly the run directory's results
-    from sam_l1dfl.io_utils import sha256_file
+    # the same tensors and metadata as the run's weights (not the same bytes: safetensors
+    # writes its __metadata__ in a per-process order, so a checksum comparison is flaky)
+    from safetensors import safe_open
 
-    assert sha256_file(out / "model.safetensors") == sha256_file(run["run"] / "best" / "model.safetensors")
+    def _tensors_and_metadata(path):
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+    got, got_md = _tensors_and_metadata(out / "model.safetensors")
+    want, want_md = _tensors_and_metadata(run["run"] / "best" / "model.safetensors")
+    assert got_md == want_md and list(got) == list(want)
+    assert all(got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]) for k in want)
     meta, src_meta = read_model_meta(out), read_model_meta(run["run"] / "best")
     for k in ("input_mode", "preprocess", "prompt_types", "loss", "training", "model"):
         assert meta[k] == src_meta[k], k
@@ -261,6 +270,10 @@ def test_delta_roundtrip_is_bit_identical_and_small(run, tmp_path, capsys):
     shutil.copy(delta, lonely / "delta.safetensors")
     with pytest.raises(CheckpointError, match="give that base"):
         load_sam_med3d(lonely / "delta.safetensors")
+    # ... or takes the base from the caller; a base only applies to a delta
+    _assert_identical(load_sam_med3d(lonely / "delta.safetensors", base=run["base"]), run, outputs=False)
+    with pytest.raises(CheckpointError, match="not a sam-l1dfl delta"):
+        load_sam_med3d(run["base"], base=run["base"])
 
 
 @pytest.mark.skipif(not MANIFEST.is_file(), reason=f"reference manifest {MANIFEST} not available")

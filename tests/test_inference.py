@@ -1,12 +1,14 @@
 """Prompted inference: exact geometry back onto the PET grid, crop sharing, labels, bad input, CLI.
 
-The geometry tests replace the decoder by an oracle that outputs the reference lesion (cut into
-the crop by a nearest-neighbour resample) as crop-space logits: whatever the crop placement, the
-output must reproduce the reference SEG on the original (lps, flipped, oblique) grid.
+The geometry tests inject a decoder (``Segmenter(decoder=...)``): an oracle that outputs the
+reference lesion (cut into the crop by a nearest-neighbour resample) as crop-space logits: whatever
+the crop placement, the output must reproduce the reference SEG on the original (lps, flipped,
+oblique) grid.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -18,6 +20,7 @@ from sam_l1dfl.data.geometry import resample_to_crop
 from sam_l1dfl.data.lesions import label_components
 from sam_l1dfl.data.synthetic import generate_case, write_case
 from sam_l1dfl.errors import CheckpointError, InputError, PromptError
+from sam_l1dfl import inference
 from sam_l1dfl.inference import Segmenter, plan_windows
 from sam_l1dfl.model import SamMed3DConfig, build_sam_med3d, save_model_dir
 from sam_l1dfl.prompts import generate_prompts
@@ -46,18 +49,17 @@ def _components(seg: sitk.Image) -> sitk.Image:
 
 
 def _oracle(comp_img: sitk.Image):
-    """A ``Segmenter._decode`` that returns +-8 logits of the reference lesion under the first point."""
+    """A ``Segmenter`` decoder that returns +-8 logits of the reference lesion under the first point."""
 
-    def decode(self, emb, points, labels, boxes, mask_input, geoms):
+    def decode(emb, points, labels, boxes, mask_input, crops):
         out = []
-        for b, g in enumerate(geoms):
+        for b, g in enumerate(crops):
             inst = resample_to_crop(comp_img, g, "nearest", 0)
             i, j, k = np.clip(np.rint(points[b, 0].cpu().numpy()).astype(int), 0, np.asarray(g.size) - 1)
             lid = inst[i, j, k]
             out.append(np.where((inst == lid) & (lid > 0), 8.0, -8.0).astype(np.float32))
         logits = torch.from_numpy(np.stack(out))[:, None]
-        s = self.model.config.low_res_size
-        return torch.zeros(len(geoms), 1, s, s, s), logits, torch.ones(len(geoms))
+        return torch.zeros_like(mask_input), logits, torch.ones(len(crops))
 
     return decode
 
@@ -106,9 +108,8 @@ def test_crop_space_mask_maps_back_onto_the_lesion(model_dir, cases, direction, 
     case = cases[direction]
     comp = _components(case.seg)
     prompts = generate_prompts(case.seg, case.pet)
-    seg = Segmenter(model_dir, device="cpu", batch_size=2)
+    seg = Segmenter(model_dir, device="cpu", batch_size=2, decoder=_oracle(comp))
     _fast_encoder(seg, monkeypatch)
-    monkeypatch.setattr(Segmenter, "_decode", _oracle(comp))
     res = {}
     for share in (True, False):
         res[share] = seg.segment(case.pet, prompts=prompts, share_crops=share)
@@ -134,15 +135,14 @@ def test_overlapping_lesions_highest_probability_wins(model_dir, cases, monkeypa
     case = cases["lps"]
     prompts = generate_prompts(case.seg, case.pet)
     prompts.lesions = prompts.lesions[:2]
-    seg = Segmenter(model_dir, device="cpu")
-    _fast_encoder(seg, monkeypatch)
 
-    def decode(self, emb, points, labels, boxes, mask_input, geoms):  # whole-crop masks, distinct confidence
-        s, b = self.preprocess.crop_size, len(geoms)
+    def decode(emb, points, labels, boxes, mask_input, crops):  # whole-crop masks, distinct confidence
+        s, b = crops[0].size[0], len(crops)
         logits = (1.0 + torch.arange(b, dtype=torch.float32))[:, None, None, None, None].expand(-1, 1, s, s, s)
-        return torch.zeros(b, 1, 32, 32, 32), logits.clone(), torch.ones(b)
+        return torch.zeros_like(mask_input), logits.clone(), torch.ones(b)
 
-    monkeypatch.setattr(Segmenter, "_decode", decode)
+    seg = Segmenter(model_dir, device="cpu", decoder=decode)
+    _fast_encoder(seg, monkeypatch)
     res = seg.segment(case.pet, prompts=prompts, probabilities=True)
     lab = sitk.GetArrayFromImage(res.labels)
     p1 = sitk.GetArrayFromImage(res.probabilities[1])
@@ -218,10 +218,11 @@ def test_cli_single_and_dataset(model_dir, cases, tmp_path, monkeypatch, capsys)
 
     comp_of = {}
 
-    def decode(self, emb, points, labels, boxes, mask_input, geoms):
-        return _oracle(comp_of["img"])(self, emb, points, labels, boxes, mask_input, geoms)
+    def decode(*args):
+        return _oracle(comp_of["img"])(*args)
 
-    monkeypatch.setattr(Segmenter, "_decode", decode)
+    # the command builds its Segmenter from sam_l1dfl.inference: give it the oracle decoder
+    monkeypatch.setattr(inference, "Segmenter", functools.partial(Segmenter, decoder=decode))
     case_dir = data / "case_oblique"
     comp_of["img"] = _components(sitk.ReadImage(str(case_dir / "SEG.nii.gz")))
     out = tmp_path / "one" / "pred.nii.gz"
@@ -276,3 +277,50 @@ def test_run_directory_is_accepted_as_checkpoint(model_dir):
     assert cfg_run == cfg_best and meta_run == meta_best
     seg = Segmenter(run_dir)
     assert seg.input_mode == "pet"
+
+
+# ------------------------------------------------------------------------------ library: data sets, clicks
+def test_segment_dataset_writes_every_case_and_returns_a_summary(model_dir, cases, tmp_path, monkeypatch):
+    from sam_l1dfl.data.discovery import discover_cases
+
+    data = tmp_path / "data"
+    case = cases["lps"]
+    case.case_id = "case_a"
+    write_case(case, data, organs=False)
+    none = generate_case(3, case_id="case_b", n_lesions=0)
+    write_case(none, data, organs=False)
+    seg = Segmenter(model_dir, device="cpu", decoder=_oracle(_components(case.seg)))
+    _fast_encoder(seg, monkeypatch)
+    seen = []
+    out = tmp_path / "out"
+    summary = seg.segment_dataset(discover_cases(data).cases, out, from_mask=True, data=data, progress=False,
+                                  on_case=lambda cid, res: seen.append((cid, res.report.n_lesions)))
+    n = len(_components_ids(case.seg))
+    assert summary.segmented == ["case_a"] and seen == [("case_a", n)]
+    assert summary.empty == ["case_b: no lesion in the reference mask"] and summary.failed == []
+    assert summary.lesions == n and summary.encoder_passes >= 1 and summary.cases == 2
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary.to_dict()))
+    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case_a.nii.gz")))
+    assert _dice(pred, sitk.GetArrayFromImage(case.seg)) > 0.95
+    assert not sitk.GetArrayFromImage(sitk.ReadImage(str(out / "lesions" / "case_b.nii.gz"))).any()
+    assert json.loads((out / "case_b.json").read_text())["lesions"] == []
+    with pytest.raises(InputError, match="no case found"):
+        seg.segment_dataset([], out, from_mask=True, data=data)
+
+
+def test_refinement_clicks_run_the_click_loop_through_the_injected_decoder(model_dir, cases, monkeypatch):
+    case = generate_case(5, n_lesions=1)
+    oracle = _oracle(_components(case.seg))
+    calls = []
+
+    def decoder(emb, points, labels, boxes, mask_input, crops):
+        calls.append((points.shape[1], float(mask_input.mean())))
+        low, logits, iou = oracle(emb, points, labels, boxes, mask_input, crops)
+        return mask_input + 1.0, logits, iou  # the next mask prompt: must come back in the next call
+
+    seg = Segmenter(model_dir, device="cpu", decoder=decoder)
+    _fast_encoder(seg, monkeypatch)
+    res = seg.segment(case.pet, reference=case.seg, clicks=3)
+    assert calls == [(1, 0.0), (2, 1.0), (3, 2.0), (4, 3.0)]  # one point more per click, mask prompt fed back
+    assert res.report.decoder_passes == 4 and res.lesions[0]["n_points"] == 4
+    assert res.report.seconds["clicks"] > 0

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from sam_l1dfl.errors import InputError
-from sam_l1dfl.io_utils import atomic_path, sha256_file, write_json_atomic
+from sam_l1dfl.io_utils import atomic_path, dumps_compact, sha256_file, write_json_atomic
 
 
 def test_atomic_write_leaves_nothing_on_crash(tmp_path):
@@ -46,3 +46,11 @@ def test_atomic_outputs_get_normal_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (p.stat().st_mode & 0o777) == 0o644
+
+
+def test_dumps_compact_keeps_numeric_arrays_on_one_line():
+    doc = {"world": [1.5, -2.0, 3e-05], "name": "x", "nested": [{"index": [1, 2, 3]}], "tags": ["a", "b"]}
+    text = dumps_compact(doc)
+    assert json.loads(text) == doc and text.endswith("\n")
+    assert '"world": [1.5, -2.0, 3e-05]' in text and '"index": [1, 2, 3]' in text
+    assert '"tags": [\n' in text  # only numeric arrays are folded

@@ -52,6 +52,30 @@ def test_bad_config_one_line_error(override, needle):
     assert needle in msg and "\n" not in msg
 
 
+@pytest.mark.parametrize("name", ["dice-focal", "Dice_Focal", "dicefocal", "L1DFL"])
+def test_loss_names_are_normalised_like_the_cnn_config(name):
+    from sam_l1dfl.cnn.config import load_cnn_config
+    from sam_l1dfl.losses import make_training_loss, normalize_loss_name
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"loss.name={name}"])
+    assert cfg.loss.name == name and load_cnn_config(None, [f"loss.name={name}"]).loss.name == name
+    key = normalize_loss_name(name)
+    assert key in ("dicefocal", "l1dfl") and type(make_training_loss(name)) is type(make_training_loss(key))
+
+
+def test_preprocess_is_the_intensity_config_of_inference(tmp_path):
+    from sam_l1dfl.data.preprocess import IntensityConfig
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["preprocess.ct_clip=[-500, 500]", "preprocess.spacing=2"])
+    assert isinstance(cfg.preprocess, IntensityConfig)
+    assert cfg.preprocess.ct_clip == (-500.0, 500.0) and cfg.preprocess.spacing == 2.0
+    assert cfg.to_dict()["preprocess"]["ct_clip"] == [-500.0, 500.0]
+    y = tmp_path / "round.yaml"
+    y.write_text(cfg.to_yaml())
+    assert load_config(y).to_dict() == cfg.to_dict()  # config.yaml reads back the same
+    assert IntensityConfig.from_dict(cfg.preprocess.to_dict()) == cfg.preprocess
+
+
 def test_jitter_turns_the_cache_off_in_auto_mode():
     cfg = load_config(ROOT / "configs" / "tiny.yaml", ["augment.jitter_mm=3"])
     assert not cfg.use_embedding_cache()
@@ -80,7 +104,7 @@ def test_cli_reports_config_errors(tmp_path, capsys):
 
 # ---------------------------------------------------------------------- click loop pieces
 def test_sample_clicks_land_in_the_error_region():
-    from sam_l1dfl.training.clickloop import sample_clicks
+    from sam_l1dfl.prompts.clicks import sample_clicks
 
     gt = torch.zeros(3, 1, 16, 16, 16, dtype=torch.bool)
     gt[:, :, 4:8, 4:8, 4:8] = True
@@ -107,7 +131,7 @@ def test_sample_clicks_land_in_the_error_region():
 
 
 def test_click_randomness_is_per_sample():
-    from sam_l1dfl.training.clickloop import click_uniforms, mask_only_iterations
+    from sam_l1dfl.prompts.clicks import click_uniforms, mask_only_iterations
 
     a = click_uniforms(0, 1, [5, 9, 2, 7], 4)
     b = torch.cat([click_uniforms(0, 1, [5, 9], 4), click_uniforms(0, 1, [2, 7], 4)])
@@ -121,7 +145,7 @@ def test_click_randomness_is_per_sample():
 
 
 def test_label_boxes():
-    from sam_l1dfl.training.clickloop import label_boxes
+    from sam_l1dfl.prompts.clicks import label_boxes
 
     gt = torch.zeros(2, 1, 10, 12, 14, dtype=torch.bool)
     gt[0, 0, 2:5, 3:9, 1:2] = True

@@ -19,15 +19,16 @@ ROOT = Path(__file__).resolve().parents[1]
 ])
 def test_gradients_reach_exactly_the_trainable_params(overrides):
     from sam_l1dfl.model import build_sam_med3d
-    from sam_l1dfl.training.clickloop import ClickLoop, click_uniforms, configure_trainable
-    from sam_l1dfl.training.losses import build_loss
+    from sam_l1dfl.prompts.clicks import click_uniforms
+    from sam_l1dfl.training.clickloop import ClickLoop, configure_trainable
+    from sam_l1dfl.losses import make_training_loss
 
     cfg = load_config(ROOT / "configs" / "tiny.yaml", ["prompts.clicks_per_sample=2", *overrides])
     torch.manual_seed(0)
     model = build_sam_med3d(cfg.model_config())
     report = configure_trainable(model, cfg)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    loop = ClickLoop(model, cfg.prompts, build_loss("l1dfl"), cfg.trainable.iou_head,
+    loop = ClickLoop(model, cfg.prompts, make_training_loss("l1dfl"), cfg.trainable.iou_head,
                      cfg.trainable.iou_loss_weight)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == set(report["trainable"]) and trainable

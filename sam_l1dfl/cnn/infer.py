@@ -4,6 +4,7 @@
     res = seg.segment(pet, ct)        # SimpleITK images in
     res.mask                          # UInt8 mask on the PET grid
     res.probability                   # Float32 lesion probability on the PET grid
+    summary = seg.segment_dataset(cases, "out/")   # a data set: <case>.nii.gz + summary.json
 
 Pipeline: the whole scan is resampled by SimpleITK onto a RAS+ grid at the model's spacing
 (:func:`~sam_l1dfl.cnn.volumes.whole_image_geometry`, CT min-max / PET SUV as in training),
@@ -19,14 +20,43 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Sequence
 
 import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
 
-from sam_l1dfl.errors import CheckpointError, InputError
+from sam_l1dfl.cnn.config import cnn_config_from_dict
+from sam_l1dfl.cnn.networks import build_network
+from sam_l1dfl.cnn.volumes import network_channels, whole_image_geometry
+from sam_l1dfl.data.geometry import crop_to_image
+from sam_l1dfl.data.io import Case, CaseRecord, load_case
+from sam_l1dfl.errors import CheckpointError, InputError, SamL1dflError
+from sam_l1dfl.formats import CONFIG_FILE, MODEL_FILE
+from sam_l1dfl.io_utils import write_image_atomic, write_json_atomic
 
-if TYPE_CHECKING:  # pragma: no cover
-    import SimpleITK as sitk
+FORMAT = "sam-l1dfl-cnn"  # the "format" of a CNN model directory's config.json
+
+
+def sliding_probability(net, image: np.ndarray, cfg, device) -> np.ndarray:
+    """Foreground softmax probability ``(X, Y, Z)`` float32 of a whole ``(2, X, Y, Z)`` volume.
+
+    MONAI ``sliding_window_inference`` with the crop size, overlap, blending and batch of ``cfg``
+    (a :class:`~sam_l1dfl.cnn.config.CnnConfig`); used by :class:`AutoSegmenter` and by the
+    trainer's validation.
+    """
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    c = int(cfg.augment.crop_size)
+    x = torch.from_numpy(np.ascontiguousarray(image))[None].to(device)
+    with torch.inference_mode():
+        logits = sliding_window_inference(x, (c, c, c), int(cfg.infer.sw_batch_size), net,
+                                          overlap=float(cfg.infer.overlap), mode=cfg.infer.mode, padding_mode="constant",
+                                          cval=0.0)
+        logits = torch.as_tensor(logits).as_subclass(torch.Tensor)
+        prob = torch.softmax(logits.float(), dim=1)[0, 1]
+    return prob.cpu().numpy().astype(np.float32, copy=False)
 
 
 @dataclass
@@ -35,20 +65,40 @@ class AutoResult:
     probability: "sitk.Image"
     seconds: dict = field(default_factory=dict)
 
+    @property
+    def lesion_voxels(self) -> int:
+        return int(sitk.GetArrayViewFromImage(self.mask).sum())
+
+    def write(self, mask_path: "str | os.PathLike", prob_path: "str | os.PathLike | None" = None) -> None:
+        """Write the mask (and, with ``prob_path``, the probability map) atomically."""
+        write_image_atomic(self.mask, mask_path)
+        if prob_path is not None:
+            write_image_atomic(self.probability, prob_path)
+
+
+@dataclass
+class AutoDatasetSummary:
+    """What :meth:`AutoSegmenter.segment_dataset` did; :meth:`to_dict` is its ``summary.json``."""
+
+    checkpoint: "str | None"
+    config: dict
+    out_dir: str
+    cases: list[dict] = field(default_factory=list)  # {"case", "lesion_voxels", "seconds"}
+    failed: list[dict] = field(default_factory=list)  # {"case", "reason"}
+
+    def to_dict(self) -> dict:
+        return {"checkpoint": self.checkpoint, "cases": self.cases, "failed": self.failed, "config": self.config}
+
 
 def load_cnn_dir(path: "str | os.PathLike", map_location: str = "cpu") -> tuple[Any, Any]:
     """``(network, CnnConfig)`` from a ``best/``/``last/`` directory written by :func:`train_cnn`."""
     from safetensors.torch import load_file
 
-    from sam_l1dfl.cnn.config import cnn_config_from_dict
-    from sam_l1dfl.cnn.networks import build_network
-    from sam_l1dfl.cnn.train import FORMAT
-
     p = Path(path)
     if not p.is_dir():
         raise CheckpointError(p, "expected a CNN model directory (runs/cnn/<name>/best) with model.safetensors "
                                  "and config.json")
-    cj, wf = p / "config.json", p / "model.safetensors"
+    cj, wf = p / CONFIG_FILE, p / MODEL_FILE
     for f in (cj, wf):
         if not f.is_file():
             raise CheckpointError(f, "missing (a CNN model directory holds model.safetensors and config.json)")
@@ -103,13 +153,6 @@ class AutoSegmenter:
         self.checkpoint = None if checkpoint is None else str(checkpoint)
 
     def segment(self, pet: "sitk.Image", ct: "sitk.Image") -> AutoResult:
-        import SimpleITK as sitk
-
-        from sam_l1dfl.cnn.train import sliding_probability
-        from sam_l1dfl.cnn.volumes import network_channels, whole_image_geometry
-        from sam_l1dfl.data.geometry import crop_to_image
-        from sam_l1dfl.data.io import Case
-
         if not isinstance(pet, sitk.Image) or pet.GetDimension() != 3:
             raise InputError(None, "pet must be a 3D SimpleITK image")
         if ct is None:
@@ -130,5 +173,26 @@ class AutoSegmenter:
         return AutoResult(mask, pimg, {"resample_in": round(t1 - t0, 3), "network": round(t2 - t1, 3),
                                        "map_back": round(t3 - t2, 3)})
 
+    def segment_dataset(self, cases: "Sequence[CaseRecord]", out_dir: "str | os.PathLike", *,
+                        probabilities: bool = False, progress: bool = True) -> AutoDatasetSummary:
+        """Segment every case (``sam-l1dfl infer-auto --data``) and write, atomically,
+        ``<case>.nii.gz`` (and ``prob/<case>.nii.gz``) and ``summary.json`` into ``out_dir``.
 
-__all__ = ["AutoResult", "AutoSegmenter", "load_cnn_dir"]
+        A case whose files are unusable is listed in ``failed`` with its one-line reason.
+        """
+        out = Path(out_dir)
+        summary = AutoDatasetSummary(self.checkpoint, self.cfg.to_dict(), str(out))
+        for rec in tqdm(cases, desc="infer-auto", unit="case", disable=not progress):
+            try:
+                case = load_case(rec, load_label=False)
+                res = self.segment(case.pet, case.ct_native)
+            except SamL1dflError as exc:
+                summary.failed.append({"case": rec.case_id, "reason": str(exc)})
+                continue
+            res.write(out / f"{rec.case_id}.nii.gz", out / "prob" / f"{rec.case_id}.nii.gz" if probabilities else None)
+            summary.cases.append({"case": rec.case_id, "lesion_voxels": res.lesion_voxels, "seconds": res.seconds})
+        write_json_atomic(out / "summary.json", summary.to_dict())
+        return summary
+
+
+__all__ = ["FORMAT", "AutoDatasetSummary", "AutoResult", "AutoSegmenter", "load_cnn_dir", "sliding_probability"]

@@ -25,7 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sam_l1dfl.data.geometry import LPS_TO_RAS, CropGeometry
+from sam_l1dfl.data.geometry import LPS_TO_RAS, CropGeometry, image_world_bounds, resample_to_crop
+from sam_l1dfl.data.io import load_case
+from sam_l1dfl.data.preprocess import crop_mask
+from sam_l1dfl.errors import InputError
+from sam_l1dfl.io_utils import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import SimpleITK as sitk
@@ -42,8 +46,6 @@ def whole_image_geometry(image: "sitk.Image", spacing: float) -> CropGeometry:
     For oblique images the grid covers the world-aligned bounding box of the extent, so every
     original voxel lies inside it.
     """
-    from sam_l1dfl.data.geometry import image_world_bounds
-
     s = float(spacing)
     lo, hi = image_world_bounds(image)  # LPS
     ras_lo = np.array([-hi[0], -hi[1], lo[2]])
@@ -65,9 +67,6 @@ def minmax(a: np.ndarray) -> np.ndarray:
 
 def network_channels(case: "Case", geom: CropGeometry, pre: "CnnPreprocessConfig") -> np.ndarray:
     """``(2, X, Y, Z)`` float32: CT (min-max [0, 1] or HU) and PET (SUV) on ``geom``."""
-    from sam_l1dfl.data.geometry import resample_to_crop
-    from sam_l1dfl.errors import InputError
-
     if case.ct_native is None:
         raise InputError(getattr(case.record, "pet", None), f"case {case.case_id} has no CT; the CNNs take CT + PET")
     pet = resample_to_crop(case.pet, geom, "linear", 0.0)
@@ -95,9 +94,6 @@ def cache_key(rec: "CaseRecord", pre: "CnnPreprocessConfig") -> str:
 def load_volume(rec: "CaseRecord", pre: "CnnPreprocessConfig", cache_dir: "Path | None" = None,
                 with_label: bool = True) -> dict[str, Any]:
     """``{"image": (2, X, Y, Z) float32, "label": (1, X, Y, Z) uint8 | None, "geom": CropGeometry, "case_id"}``."""
-    from sam_l1dfl.data.io import load_case
-    from sam_l1dfl.io_utils import atomic_path
-
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"{rec.case_id}-{cache_key(rec, pre)}.npz"
@@ -114,8 +110,6 @@ def load_volume(rec: "CaseRecord", pre: "CnnPreprocessConfig", cache_dir: "Path 
     image = network_channels(case, geom, pre)
     label = None
     if with_label and case.label is not None:
-        from sam_l1dfl.data.preprocess import crop_mask
-
         label = crop_mask(case.label, geom)[None]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

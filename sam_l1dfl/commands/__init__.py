@@ -1,0 +1,23 @@
+"""The ``sam-l1dfl`` subcommands, one module each.
+
+Subcommand ``x-y`` lives in ``sam_l1dfl/commands/x_y.py`` and exposes ``HELP`` (its one-line
+help, the only place it is written), ``add_arguments(parser)`` and ``run(args) -> int``.  A command
+parses its arguments, calls the stage's Python API (which does the work and returns a summary),
+and prints; it imports heavy modules inside ``run`` so that ``sam-l1dfl --help`` stays fast.
+"""
+
+#: The subcommands, in the order ``sam-l1dfl --help`` lists them (the data flow).
+NAMES = ("synth", "data", "prompts", "inspect", "finetune", "infer", "infer-auto", "evaluate", "export", "mip")
+
+#: Argument help shared by several commands (written once).
+PET_HELP = "PET (SUV) image; its grid is the output grid"
+DATA_HELP = "data folder (autoPET, nnU-Net) or a .csv/.json manifest"
+DEVICE_HELP = "cpu, cuda, cuda:1 (default: cuda when available)"
+
+
+def module_of(name: str) -> str:
+    """The module of subcommand ``name``: ``infer-auto`` -> ``sam_l1dfl.commands.infer_auto``."""
+    return f"{__name__}.{name.replace('-', '_')}"
+
+
+__all__ = ["DATA_HELP", "DEVICE_HELP", "NAMES", "PET_HELP", "module_of"]

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 
+from sam_l1dfl.errors import ConfigError
+from sam_l1dfl.formats import EXPORT_FORMATS as FORMATS
+from sam_l1dfl.formats import ONNX_OPSET
+
 HELP = "export checkpoints (sam-med3d, safetensors, delta, onnx)"
-FORMATS = ("sam-med3d", "safetensors", "delta", "onnx")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sam-med3d: leave out the box-prompt embeddings, which the official layout lacks")
     parser.add_argument("--data-description", metavar="TEXT",
                         help="training-data description for the model card (cohort, scanners, tracer, annotation)")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument("--opset", type=int, default=ONNX_OPSET, help=f"ONNX opset (default {ONNX_OPSET})")
     parser.add_argument("--no-verify", action="store_true", help="onnx: skip the onnxruntime comparison")
     parser.add_argument("--trust", action="store_true",
                         help="allow arbitrary unpickling of the inputs (only for files from a source you trust)")
@@ -45,8 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sam_l1dfl import export as E
-    from sam_l1dfl.errors import ConfigError
+    from sam_l1dfl import export as E  # torch: only when the command runs
 
     if args.apply_delta:
         if not args.base:

@@ -20,11 +20,17 @@ writes ``O/<case>.nii.gz`` (binary; what ``sam-l1dfl evaluate --pred-dir O`` rea
 file (or, with ``--prompts-from-mask``, without a lesion) gets an empty mask; a case whose files
 are unusable is listed with its one-line reason (exit status 1 after the others are written).
 Every output is written atomically.
+
+This module only checks the arguments, calls :class:`sam_l1dfl.inference.Segmenter`
+(``segment`` + ``SegmentationResult.write`` for one case, ``segment_dataset`` for a data set) and
+prints.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from sam_l1dfl.commands import DATA_HELP, DEVICE_HELP, PET_HELP
 
 HELP = "prompted inference on PET (and CT) volumes"
 _FROM_CASE = "__case_label__"
@@ -34,12 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="run/model directory (runs/<name>/best), exported file, or sam_med3d_turbo.pth")
     g = p.add_argument_group("one case")
-    g.add_argument("--pet", help="PET (SUV) image; its grid is the output grid")
+    g.add_argument("--pet", help=PET_HELP)
     g.add_argument("--ct", help="CT image (for pet+ct or ct checkpoints)")
     g.add_argument("--prompts", help="prompt file (.json) or 3D Slicer markups (.mrk.json)")
     g.add_argument("--out", help="output binary mask (e.g. pred.nii.gz); label map and report beside it")
     d = p.add_argument_group("a data set")
-    d.add_argument("--data", help="data folder (autoPET, nnU-Net) or a .csv/.json manifest")
+    d.add_argument("--data", help=DATA_HELP)
     d.add_argument("--prompts-dir", help="folder of <case>.json or <case>.mrk.json prompt files")
     d.add_argument("--out-dir", help="output folder: <case>.nii.gz, lesions/<case>.nii.gz, <case>.json")
     e = p.add_argument_group("evaluation mode")
@@ -49,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--clicks", type=int, default=0,
                    help="refinement clicks per lesion simulated against the reference mask (default 0)")
     o = p.add_argument_group("options")
-    o.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    o.add_argument("--device", default=None, help=DEVICE_HELP)
     o.add_argument("--batch-size", type=int, default=2, help="crops per encoder call (default 2)")
     o.add_argument("--no-share", action="store_true", help="one encoder pass per lesion (no crop sharing)")
     o.add_argument("--margin", type=float, default=16,
@@ -64,32 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _stem(path) -> str:
-    from sam_l1dfl.data.io import strip_suffix
-
-    return strip_suffix(path.name)
-
-
-def _suffix(path) -> str:
-    from sam_l1dfl.data.io import image_suffix
-
-    return image_suffix(path.name) or ".nii.gz"
-
-
-def _write(res, out_mask, out_labels, out_json, prob_dir, extra: dict) -> None:
-    from sam_l1dfl.io_utils import write_image_atomic, write_json_atomic
-
-    write_image_atomic(res.mask, out_mask)
-    write_image_atomic(res.labels, out_labels)
-    if prob_dir is not None and res.probabilities:
-        for lid, im in res.probabilities.items():
-            write_image_atomic(im, prob_dir / f"lesion_{lid}.nii.gz")
-    write_json_atomic(out_json, {**extra, **res.to_dict()})
-
-
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from sam_l1dfl.errors import InputError
 
     single = args.pet is not None
@@ -134,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_one(args, seg) -> int:
     from pathlib import Path
 
-    from sam_l1dfl.data.io import read_image
+    from sam_l1dfl.data.io import image_suffix, read_image, strip_suffix
 
     pet = read_image(args.pet, "PET")
     ct = read_image(args.ct, "CT") if args.ct else None
@@ -142,11 +123,11 @@ def _run_one(args, seg) -> int:
     res = seg.segment(pet, ct, prompts=args.prompts, reference=ref, clicks=args.clicks,
                       probabilities=args.probabilities, allow_checksum_mismatch=args.allow_checksum_mismatch)
     out = Path(args.out)
-    stem, suf = _stem(out), _suffix(out)
+    stem, suf = strip_suffix(out.name), image_suffix(out.name) or ".nii.gz"
     extra = {"pet": str(args.pet), "ct": args.ct, "prompts": args.prompts,
              "prompts_from_mask": args.prompts_from_mask, "checkpoint": str(args.checkpoint)}
-    _write(res, out, out.parent / f"{stem}_lesions{suf}", out.parent / f"{stem}.json",
-           out.parent / f"{stem}_prob" if args.probabilities else None, extra)
+    res.write(out, out.parent / f"{stem}_lesions{suf}", out.parent / f"{stem}.json",
+              out.parent / f"{stem}_prob" if args.probabilities else None, extra)
     if args.verbose:
         print(res.report.summary())
         for d in res.lesions:
@@ -159,96 +140,25 @@ def _run_one(args, seg) -> int:
 
 def _run_dataset(args, seg) -> int:
     import sys
-    import time
-    from pathlib import Path
 
-    import numpy as np
-    import SimpleITK as sitk
     from tqdm import tqdm
 
     from sam_l1dfl.data.discovery import discover_cases
-    from sam_l1dfl.data.io import load_case
-    from sam_l1dfl.errors import InputError, SamL1dflError
-    from sam_l1dfl.inference import STAGES
-    from sam_l1dfl.io_utils import write_image_atomic, write_json_atomic
 
-    report = discover_cases(args.data)
-    cases = list(report.cases)
-    if not cases:
-        raise InputError(args.data, "no case found")
-    out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "exists and is not a folder")
-    pdir = Path(args.prompts_dir) if args.prompts_dir else None
-    if pdir is not None and not pdir.is_dir():
-        raise InputError(pdir, "prompt folder does not exist")
-    from_mask = args.prompts_from_mask is not None
-    done, empty, failed = [], [], []
-    totals = {s: 0.0 for s in STAGES}
-    n_les = n_enc = 0
-    t0 = time.perf_counter()
-    bar = tqdm(cases, desc="infer", unit="case", disable=args.no_progress or None)
-    for rec in bar:
-        try:
-            case = load_case(rec, load_ct=seg.preprocess.needs_ct, load_label=from_mask)
-            if from_mask and case.label is None:
-                raise InputError(rec.pet, f"case {rec.case_id} has no label for --prompts-from-mask")
-            if seg.preprocess.needs_ct and case.ct_native is None:
-                raise InputError(rec.pet, f"case {rec.case_id} has no CT but the checkpoint's input_mode is "
-                                          f"{seg.input_mode!r}")
-            prompts = None
-            if pdir is not None:
-                cands = [pdir / f"{rec.case_id}.json", pdir / f"{rec.case_id}.mrk.json"]
-                prompts = next((c for c in cands if c.is_file()), None)
-                why = "no prompt file"
-            else:
-                why = "no lesion in the reference mask"
-            if (pdir is not None and prompts is None) or (from_mask and not sitk.GetArrayViewFromImage(case.label).any()):
-                z = sitk.Image(case.pet.GetSize(), sitk.sitkUInt8)
-                z.CopyInformation(case.pet)
-                write_image_atomic(z, out / f"{rec.case_id}.nii.gz")
-                write_image_atomic(sitk.Cast(z, sitk.sitkUInt16), out / "lesions" / f"{rec.case_id}.nii.gz")
-                write_json_atomic(out / f"{rec.case_id}.json", {"case_id": rec.case_id, "lesions": [],
-                                                                "note": f"{why}: empty prediction"})
-                empty.append(f"{rec.case_id}: {why}")
-                continue
-            res = seg.segment(case.pet, case.ct_native if seg.preprocess.needs_ct else None, prompts=prompts,
-                              reference=case.label if from_mask else None, clicks=args.clicks,
-                              probabilities=args.probabilities,
-                              allow_checksum_mismatch=args.allow_checksum_mismatch)
-        except SamL1dflError as exc:
-            failed.append(f"{rec.case_id}: {exc}")
-            continue
-        _write(res, out / f"{rec.case_id}.nii.gz", out / "lesions" / f"{rec.case_id}.nii.gz",
-               out / f"{rec.case_id}.json", out / "probabilities" / rec.case_id if args.probabilities else None,
-               {"case_id": rec.case_id, "pet": str(rec.pet), "prompts": None if prompts is None else str(prompts),
-                "checkpoint": str(args.checkpoint)})
-        r = res.report
-        n_les += r.n_lesions
-        n_enc += r.encoder_passes
-        for k, v in r.seconds.items():
-            totals[k] += v
-        done.append(rec.case_id)
-        bar.set_postfix(lesions=n_les, passes=n_enc)
-        if args.verbose:
-            tqdm.write(f"{rec.case_id}: " + r.summary().replace("\n", "\n  "))
-    wall = time.perf_counter() - t0
-    summary = {
-        "checkpoint": str(args.checkpoint), "data": str(args.data), "cases": len(cases),
-        "segmented": done, "empty": empty, "failed": failed, "lesions": n_les, "encoder_passes": n_enc,
-        "encoder_passes_per_lesion": round(n_enc / n_les, 4) if n_les else None, "clicks": args.clicks,
-        "share_crops": not args.no_share, "seconds": {k: round(v, 3) for k, v in totals.items()},
-        "wall_seconds": round(wall, 3),
-        "seconds_per_case": round(wall / max(len(done), 1), 3),
-    }
-    write_json_atomic(out / "summary.json", summary)
+    def on_case(case_id, res):
+        tqdm.write(f"{case_id}: " + res.report.summary().replace("\n", "\n  "))
+
+    s = seg.segment_dataset(discover_cases(args.data).cases, args.out_dir, prompts_dir=args.prompts_dir,
+                            from_mask=args.prompts_from_mask is not None, clicks=args.clicks,
+                            probabilities=args.probabilities, allow_checksum_mismatch=args.allow_checksum_mismatch,
+                            data=args.data, progress=not args.no_progress, on_case=on_case if args.verbose else None)
     if args.verbose:
-        print("stages: " + "  ".join(f"{k} {v:.1f}s" for k, v in totals.items()))
-    per = f", {n_enc / n_les:.2f} encoder passes per lesion" if n_les else ""
-    print(f"{len(done)} case(s) segmented ({n_les} lesions{per}), {len(empty)} empty, {len(failed)} failed; "
-          f"wrote {out}")
-    for line in empty if args.verbose else []:
+        print("stages: " + "  ".join(f"{k} {v:.1f}s" for k, v in s.seconds.items()))
+    per = f", {s.encoder_passes / s.lesions:.2f} encoder passes per lesion" if s.lesions else ""
+    print(f"{len(s.segmented)} case(s) segmented ({s.lesions} lesions{per}), {len(s.empty)} empty, "
+          f"{len(s.failed)} failed; wrote {s.out_dir}")
+    for line in s.empty if args.verbose else []:
         print(f"  empty: {line}")
-    for line in failed:
+    for line in s.failed:
         print(f"  failed: {line}", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if s.failed else 0

@@ -12,11 +12,16 @@ writes ``O/<case>.nii.gz`` (binary mask on the PET grid; what ``sam-l1dfl evalua
 reads), with ``--probabilities`` also ``O/prob/<case>.nii.gz``, and ``O/summary.json`` (seconds
 per case and stage).  A case whose files are unusable is listed with its one-line reason (exit
 status 1 after the others are written).  Every output is written atomically.
+
+This module only checks the arguments, calls :class:`sam_l1dfl.cnn.infer.AutoSegmenter`
+(``segment`` + ``AutoResult.write``, or ``segment_dataset``) and prints.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from sam_l1dfl.commands import DATA_HELP, DEVICE_HELP, PET_HELP
 
 HELP = "automatic whole-scan segmentation with a trained MONAI CNN (sliding window)"
 
@@ -24,14 +29,14 @@ HELP = "automatic whole-scan segmentation with a trained MONAI CNN (sliding wind
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="CNN model directory (runs/cnn/<name>/best)")
     g = p.add_argument_group("one case")
-    g.add_argument("--pet", help="PET (SUV) image; its grid is the output grid")
+    g.add_argument("--pet", help=PET_HELP)
     g.add_argument("--ct", help="CT image")
     g.add_argument("--out", help="output binary mask (e.g. pred.nii.gz)")
     d = p.add_argument_group("a data set")
-    d.add_argument("--data", help="data folder (autoPET, nnU-Net) or a .csv/.json manifest")
+    d.add_argument("--data", help=DATA_HELP)
     d.add_argument("--out-dir", help="output folder: <case>.nii.gz (+ prob/<case>.nii.gz)")
     o = p.add_argument_group("options")
-    o.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    o.add_argument("--device", default=None, help=DEVICE_HELP)
     o.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the model's, 0.5)")
     o.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: the model's, 0.25)")
     o.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass")
@@ -43,9 +48,9 @@ def run(args) -> int:
     from pathlib import Path
 
     from sam_l1dfl.cnn.infer import AutoSegmenter
+    from sam_l1dfl.data.discovery import discover_cases
     from sam_l1dfl.data.io import read_image
-    from sam_l1dfl.errors import InputError, SamL1dflError
-    from sam_l1dfl.io_utils import write_image_atomic, write_json_atomic
+    from sam_l1dfl.errors import InputError
 
     one = any(v is not None for v in (args.pet, args.ct, args.out))
     many = any(v is not None for v in (args.data, args.out_dir))
@@ -60,44 +65,16 @@ def run(args) -> int:
     if one:
         out = Path(args.out)
         res = seg.segment(read_image(args.pet, "PET"), read_image(args.ct, "CT"))
-        write_image_atomic(res.mask, out)
-        if args.probabilities:
-            name = out.name.split(".")[0]
-            write_image_atomic(res.probability, out.with_name(f"{name}_prob.nii.gz"))
-        print(f"{out}: {_count(res.mask)} lesion voxels "
-              f"({res.seconds['network']:.1f} s network)")
+        name = out.name.split(".")[0]
+        res.write(out, out.with_name(f"{name}_prob.nii.gz") if args.probabilities else None)
+        print(f"{out}: {res.lesion_voxels} lesion voxels ({res.seconds['network']:.1f} s network)")
         return 0
-
-    from tqdm import tqdm
-
-    from sam_l1dfl.data.discovery import discover_cases
-    from sam_l1dfl.data.io import load_case
 
     rep = discover_cases(args.data)
     if not rep.cases:
         raise InputError(args.data, "no cases found (see `sam-l1dfl data`)")
-    out_dir = Path(args.out_dir)
-    rows, failed = [], []
-    for rec in tqdm(rep.cases, desc="infer-auto", unit="case", disable=args.no_progress):
-        try:
-            case = load_case(rec, load_label=False)
-            res = seg.segment(case.pet, case.ct_native)
-        except SamL1dflError as exc:
-            failed.append({"case": rec.case_id, "reason": str(exc)})
-            continue
-        write_image_atomic(res.mask, out_dir / f"{rec.case_id}.nii.gz")
-        if args.probabilities:
-            write_image_atomic(res.probability, out_dir / "prob" / f"{rec.case_id}.nii.gz")
-        rows.append({"case": rec.case_id, "lesion_voxels": _count(res.mask), "seconds": res.seconds})
-    write_json_atomic(out_dir / "summary.json", {"checkpoint": str(args.checkpoint), "cases": rows,
-                                                  "failed": failed, "config": seg.cfg.to_dict()})
-    print(f"{out_dir}: {len(rows)} case(s) segmented, {len(failed)} failed")
-    for f in failed:
+    s = seg.segment_dataset(rep.cases, args.out_dir, probabilities=args.probabilities, progress=not args.no_progress)
+    print(f"{s.out_dir}: {len(s.cases)} case(s) segmented, {len(s.failed)} failed")
+    for f in s.failed:
         print(f"  {f['case']}: {f['reason']}")
-    return 1 if failed else 0
-
-
-def _count(mask) -> int:
-    import SimpleITK as sitk
-
-    return int(sitk.GetArrayViewFromImage(mask).sum())
+    return 1 if s.failed else 0

@@ -21,25 +21,14 @@ def run(args: argparse.Namespace) -> int:
     import json
     from collections import Counter
 
-    from sam_l1dfl.model.checkpoint import (
-        BOX_KEYS,
-        _fit,
-        _summarise,
-        infer_config,
-        read_checkpoint,
-    )
+    from sam_l1dfl.model.checkpoint import read_checkpoint
     from sam_l1dfl.model.config import SamMed3DConfig
+    from sam_l1dfl.model.weights import BOX_KEYS, fit_state_dict, infer_config, skeleton, summarise_keys
 
     sd, fmt, stored_cfg, sha = read_checkpoint(args.checkpoint, trust=args.trust)
     cfg = stored_cfg or infer_config(sd, args.checkpoint)
-
-    import torch
-
-    from sam_l1dfl.model.sam import SamMed3D
-
-    with torch.device("meta"):
-        expected = SamMed3D(cfg).state_dict()
-    _, new, missing, unexpected, mismatched = _fit(sd, expected)
+    expected = skeleton(cfg).state_dict()
+    _, new, missing, unexpected, mismatched = fit_state_dict(sd, expected)
     groups = Counter(k.split(".", 1)[0] for k in sd)
     per_group = {g: sum(v.numel() for k, v in sd.items() if k.split(".", 1)[0] == g) for g in groups}
     dtypes = Counter(str(v.dtype).replace("torch.", "") for v in sd.values())
@@ -79,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
         print("keys: all fit the model")
     else:
         if missing:
-            print(f"missing: {len(missing)}: {_summarise(missing)}")
+            print(f"missing: {len(missing)}: {summarise_keys(missing)}")
         if unexpected:
-            print(f"unexpected: {len(unexpected)}: {_summarise(unexpected)}")
+            print(f"unexpected: {len(unexpected)}: {summarise_keys(unexpected)}")
         for line in report["shape_mismatches"][:10]:
             print(f"shape mismatch: {line}")
     return 0

@@ -20,7 +20,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from sam_l1dfl.data.io import _overlaps, read_image, strip_suffix
+    from sam_l1dfl.data.geometry import images_overlap
+    from sam_l1dfl.data.io import read_image, strip_suffix
     from sam_l1dfl.errors import InputError
     from sam_l1dfl.viz import DEFAULT_COLORS, Panel, save_mip_figure
 
@@ -34,7 +35,7 @@ def run(args) -> int:
     for n, spec in enumerate(args.mask):
         name, _, path = spec.rpartition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
         img = read_image(path, "mask")
-        if not _overlaps(img, pet):
+        if not images_overlap(img, pet):
             raise InputError(path, f"mask does not overlap the PET {args.pet} in world coordinates")
         masks[name or strip_suffix(Path(path).name)] = (img, DEFAULT_COLORS[n % len(DEFAULT_COLORS)])
     axes = ("coronal", "sagittal") if args.axis == "both" else (args.axis,)

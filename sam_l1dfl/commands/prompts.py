@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 
+from sam_l1dfl.commands import DATA_HELP
+
 HELP = "generate point/box prompts from lesion masks"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="data folder (autoPET, nnU-Net) or a .csv/.json manifest")
+    p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--out", required=True, help="output folder for <case>.json prompt files")
     p.add_argument("--strategy", default="center", choices=("center", "suvmax", "random"),
                    help="positive points: deepest interior voxel (default), hottest voxel, or uniform")
@@ -40,8 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from sam_l1dfl.data.discovery import discover_cases
     from sam_l1dfl.data.io import load_case
     from sam_l1dfl.errors import InputError, PromptError, SamL1dflError
-    from sam_l1dfl.prompts.fileformat import save_prompts
-    from sam_l1dfl.prompts.generate import PromptConfig, generate_prompts
+    from sam_l1dfl.prompts import PromptConfig, generate_prompts, save_prompts
 
     cfg = PromptConfig(
         strategy=args.strategy,

@@ -23,6 +23,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from sam_l1dfl.compare.stats import bonferroni, wilcoxon_paired
+from sam_l1dfl.io_utils import atomic_path, write_json_atomic, write_text_atomic
+from sam_l1dfl.metrics.detection import STRATA
+
 TABLE_METRICS = (("dice", "Dice"), ("fpv_ml", "FPV (mL)"), ("fnv_ml", "FNV (mL)"), ("f1_c1", "F1 C1"),
                  ("f1_c2", "F1 C2"), ("f1_c3", "F1 C3"), ("fp_c1", "FP lesions"))
 #: (metric, label, +1 if higher is better else -1)
@@ -73,7 +77,6 @@ def _fmt(mean: float, sd: float, nd: int = 3) -> str:
 
 
 def strata_f1(results: Sequence[dict], criterion: str = "c1") -> dict[tuple[str, str], dict[str, dict]]:
-    from sam_l1dfl.metrics.detection import STRATA
 
     out: dict = {}
     for r in results:
@@ -114,7 +117,6 @@ def calibration(results: Sequence[dict]) -> dict[tuple[str, str], dict]:
 
 
 def statistics(means: dict, models: Sequence[str], losses: Sequence[str]) -> list[dict]:
-    from sam_l1dfl.compare.stats import bonferroni, wilcoxon_paired
 
     rows = []
     if REFERENCE_LOSS not in losses:
@@ -155,7 +157,6 @@ def statistics(means: dict, models: Sequence[str], losses: Sequence[str]) -> lis
 
 # ---------------------------------------------------------------------- figures
 def _save_fig(fig, path: Path) -> Path:
-    from sam_l1dfl.io_utils import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
@@ -172,7 +173,6 @@ def figures(out: Path, results: Sequence[dict], keys: list, means: dict, strata:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sam_l1dfl.metrics.detection import STRATA
 
     fdir = out / "figures"
     paths = {}
@@ -254,7 +254,6 @@ def _p(p: float) -> str:
 
 
 def write_report(out: "str | Path", results: Sequence[dict], splits: dict, meta: dict) -> dict:
-    from sam_l1dfl.io_utils import write_json_atomic, write_text_atomic
 
     out = Path(out)
     smoke = meta.get("budget") == "small"
@@ -359,7 +358,6 @@ def write_report(out: "str | Path", results: Sequence[dict], splits: dict, meta:
                      f"{s['effect_size_rb']:+.2f} | {s['favours']} |")
         L.append("")
     # strata
-    from sam_l1dfl.metrics.detection import STRATA
 
     L.append("## Detection F1 (C1) per lesion size stratum")
     L.append("")

@@ -36,7 +36,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sam_l1dfl.errors import ConfigError, InputError
+from sam_l1dfl.cnn.config import cnn_config_from_dict
+from sam_l1dfl.cnn.infer import AutoSegmenter
+from sam_l1dfl.cnn.train import train_cnn
+from sam_l1dfl.compare.report import write_report
+from sam_l1dfl.data.discovery import discover_cases
+from sam_l1dfl.data.geometry import Grid
+from sam_l1dfl.data.io import CaseRecord, load_case, read_image
+from sam_l1dfl.errors import ConfigError, InputError, SamL1dflError
+from sam_l1dfl.inference import Segmenter
+from sam_l1dfl.io_utils import atomic_path, write_image_atomic, write_json_atomic
+from sam_l1dfl.losses import LOSS_NAMES, normalize_loss_name
+from sam_l1dfl.metrics.dataset import evaluate_case
+from sam_l1dfl.training.config import config_from_dict
+from sam_l1dfl.training.loop import train
 
 CNN_MODELS = ("unet", "segresnet", "attentionunet", "unetr")
 SAM_MODEL = "sam-med3d"
@@ -89,6 +102,14 @@ def _merge(base: dict, upd: dict) -> dict:
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+def _is_loss(name: str) -> bool:
+    try:
+        normalize_loss_name(name)
+    except ConfigError:
+        return False
+    return True
 
 
 def run_name(model: str, loss: str, seed: int) -> str:
@@ -150,9 +171,6 @@ def make_splits(data: "str | os.PathLike", out: Path, split_seed: int, test_frac
     ``trainval.csv`` (a manifest of the training + validation cases, what the trainers read)."""
     import csv
 
-    from sam_l1dfl.data.discovery import discover_cases
-    from sam_l1dfl.io_utils import atomic_path, write_json_atomic
-
     rep = discover_cases(data)
     recs = sorted((c for c in rep.cases if c.label is not None), key=lambda r: r.case_id)
     missing_ct = [r.case_id for r in recs if r.ct is None]
@@ -161,8 +179,6 @@ def make_splits(data: "str | os.PathLike", out: Path, split_seed: int, test_frac
     if len(recs) < 3:
         raise InputError(data, f"{len(recs)} labelled case(s): need at least 3 (train, validation, test)")
     import SimpleITK as sitk
-
-    from sam_l1dfl.data.io import read_image
 
     has = {r.case_id: bool(np.any(sitk.GetArrayViewFromImage(read_image(r.label, "label")))) for r in recs}
     if sum(has.values()) < 2:
@@ -197,8 +213,6 @@ def make_splits(data: "str | os.PathLike", out: Path, split_seed: int, test_frac
 
 # ---------------------------------------------------------------------- one run
 def cnn_config(spec: dict):
-    from sam_l1dfl.cnn.config import cnn_config_from_dict
-
     out = Path(spec["out"])
     d = {"name": spec["name"], "output_dir": str(out / "runs"), "seed": spec["seed"],
          "data": {"root": str(out / "trainval.csv"), "val_cases": spec["val"], "cache_dir": str(out / "cache" / "cnn")},
@@ -209,8 +223,6 @@ def cnn_config(spec: dict):
 
 
 def sam_config(spec: dict):
-    from sam_l1dfl.training.config import config_from_dict
-
     out = Path(spec["out"])
     d = {"name": spec["name"], "output_dir": str(out / "runs"), "seed": spec["seed"],
          "data": {"root": str(out / "trainval.csv"), "val_cases": spec["val"], "cache_dir": str(out / "cache" / "sam")},
@@ -236,10 +248,6 @@ def _evaluate_test(spec: dict, predict) -> tuple[list, list, dict]:
     import SimpleITK as sitk
     from tqdm import tqdm
 
-    from sam_l1dfl.data.io import CaseRecord, load_case
-    from sam_l1dfl.io_utils import write_image_atomic
-    from sam_l1dfl.metrics.dataset import evaluate_case, index_to_world_fn
-
     rows, lesions = [], []
     calib = {"correct": [0] * CALIB_BINS, "incorrect": [0] * CALIB_BINS}
     pred_dir = Path(spec["run_dir"]) / "pred"
@@ -249,7 +257,7 @@ def _evaluate_test(spec: dict, predict) -> tuple[list, list, dict]:
         ref = sitk.GetArrayFromImage(case.label) > 0
         pet = sitk.GetArrayFromImage(case.pet).astype(np.float32)
         spacing = tuple(reversed(case.pet.GetSpacing()))
-        res = evaluate_case(mask > 0, ref, spacing, pet, case=cid, index_to_world=index_to_world_fn(case.pet))
+        res = evaluate_case(mask > 0, ref, spacing, pet, case=cid, index_to_world=Grid.from_image(case.pet).array_index_to_world)
         tag = {"model": spec["model"], "loss": spec["loss"], "seed": spec["seed"]}
         rows.append({**tag, **res.row})
         lesions += [{**tag, **l} for l in res.lesions]
@@ -265,9 +273,6 @@ def _evaluate_test(spec: dict, predict) -> tuple[list, list, dict]:
 def _run_cnn(spec: dict) -> dict:
     import SimpleITK as sitk
 
-    from sam_l1dfl.cnn.infer import AutoSegmenter
-    from sam_l1dfl.cnn.train import train_cnn
-
     cfg = cnn_config(spec)
     res = train_cnn(cfg, resume=True, progress=spec.get("progress", True))
     seg = AutoSegmenter(Path(res.run_dir) / "best")
@@ -281,25 +286,9 @@ def _run_cnn(spec: dict) -> dict:
             "epochs": res.epochs, "cases": rows, "lesions": lesions, "calibration": calib}
 
 
-def sam_available() -> "str | None":
-    """None when the SAM-Med3D arm can run, else the reason (the fine-tuning or inference API is missing)."""
-    try:
-        from sam_l1dfl.inference import Segmenter  # noqa: F401
-        from sam_l1dfl.training.loop import train  # noqa: F401
-    except ImportError as exc:
-        return f"SAM-Med3D arm unavailable: {exc}"
-    return None
-
-
 def _run_sam(spec: dict) -> dict:
     import SimpleITK as sitk
 
-    from sam_l1dfl.inference import Segmenter
-    from sam_l1dfl.training.loop import train
-
-    why = sam_available()
-    if why:
-        raise ConfigError(None, why)
     cfg = sam_config(spec)
     res = train(cfg, resume=True, progress=spec.get("progress", True))
     best = Path(res.run_dir) / "best"
@@ -326,8 +315,6 @@ def execute_run(spec: dict) -> dict:
     """Train + test one (model, loss, seed); writes and returns ``result.json``'s content."""
     import torch
 
-    from sam_l1dfl.io_utils import write_json_atomic
-
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     t0 = time.perf_counter()
@@ -348,27 +335,20 @@ def run_comparison(data: "str | os.PathLike", out: "str | os.PathLike", models: 
                    force: bool = False, cnn_overrides: "dict | None" = None, sam_overrides: "dict | None" = None,
                    progress: bool = True, threads: "int | None" = None, log=print) -> dict:
     """Run every (model, loss, seed), skipping finished ones, then write the report; returns its summary."""
-    from sam_l1dfl.compare.report import write_report
-
     if budget not in BUDGETS:
         raise ConfigError(None, f"--budget must be one of {list(BUDGETS)}, got {budget!r}")
     models = [m.strip().lower() for m in models]
-    losses = [l.strip().lower().replace("-", "").replace("_", "") for l in losses]
     bad = [m for m in models if m not in MODELS]
     if bad:
         raise ConfigError(None, f"unknown model(s) {bad}; choose from {list(MODELS)}")
-    from sam_l1dfl.losses import LOSS_NAMES
-
-    badl = [l for l in losses if l not in LOSS_NAMES]
+    badl = [l for l in losses if not _is_loss(l)]
     if badl:
         raise ConfigError(None, f"unknown loss(es) {badl}; choose from {list(LOSS_NAMES)}")
+    losses = [normalize_loss_name(l) for l in losses]
     if seeds < 1:
         raise ConfigError(None, f"--seeds must be >= 1, got {seeds}")
     b = BUDGETS[budget]
     if SAM_MODEL in models:
-        why = sam_available()
-        if why:
-            raise ConfigError(None, why + f"; drop {SAM_MODEL} from --models")
         if budget == "paper" and not sam_checkpoint:
             raise ConfigError(None, "--budget paper with sam-med3d needs --sam-checkpoint (e.g. sam_med3d_turbo.pth)")
     out = Path(out)
@@ -427,8 +407,6 @@ def run_comparison(data: "str | os.PathLike", out: "str | os.PathLike", models: 
 
 
 def _run_subprocess(spec: dict, out: Path) -> None:
-    from sam_l1dfl.io_utils import write_json_atomic
-
     sp = Path(spec["run_dir"]) / "spec.json"
     write_json_atomic(sp, spec)
     env = dict(os.environ)
@@ -440,7 +418,6 @@ def _run_subprocess(spec: dict, out: Path) -> None:
 
 
 def _main(argv: "list[str]") -> int:  # the subprocess entry: python -m sam_l1dfl.compare.runner spec.json
-    from sam_l1dfl.errors import SamL1dflError
 
     spec = json.loads(Path(argv[0]).read_text())
     try:
@@ -456,4 +433,4 @@ if __name__ == "__main__":
 
 
 __all__ = ["BUDGETS", "CNN_MODELS", "LOSSES", "MODELS", "PeakMemory", "SAM_MODEL", "execute_run", "make_splits",
-           "run_comparison", "sam_available"]
+           "run_comparison"]

@@ -40,8 +40,10 @@ import numpy as np
 
 from sam_l1dfl.data.geometry import CropGeometry, image_index_to_world, resample_to_crop
 from sam_l1dfl.data.io import Case, CaseRecord, load_case
+from sam_l1dfl.data.lesions import find_lesions, label_components
 from sam_l1dfl.data.preprocess import IntensityConfig, normalize_channels, raw_crop
 from sam_l1dfl.errors import InputError
+from sam_l1dfl.io_utils import atomic_path, sha256_file, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     import SimpleITK as sitk
@@ -181,8 +183,6 @@ class LesionCropDataset(_TorchDataset):
     # -------------------------------------------------------------- index
     def _file_hashes(self, rec: CaseRecord) -> dict[str, str]:
         if rec.case_id not in self._hashes:
-            from sam_l1dfl.io_utils import sha256_file
-
             h = {"pet": sha256_file(rec.pet), "label": sha256_file(rec.label)}
             if self.cfg.needs_ct:
                 h["ct"] = sha256_file(rec.ct)
@@ -212,13 +212,10 @@ class LesionCropDataset(_TorchDataset):
                         cached = None
             if cached is None:
                 case, _, _ = self._load(rec)
-                from sam_l1dfl.data.lesions import find_lesions
 
                 lesions = find_lesions(case.label, case.pet, self.connectivity)
                 cached = plan_crops(rec.case_id, case.label, lesions, self.cfg, self.cluster_mm, self.margin)
                 if path is not None:
-                    from sam_l1dfl.io_utils import write_json_atomic
-
                     write_json_atomic(path, {"case_id": rec.case_id, "crops": [s.to_dict() for s in cached]})
             if not cached:
                 self.notes.append(f"{rec.case_id}: no lesions in {rec.label} (no crops)")
@@ -230,8 +227,6 @@ class LesionCropDataset(_TorchDataset):
         if self._memo is not None and self._memo[0] == rec.case_id:
             return self._memo[1], self._memo[2], self._memo[3]
         import SimpleITK as sitk
-
-        from sam_l1dfl.data.lesions import label_components
 
         case = load_case(rec, load_ct=self.cfg.needs_ct)
         self.stats["cases_loaded"] += 1
@@ -273,8 +268,6 @@ class LesionCropDataset(_TorchDataset):
                 pass  # corrupt cache entry: rebuild it
         arrays = self._build(spec)
         if path is not None:
-            from sam_l1dfl.io_utils import atomic_path
-
             with atomic_path(path, suffix=".npz") as tmp:
                 np.savez(tmp, **arrays)
         return arrays

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from sam_l1dfl.data.io import IMAGE_SUFFIXES, CaseRecord, image_suffix, strip_suffix
+from sam_l1dfl.data.geometry import Grid, grid_differences
+from sam_l1dfl.data.io import IMAGE_SUFFIXES, CaseRecord, image_suffix, read_image_info, strip_suffix
 from sam_l1dfl.errors import InputError
 
 AUTOPET_PET = ("SUV",)
@@ -143,9 +144,6 @@ def _check_duplicates(report: DiscoveryReport) -> None:
 
 
 def _check_headers(report: DiscoveryReport) -> None:
-    from sam_l1dfl.data.geometry import grid_differences
-    from sam_l1dfl.data.io import read_image_info
-
     keep = []
     for c in report.cases:
         try:
@@ -159,7 +157,11 @@ def _check_headers(report: DiscoveryReport) -> None:
                                         "expected a 3D volume")
                 infos[kind] = r
             if "label" in infos:
-                diffs = grid_differences(_Hdr(infos["PET"]), _Hdr(infos["label"]))
+                try:
+                    grids = [Grid.from_image(infos[k]) for k in ("PET", "label")]
+                except ValueError as exc:  # e.g. a zero spacing in a header
+                    raise InputError(c.label, f"invalid header ({exc})") from None
+                diffs = grid_differences(*grids)
                 if diffs:
                     raise InputError(c.label, "label grid differs from the PET grid (label vs PET: "
                                               + "; ".join(diffs) + ")")
@@ -168,30 +170,6 @@ def _check_headers(report: DiscoveryReport) -> None:
             continue
         keep.append(c)
     report.cases = keep
-
-
-class _Hdr:
-    """Adapter: an ImageFileReader's header with the Image methods grid_differences uses."""
-
-    def __init__(self, r):
-        self.r = r
-
-    def GetDimension(self):
-        return 3
-
-    def GetSize(self):
-        return tuple(self.r.GetSize())[:3]
-
-    def GetSpacing(self):
-        return tuple(self.r.GetSpacing())[:3]
-
-    def GetOrigin(self):
-        return tuple(self.r.GetOrigin())[:3]
-
-    def GetDirection(self):
-        d = self.r.GetDirection()
-        n = self.r.GetDimension()
-        return tuple(d[i * n + j] for i in range(3) for j in range(3))
 
 
 # ---------------------------------------------------------------------- autoPET

@@ -1,4 +1,8 @@
-"""Reading images and loading PET/CT/label cases with checked geometry.
+"""Reading images and masks, and loading PET/CT/label cases with checked geometry.
+
+The one reader of the package: :func:`read_image` (any 3D scalar image), :func:`read_mask` (a
+binary or label mask: the image and its foreground), :func:`load_case` (a PET/CT/label case on the
+PET grid).  Grid comparisons use :mod:`sam_l1dfl.data.geometry`.
 
 Every problem with a user's file raises :class:`~sam_l1dfl.errors.InputError` with a one-line
 message naming the file: missing, unreadable or corrupt, not 3D (4D, 2D, vector pixels), empty,
@@ -10,11 +14,15 @@ Geometry rules (issue 5):
   the grids differ (lazily, on first access of :attr:`Case.ct`; network crops are resampled
   straight from the native CT, see :mod:`sam_l1dfl.data.preprocess`);
 * the label must share the PET grid (size exactly; spacing and origin within ``coord_tol`` mm,
-  default 1e-3 of the smallest PET spacing; direction cosines within ``dir_tol``), else we refuse.
+  default 1e-3 of the smallest PET spacing; direction cosines within ``dir_tol``), else we refuse
+  (:func:`sam_l1dfl.data.geometry.grid_differences`);
+* a mask holds integers >= 0 (a float image with non-integer values is refused as a probability
+  map); its foreground is the voxels > 0.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from sam_l1dfl.data.geometry import grid_differences, images_overlap, same_grid
 from sam_l1dfl.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -129,8 +138,6 @@ def nifti_nonfinite_counts(path: "str | os.PathLike", chunk_bytes: int = 1 << 24
 
     Returns (0, 0) for non-float data or a header we do not understand (SimpleITK read it fine).
     """
-    import gzip
-
     p = Path(path)
     opener = gzip.open if p.name.lower().endswith(".gz") else open
     with opener(p, "rb") as f:
@@ -223,8 +230,6 @@ class Case:
         if self.ct_native is None:
             return None
         if self._ct_on_pet is None:
-            from sam_l1dfl.data.geometry import same_grid
-
             if same_grid(self.pet, self.ct_native):
                 ct = _cast_float(self.ct_native)  # a new image: the native one is untouched
                 ct.CopyInformation(self.pet)
@@ -252,8 +257,6 @@ def resample_like(image: "sitk.Image", reference: "sitk.Image", default: float =
 def check_label_grid(label: "sitk.Image", pet: "sitk.Image", label_path=None, pet_path=None,
                      coord_tol: float | None = None, dir_tol: float = 1e-4) -> None:
     """Refuse a label whose grid differs from the PET grid, showing the numbers."""
-    from sam_l1dfl.data.geometry import grid_differences
-
     diffs = grid_differences(pet, label, coord_tol, dir_tol)
     if diffs:
         ref = f" {pet_path}" if pet_path is not None else ""
@@ -261,27 +264,30 @@ def check_label_grid(label: "sitk.Image", pet: "sitk.Image", label_path=None, pe
                          + "; ".join(diffs) + ")")
 
 
-def _binary_label(label: "sitk.Image", path) -> "sitk.Image":
+def mask_foreground(image: "sitk.Image", path=None, kind: str = "mask") -> np.ndarray:
+    """The foreground (voxels > 0) of a binary or label mask as a bool ``(z, y, x)`` array.
+
+    Refuses (:class:`InputError` naming ``path``) a float image whose non-zero values are not
+    integers (a probability map) and negative values.
+    """
     import SimpleITK as sitk
 
-    arr = sitk.GetArrayViewFromImage(label)
+    arr = sitk.GetArrayViewFromImage(image)
     if arr.dtype.kind == "f":
         vals = arr[(arr != 0)]
         if vals.size and not np.all(np.abs(vals - np.round(vals)) < 1e-3):
-            raise InputError(path, "label has non-integer values; expected a mask (0 = background)")
+            raise InputError(path, f"{kind} has non-integer values: this looks like a probability map, "
+                                   "not a mask; threshold it first")
     if np.any(arr < 0):
-        raise InputError(path, "label has negative values; expected a mask (0 = background)")
-    out = sitk.GetImageFromArray((arr > 0.5).astype(np.uint8))
-    out.CopyInformation(label)
-    return out
+        raise InputError(path, f"{kind} has negative values; expected a mask (0 = background)")
+    return np.asarray(arr > 0.5)
 
 
-def _overlaps(a: "sitk.Image", b: "sitk.Image") -> bool:
-    from sam_l1dfl.data.geometry import image_world_bounds
-
-    alo, ahi = image_world_bounds(a)
-    blo, bhi = image_world_bounds(b)
-    return bool(np.all(alo <= bhi) and np.all(blo <= ahi))
+def read_mask(path: "str | os.PathLike", kind: str = "mask") -> "tuple[sitk.Image, np.ndarray]":
+    """Read a 3D binary or label mask: ``(image, foreground)`` (see :func:`read_image` and
+    :func:`mask_foreground`)."""
+    img = read_image(path, kind)
+    return img, mask_foreground(img, Path(path), kind)
 
 
 def load_case(record: "CaseRecord | Mapping[str, Any] | str | os.PathLike", *, load_ct: bool = True,
@@ -301,17 +307,18 @@ def load_case(record: "CaseRecord | Mapping[str, Any] | str | os.PathLike", *, l
     ct = None
     if load_ct and rec.ct is not None:
         ct = read_image(rec.ct, "CT")
-        if not _overlaps(pet, ct):
+        if not images_overlap(pet, ct):
             raise InputError(rec.ct, f"CT does not overlap the PET {rec.pet} in world space "
                                      "(check the headers)")
     label = None
     if load_label and rec.label is not None:
         label = read_image(rec.label, "label")
         check_label_grid(label, pet, rec.label, rec.pet, coord_tol, dir_tol)
-        label = _binary_label(label, rec.label)
+        label = sitk.GetImageFromArray(mask_foreground(label, rec.label, "label").astype(np.uint8))
         label.CopyInformation(pet)  # equal within tolerance: adopt the PET's exact numbers
     return Case(case_id=rec.case_id, pet=pet, label=label, ct_native=ct, record=rec)
 
 
 __all__ = ["CT_FILL_HU", "Case", "CaseRecord", "IMAGE_SUFFIXES", "check_label_grid", "image_suffix",
-           "load_case", "nifti_nonfinite_counts", "read_image", "read_image_info", "resample_like", "strip_suffix"]
+           "load_case", "mask_foreground", "nifti_nonfinite_counts", "read_image", "read_image_info", "read_mask",
+           "resample_like", "strip_suffix"]

@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from sam_l1dfl.data.geometry import DEFAULT_SIZE, DEFAULT_SPACING, CropGeometry, resample_to_crop
+from sam_l1dfl.data.geometry import (DEFAULT_SIZE, DEFAULT_SPACING, CropGeometry, image_index_to_world,
+                                     resample_to_crop)
+from sam_l1dfl.data.io import Case
 from sam_l1dfl.errors import ConfigError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     import SimpleITK as sitk
     import torch
-
-    from sam_l1dfl.data.io import Case
 
 INPUT_MODES = ("pet", "ct", "pet+ct")
 PET_NORMALIZATIONS = ("zscore_positive", "zscore", "suv_scale")
@@ -184,8 +184,6 @@ def crop_mask(label: "sitk.Image", geom: CropGeometry, keep_small: bool = True) 
     """
     import SimpleITK as sitk
 
-    from sam_l1dfl.data.geometry import image_index_to_world
-
     out = (resample_to_crop(label, geom, "nearest", 0) > 0).astype(np.uint8)
     if keep_small:
         arr = sitk.GetArrayViewFromImage(label)
@@ -213,8 +211,6 @@ def label_bbox_center_world(label: "sitk.Image") -> np.ndarray:
     """LPS centre of the world-aligned bounding box of the label's foreground voxel centres."""
     import SimpleITK as sitk
 
-    from sam_l1dfl.data.geometry import image_index_to_world
-
     zyx = np.argwhere(sitk.GetArrayViewFromImage(label) > 0)
     if len(zyx) == 0:
         raise InputError(None, "label is empty: nothing to centre the crop on")
@@ -231,8 +227,6 @@ def official_style_input(pet_image: "sitk.Image", label_image: "sitk.Image",
     ZNormalization over voxels > 0) gives the same tensor for axis-aligned headers; for oblique
     headers ours is world-aligned (see docs/conventions.md).
     """
-    from sam_l1dfl.data.io import Case
-
     cfg = cfg or IntensityConfig()
     geom = cfg.geometry_at(label_bbox_center_world(label_image))
     case = Case(case_id="official_style", pet=pet_image, label=label_image)

@@ -49,6 +49,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from sam_l1dfl.data.geometry import Grid
+from sam_l1dfl.io_utils import write_image_atomic, write_json_atomic
+
 GENERATOR_VERSION = "1.0"
 FORMAT = "sam-l1dfl-synthetic"
 
@@ -142,61 +145,31 @@ def _rotation(axis: str, deg: float) -> np.ndarray:
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
 
 
-class _Grid:
-    """A scanner grid: size (i, j, k), spacing, origin, direction (columns = index axes)."""
+def _box_slices(g: Grid, lo, hi, pad: int = 1):
+    """numpy (z, y, x) slices covering the world box ``[lo, hi]`` grown by ``pad`` voxels (None if outside)."""
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    corners = np.array([[(lo, hi)[a][0], (lo, hi)[b][1], (lo, hi)[c][2]]
+                        for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+    box = g.index_box(corners, pad)
+    return None if box is None else Grid.array_slices(*box)
 
-    def __init__(self, size, spacing, origin, direction):
-        self.size = tuple(int(v) for v in size)
-        self.spacing = np.asarray(spacing, float)
-        self.origin = np.asarray(origin, float)
-        self.direction = np.asarray(direction, float).reshape(3, 3)
-        self.shape = self.size[::-1]  # numpy (z, y, x) = (k, j, i)
-        # world = origin + M @ (i, j, k)
-        self.M = self.direction * self.spacing[None, :]
-        self.Minv = np.linalg.inv(self.M)
 
-    def world_to_index(self, p) -> np.ndarray:
-        return (np.asarray(p, float) - self.origin) @ self.Minv.T
-
-    def index_to_world(self, ijk) -> np.ndarray:
-        return self.origin + np.asarray(ijk, float) @ self.M.T
-
-    def box_slices(self, lo, hi, pad: int = 1):
-        """numpy (z, y, x) slices covering the world box ``[lo, hi]`` (None if outside)."""
-        lo, hi = np.asarray(lo, float), np.asarray(hi, float)
-        corners = np.array([[(lo, hi)[a][0], (lo, hi)[b][1], (lo, hi)[c][2]]
-                            for a in (0, 1) for b in (0, 1) for c in (0, 1)])
-        idx = self.world_to_index(corners)
-        i0 = np.floor(idx.min(0)).astype(int) - pad
-        i1 = np.ceil(idx.max(0)).astype(int) + pad + 1
-        i0 = np.maximum(i0, 0)
-        i1 = np.minimum(i1, self.size)
-        if np.any(i1 <= i0):
-            return None
-        return tuple(slice(int(i0[a]), int(i1[a])) for a in (2, 1, 0))
-
-    def coords(self, sl=None):
-        """World coordinates (X, Y, Z) of the voxels in ``sl``, broadcastable (z, y, x)."""
-        if sl is None:
-            sl = tuple(slice(0, n) for n in self.shape)
-        k = np.arange(sl[0].start, sl[0].stop, dtype=np.float32)[:, None, None]
-        j = np.arange(sl[1].start, sl[1].stop, dtype=np.float32)[None, :, None]
-        i = np.arange(sl[2].start, sl[2].stop, dtype=np.float32)[None, None, :]
-        out = []
-        for w in range(3):
-            acc = np.float32(self.origin[w])
-            for col, arr in ((0, i), (1, j), (2, k)):
-                if abs(self.M[w, col]) > 1e-12:
-                    acc = acc + np.float32(self.M[w, col]) * arr
-            out.append(acc)
-        return tuple(out)
-
-    def image(self, array: np.ndarray) -> sitk.Image:
-        img = sitk.GetImageFromArray(array)
-        img.SetSpacing(tuple(float(v) for v in self.spacing))
-        img.SetOrigin(tuple(float(v) for v in self.origin))
-        img.SetDirection(tuple(float(v) for v in self.direction.ravel()))
-        return img
+def _coords(g: Grid, sl=None):
+    """World coordinates (X, Y, Z) of the voxels in ``sl``, float32, broadcastable (z, y, x)
+    (zero terms of the grid matrix are skipped, so an axis-aligned grid gives thin arrays)."""
+    if sl is None:
+        sl = tuple(slice(0, n) for n in g.array_shape)
+    k = np.arange(sl[0].start, sl[0].stop, dtype=np.float32)[:, None, None]
+    j = np.arange(sl[1].start, sl[1].stop, dtype=np.float32)[None, :, None]
+    i = np.arange(sl[2].start, sl[2].stop, dtype=np.float32)[None, None, :]
+    out = []
+    for w in range(3):
+        acc = np.float32(g.origin[w])
+        for col, arr in ((0, i), (1, j), (2, k)):
+            if abs(g.matrix[w, col]) > 1e-12:
+                acc = acc + np.float32(g.matrix[w, col]) * arr
+        out.append(acc)
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- anatomy
@@ -205,7 +178,7 @@ class _Grid:
 class _Anatomy:
     """Patient-space anatomy: maps world mm to patient mm ``u = (p - ref) / scale``."""
 
-    def __init__(self, grid: _Grid, ref: np.ndarray, scale: float, rng: np.random.Generator):
+    def __init__(self, grid: Grid, ref: np.ndarray, scale: float, rng: np.random.Generator):
         self.g, self.ref, self.s = grid, np.asarray(ref, float), float(scale)
         j = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
         self.p = {
@@ -220,12 +193,12 @@ class _Anatomy:
         return self.ref + self.s * np.asarray(u, float)
 
     def u_coords(self, sl):
-        X, Y, Z = self.g.coords(sl)
+        X, Y, Z = _coords(self.g, sl)
         r, s = self.ref, np.float32(self.s)
         return (X - np.float32(r[0])) / s, (Y - np.float32(r[1])) / s, (Z - np.float32(r[2])) / s
 
     def crop(self, lo_u, hi_u):
-        sl = self.g.box_slices(self.w(lo_u), self.w(hi_u))
+        sl = _box_slices(self.g, self.w(lo_u), self.w(hi_u))
         if sl is None:
             return None, None
         return sl, self.u_coords(sl)
@@ -308,7 +281,7 @@ def _build_anatomy(an: _Anatomy, lab: np.ndarray) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     # body contour + subcutaneous fat (trunk, neck, head) -------------------------------
-    sl = tuple(slice(0, n) for n in g.shape)
+    sl = tuple(slice(0, n) for n in g.array_shape)
     X, Y, Z = an.u_coords(sl)
     a = _interp(Z, _PROFILE_Z, _PROFILE_A) * np.float32(p["body_w"])
     b = _interp(Z, _PROFILE_Z, _PROFILE_B) * np.float32(p["body_d"])
@@ -414,7 +387,7 @@ def _build_anatomy(an: _Anatomy, lab: np.ndarray) -> dict[str, Any]:
     sl, (X, Y, Z) = an.crop(np.array([-140, -100, 80]), np.array([140, 60, 240]))
     if sl is not None:
         shape = np.broadcast_shapes(X.shape, Y.shape, Z.shape)
-        sig = max(1.0, 9.0 * an.s / float(g.spacing.min()))
+        sig = max(1.0, 9.0 * an.s / min(g.spacing))
         f1 = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sig)
         f2 = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sig * 1.5)
         f1 /= f1.std() + 1e-9
@@ -515,8 +488,8 @@ def _place_lesions(an: _Anatomy, lab: np.ndarray, anat: dict, n: int, rng: np.ra
     """Place ``n`` lesions; return the instance map, per-lesion dicts, per-lesion target SUVmax."""
     L = ORGAN_LABELS
     g = an.g
-    inst = np.zeros(g.shape, np.uint8)
-    occupied = np.zeros(g.shape, bool)  # lesion voxels dilated by the 26-neighbourhood
+    inst = np.zeros(g.array_shape, np.uint8)
+    occupied = np.zeros(g.array_shape, bool)  # lesion voxels dilated by the 26-neighbourhood
     vox_ml = float(np.prod(g.spacing)) / 1000.0
     lesions: list[dict] = []
     soft_ok = np.array([L["soft_tissue"], L["fat"]])
@@ -537,7 +510,7 @@ def _place_lesions(an: _Anatomy, lab: np.ndarray, anat: dict, n: int, rng: np.ra
                 if vox.size == 0:
                     continue
                 flat = int(vox[rng.integers(vox.size)])
-                kji = np.unravel_index(flat, g.shape)
+                kji = np.unravel_index(flat, g.array_shape)
                 c_w = g.index_to_world(np.array(kji[::-1], float))
                 u = (c_w - an.ref) / an.s
                 site = ("sacrum" if abs(u[0]) < 45 and u[1] > 55 else "ilium/acetabulum") \
@@ -568,11 +541,11 @@ def _place_lesions(an: _Anatomy, lab: np.ndarray, anat: dict, n: int, rng: np.ra
                     off_w = gap_u * an.s + R * rng.uniform(0.6, 1.0) + rng.uniform(1.0, 4.0)
                     c_w = an.w(base) + v * off_w
             # local crop and allowed voxels
-            half = 1.6 * R + 2.0 * float(g.spacing.max())
-            sl = g.box_slices(c_w - half, c_w + half, pad=1)
+            half = 1.6 * R + 2.0 * max(g.spacing)
+            sl = _box_slices(g, c_w - half, c_w + half, pad=1)
             if sl is None:
                 continue
-            X, Y, Z = g.coords(sl)
+            X, Y, Z = _coords(g, sl)
             f = _lesion_level(X, Y, Z, c_w, R, rng)
             f = np.broadcast_to(f, lab[sl].shape)
             allowed = np.isin(lab[sl], bone_ok if loc.startswith("bone") else soft_ok) & ~occupied[sl]
@@ -594,7 +567,7 @@ def _place_lesions(an: _Anatomy, lab: np.ndarray, anat: dict, n: int, rng: np.ra
                 continue
             idx = len(lesions) + 1
             inst[sl][m] = idx
-            big = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, nmax)) for s, nmax in zip(sl, g.shape))
+            big = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, nmax)) for s, nmax in zip(sl, g.array_shape))
             occupied[big] |= ndimage.binary_dilation(inst[big] == idx, ball)
             target = float(np.exp(rng.uniform(np.log(4.0), np.log(40.0))))
             if loc == "prostate_bed" or "ureter" in site:
@@ -609,7 +582,7 @@ def _place_lesions(an: _Anatomy, lab: np.ndarray, anat: dict, n: int, rng: np.ra
 # ----------------------------------------------------------------------------- main API
 
 
-def _grid_for(direction: str, full_size: bool, rng: np.random.Generator) -> tuple[_Grid, float, np.ndarray]:
+def _grid_for(direction: str, full_size: bool, rng: np.random.Generator) -> tuple[Grid, float, np.ndarray]:
     size = FULL_SIZE if full_size else DEFAULT_SIZE
     scale = _FULL_SCALE if full_size else _DEFAULT_SCALE
     spacing = np.array(DEFAULT_SPACING)
@@ -629,7 +602,7 @@ def _grid_for(direction: str, full_size: bool, rng: np.random.Generator) -> tupl
     # patient z range covered: default [-45, 735] * 0.5 ; full [-250, 740] * 1.0
     u_mid_z = 345.0 if not full_size else 245.0
     ref = centre - scale * np.array([0.0, 0.0, u_mid_z]) + np.array([0.0, 0.0, rng.uniform(-6, 6)])
-    return _Grid(size, spacing, origin, D), scale, ref
+    return Grid(size, spacing, origin, D.ravel()), scale, ref
 
 
 def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False,
@@ -656,7 +629,7 @@ def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False
                                                      np.random.SeedSequence(int(seed)).spawn(5))
     grid, scale, ref = _grid_for(direction, full_size, rng_geo)
     an = _Anatomy(grid, ref, scale, rng_anat)
-    lab = np.zeros(grid.shape, np.uint8)
+    lab = np.zeros(grid.array_shape, np.uint8)
     anat = _build_anatomy(an, lab)
     suv, hu = _organ_values(rng_val)
     L = ORGAN_LABELS
@@ -699,13 +672,13 @@ def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False
         n_lesions = 0 if rng.random() < 0.15 else int(1 + rng.binomial(11, 0.3))
     inst, lesions, targets = _place_lesions(an, lab, anat, int(n_lesions), rng_les, suv)
     fwhm = float(rng_val.uniform(5.0, 7.0))
-    sigma_vox = fwhm * _FWHM_TO_SIGMA / grid.spacing[::-1]  # numpy (z, y, x) order
+    sigma_vox = fwhm * _FWHM_TO_SIGMA / np.asarray(grid.spacing[::-1])  # numpy (z, y, x) order
     for les, target in zip(lesions, targets):
         sl = les["_slices"]
         m = inst[sl] == les["index"]
         bg = float(np.median(act[sl][m])) if m.any() else 1.0
         # partial-volume recovery of this lesion alone, to aim the measured SUVmax at target
-        pad = tuple(slice(max(s.start - 4, 0), min(s.stop + 4, n)) for s, n in zip(sl, grid.shape))
+        pad = tuple(slice(max(s.start - 4, 0), min(s.stop + 4, n)) for s, n in zip(sl, grid.array_shape))
         ind = (inst[pad] == les["index"]).astype(np.float32)
         rc = float(ndimage.gaussian_filter(ind, sigma_vox, mode="constant").max())
         uptake = min(bg + (target - bg) / max(rc, 1e-3), 3.0 * target)
@@ -720,7 +693,7 @@ def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False
 
     # PET physics: PSF blur, activity-dependent correlated noise -----------------------------
     pet = ndimage.gaussian_filter(act, sigma_vox, mode="nearest")
-    noise = rng_noise.standard_normal(grid.shape, dtype=np.float32)
+    noise = rng_noise.standard_normal(grid.array_shape, dtype=np.float32)
     noise = ndimage.gaussian_filter(noise, 0.8)
     noise *= np.float32(1.0 / max(float(noise.std()), 1e-6))
     k_noise = float(rng_val.uniform(0.05, 0.1))
@@ -728,7 +701,7 @@ def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False
     pet = np.maximum(pet, 0).astype(np.float32)
     # CT: CTres-like partial volume and noise
     ct = ndimage.gaussian_filter(ct, 0.6, mode="nearest")
-    ct += 12.0 * rng_noise.standard_normal(grid.shape, dtype=np.float32)
+    ct += 12.0 * rng_noise.standard_normal(grid.array_shape, dtype=np.float32)
     ct = np.clip(np.round(ct), -1024, 3071).astype(np.int16)
 
     # per-lesion bookkeeping ----------------------------------------------------------------
@@ -748,7 +721,7 @@ def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False
         n = int(m.sum())
         vals = pet[sl][m]
         # adjacency to physiological uptake within ~5 mm
-        it = max(1, int(round(5.0 / float(grid.spacing.min()))))
+        it = max(1, int(round(5.0 / min(grid.spacing))))
         near = ndimage.binary_dilation(m, iterations=it) & ~m
         hit = [nm for nm, v in zip(near_names, near_vals) if np.any(lab[sl][near] == v)]
         les.update({
@@ -776,13 +749,13 @@ def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False
             "size": list(grid.size),
             "spacing": [float(v) for v in grid.spacing],
             "origin": [round(float(v), 4) for v in grid.origin],
-            "direction": [round(float(v), 8) for v in grid.direction.ravel()],
+            "direction": [round(float(v), 8) for v in grid.direction],
         },
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return SyntheticCase(
-        case_id=case_id, seed=int(seed), pet=grid.image(pet), ct=grid.image(ct),
-        seg=grid.image(seg), organs=grid.image(lab), lesions=final, info=info, instances=inst)
+        case_id=case_id, seed=int(seed), pet=grid.image_from_array(pet), ct=grid.image_from_array(ct),
+        seg=grid.image_from_array(seg), organs=grid.image_from_array(lab), lesions=final, info=info, instances=inst)
 
 
 def case_record(case: SyntheticCase, n_lesions_requested: int | None = None) -> dict[str, Any]:
@@ -804,8 +777,6 @@ def case_record(case: SyntheticCase, n_lesions_requested: int | None = None) -> 
 
 def write_case(case: SyntheticCase, out_dir: "str | Path", organs: bool = True) -> Path:
     """Write one case in the autoPET layout under ``out_dir/<case_id>/`` (atomically)."""
-    from sam_l1dfl.io_utils import write_image_atomic
-
     d = Path(out_dir) / case.case_id
     d.mkdir(parents=True, exist_ok=True)
     write_image_atomic(case.pet, d / PET_NAME)
@@ -829,8 +800,6 @@ def generate_dataset(out_dir: "str | Path", n_cases: int, seed: int = 0, full_si
     fourth case (``i % 4 == 3``) is lesion-free, as in real cohorts.  The first
     ``n_oblique`` cases get a non-identity direction (alternately oblique and flipped).
     """
-    from sam_l1dfl.io_utils import write_json_atomic
-
     if n_cases < 1:
         raise ValueError("n_cases must be at least 1")
     if not (0 <= n_oblique <= n_cases):

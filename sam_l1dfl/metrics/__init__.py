@@ -4,9 +4,13 @@
 * :mod:`.detection` – C1/C2/C3 lesion matching, TP/FP/FN, precision/recall/F1, size strata;
 * :mod:`.quantify` – lesion count, TMTV, SUVmax, SUVmean, TLU and their agreement;
 * :mod:`.bootstrap` – seeded bootstrap 95 % CIs;
-* :mod:`.dataset` – file discovery by case id, grid checks, :func:`evaluate_case`,
-  :func:`evaluate_dataset`;
-* :mod:`.report` – ``metrics.csv``, ``lesions.csv``, ``summary.json``, ``report.html``.
+* :mod:`.summary` – the ``metrics.csv``/``lesions.csv`` columns, the definitions and the per-run
+  summary (pure functions of the rows);
+* :mod:`.report` – writes ``metrics.csv``, ``lesions.csv``, ``summary.json``, ``report.html``
+  (imports :mod:`.summary`, never :mod:`.dataset`);
+* :mod:`.dataset` – the evaluation loop: file discovery by case id, reading through
+  :mod:`sam_l1dfl.data.io`, grid checks through :mod:`sam_l1dfl.data.geometry`,
+  :func:`evaluate_case`, :func:`evaluate_dataset` (imports :mod:`.summary` and :mod:`.report`).
 """
 
 from .bootstrap import bootstrap_mean_ci, bootstrap_pooled_ci

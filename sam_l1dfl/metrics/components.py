@@ -12,19 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sam_l1dfl.data.lesions import label_components
+
+#: Lesions are 18-connected components (autoPET); :func:`label_components` is
+#: :func:`sam_l1dfl.data.lesions.label_components`, so prompts and metrics see the same lesions.
 AUTOPET_CONNECTIVITY = 18
-
-
-def label_components(mask: np.ndarray, connectivity: int = AUTOPET_CONNECTIVITY) -> tuple[np.ndarray, int]:
-    """Label the connected components of ``mask`` (anything > 0 is foreground).
-
-    Returns ``(labels, n)``: an integer array (0 = background, 1..n = components, numbered by
-    cc3d in C raster order) and the number of components.  This is
-    :func:`sam_l1dfl.data.lesions.label_components`, so prompts and metrics see the same lesions.
-    """
-    from ..data.lesions import label_components as _label
-
-    return _label(mask, connectivity)
 
 
 @dataclass

@@ -5,8 +5,9 @@ File layout (matching is by case id):
 * reference (``gt_dir``): the autoPET layout ``<case>/SEG.nii.gz`` (PET beside it as
   ``<case>/SUV.nii.gz``), also one level deeper (``<patient>/<study>/SEG.nii.gz``, case id
   ``<patient>_<study>``), or flat files ``<case>.nii.gz``;
-* predictions (``pred_dir``): flat files ``<case>.nii.gz`` (also ``.nii``, ``.mha``,
-  ``.nrrd``) or ``<case>/SEG.nii.gz``; label maps are binarised (> 0);
+* predictions (``pred_dir``): flat files ``<case>.nii.gz`` (any
+  :data:`~sam_l1dfl.data.io.IMAGE_SUFFIXES` ending: ``.nii``, ``.mha``, ``.nrrd``, ...) or
+  ``<case>/SEG.nii.gz``; label maps are binarised (> 0);
 * PET (``pet_dir``, optional): ``<case>/SUV.nii.gz`` or ``<case>.nii.gz``; without
   ``pet_dir`` the ``SUV.nii.gz`` beside each ``SEG.nii.gz`` is used when present.
 
@@ -14,8 +15,14 @@ Several click counts: give ``pred_dir`` as ``{clicks: dir}``, as a list of dirs 
 ``clicks=[...]`` of the same length, or as one dir with subfolders ``clicks_<N>`` (or
 ``clicks<N>``), optionally selected by ``clicks``.
 
-A prediction must be on the reference grid (size, spacing, origin, direction), and so must
-the PET; otherwise a one-line :class:`~sam_l1dfl.errors.InputError` names the file.
+Files are read with :mod:`sam_l1dfl.data.io` (:func:`~sam_l1dfl.data.io.read_mask`,
+:func:`~sam_l1dfl.data.io.read_image`).  A prediction must be on the reference grid (size,
+spacing, origin, direction; :func:`sam_l1dfl.data.geometry.grid_mismatches`), and so must the PET;
+otherwise a one-line :class:`~sam_l1dfl.errors.InputError` names the file.  Lesion positions are
+world millimetres of the reference :class:`~sam_l1dfl.data.geometry.Grid`.
+
+This module is the evaluation loop; the columns, definitions and run summaries come from
+:mod:`.summary` and the files are written by :mod:`.report`.
 """
 
 from __future__ import annotations
@@ -27,25 +34,24 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from tqdm.auto import tqdm
+
+from sam_l1dfl.data.geometry import Grid, grid_mismatches
+from sam_l1dfl.data.io import IMAGE_SUFFIXES, image_suffix, read_image, read_mask, strip_suffix
+from sam_l1dfl.errors import InputError
+
 from .components import AUTOPET_CONNECTIVITY, component_overlap
 from .detection import match_lesions
 from .quantify import QUANTITIES, quantify
-from .volume import volume_metrics
+from .report import case_figure, click_curve_figure, dice_volume_figure, write_outputs
+from .summary import DEFINITIONS, summarize_run
+from .volume import volume_metrics, voxel_volume_ml
 
-EXTS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 _CLICK_DIR = re.compile(r"^clicks_?(\d+)$")
 
 
-def _strip_ext(name: str) -> str | None:
-    for e in EXTS:
-        if name.endswith(e) and len(name) > len(e):
-            return name[: -len(e)]
-    return None
-
-
 def _find_named(folder: Path, stem: str) -> Path | None:
-    for e in EXTS:
+    for e in IMAGE_SUFFIXES:
         p = folder / f"{stem}{e}"
         if p.is_file():
             return p
@@ -68,8 +74,8 @@ def find_masks(folder: "str | Path") -> dict[str, Path]:
         if p.name.startswith("."):
             continue
         if p.is_file():
-            stem = _strip_ext(p.name)
-            if stem is not None:
+            stem = strip_suffix(p.name)
+            if image_suffix(p.name) and stem:
                 add(stem, p)
         elif p.is_dir():
             seg = _find_named(p, "SEG")
@@ -147,63 +153,17 @@ def resolve_runs(
     return sorted(runs, key=lambda r: -1 if r[0] is None else r[0])
 
 
-# --------------------------------------------------------------------------- images
-
-
-def read_image(path: Path):
-    import SimpleITK as sitk
-
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
-        raise InputError(path, f"cannot read image ({first})") from None
-    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(path, f"expected a 3-D scalar image, got {img.GetDimension()}-D with "
-                               f"{img.GetNumberOfComponentsPerPixel()} component(s)")
-    return img
-
-
-def mask_array(img, path: Path) -> np.ndarray:
-    import SimpleITK as sitk
-
-    a = sitk.GetArrayViewFromImage(img)
-    if a.dtype.kind == "f":
-        if not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a)):
-            raise InputError(path, "has non-integer values: this looks like a probability map, not a mask; threshold it first")
-    return np.asarray(a > 0)
-
-
-def check_same_grid(img, ref_img, path: Path, ref_path: Path) -> None:
-    """Raise a one-line InputError naming ``path`` unless ``img`` is on ``ref_img``'s grid."""
-    checks = (
-        ("size", img.GetSize(), ref_img.GetSize(), 0.0),
-        ("spacing", img.GetSpacing(), ref_img.GetSpacing(), 1e-4),
-        ("origin", img.GetOrigin(), ref_img.GetOrigin(), 1e-3),
-        ("direction", img.GetDirection(), ref_img.GetDirection(), 1e-4),
-    )
-    for name, a, b, tol in checks:
-        if not np.allclose(a, b, rtol=0, atol=tol):
-            fa = tuple(round(float(v), 4) for v in a)
-            fb = tuple(round(float(v), 4) for v in b)
-            raise InputError(path, f"{name} {fa} differs from the reference {ref_path} ({fb}); "
-                                   "resample the prediction onto the reference grid")
-
-
 # --------------------------------------------------------------------------- one case
 
-CASE_COLUMNS = [
-    "case", "clicks", "dice", "fpv_ml", "fnv_ml",
-    *[f"{k}_{c}" for c in ("c1", "c2", "c3") for k in ("tp", "fp", "fn", "precision", "recall", "f1")],
-    *[f"{w}_{q}" for q in QUANTITIES for w in ("ref", "pred")],
-    "voxel_ml", "spacing_mm", "has_pet", "gt_file", "pred_file", "pet_file",
-]
-LESION_COLUMNS = [
-    "case", "clicks", "kind", "lesion_id", "voxels", "volume_ml", "stratum",
-    "x_mm", "y_mm", "z_mm", "dice", "best_iou", "n_overlapping", "overlapping_ids",
-    "detected_c1", "detected_c2", "detected_c3", "fp_c1", "fp_c2", "fp_c3",
-    "suv_max", "suv_mean", "tlu", "pred_volume_ml", "pred_suv_max", "pred_suv_mean",
-]
+
+def check_grid(image, reference, path: Path, ref_path: Path) -> None:
+    """Raise a one-line InputError naming ``path`` unless ``image`` is on ``reference``'s grid
+    (the rule of :func:`sam_l1dfl.data.geometry.grid_mismatches`)."""
+    for what, value, ref_value in grid_mismatches(reference, image)[:1]:
+        fa = tuple(round(float(v), 4) for v in np.ravel(value))
+        fb = tuple(round(float(v), 4) for v in np.ravel(ref_value))
+        raise InputError(path, f"{what} {fa} differs from the reference {ref_path} ({fb}); "
+                               "resample the prediction onto the reference grid")
 
 
 @dataclass
@@ -242,70 +202,55 @@ def evaluate_case(
     for q in QUANTITIES:
         row[f"ref_{q}"] = qr[q]
         row[f"pred_{q}"] = qp[q]
-    from .volume import voxel_volume_ml
-
     row["voxel_ml"] = voxel_volume_ml(spacing)
     row["spacing_mm"] = "x".join(f"{float(s):g}" for s in spacing)
     row["has_pet"] = pet is not None
 
-    def pos(ci):
+    def lesion_row(kind: str, r: dict[str, Any], overlapping: list[int]) -> dict[str, Any]:
+        ci = r["centroid_index"]
         w = index_to_world(ci) if index_to_world is not None else ci
-        return {"x_mm": float(w[0]), "y_mm": float(w[1]), "z_mm": float(w[2])}
+        return {
+            "case": case, "clicks": clicks, "kind": kind, "lesion_id": r["lesion_id"], "voxels": r["voxels"],
+            "volume_ml": r["volume_ml"], "stratum": r["stratum"],
+            "x_mm": float(w[0]), "y_mm": float(w[1]), "z_mm": float(w[2]), "best_iou": r["best_iou"],
+            "n_overlapping": len(overlapping), "overlapping_ids": ";".join(map(str, overlapping)),
+            "suv_max": r.get("suv_max"), "suv_mean": r.get("suv_mean"), "tlu": r.get("tlu"),
+        }
 
     lesions: list[dict[str, Any]] = []
     for r in m.ref:
         lesions.append({
-            "case": case, "clicks": clicks, "kind": "ref", "lesion_id": r["lesion_id"],
-            "voxels": r["voxels"], "volume_ml": r["volume_ml"], "stratum": r["stratum"],
-            **pos(r["centroid_index"]), "dice": r["dice"], "best_iou": r["best_iou"],
-            "n_overlapping": len(r["pred_ids"]), "overlapping_ids": ";".join(map(str, r["pred_ids"])),
+            **lesion_row("ref", r, r["pred_ids"]), "dice": r["dice"],
             **{f"detected_{c}": r.get(f"detected_{c}") for c in ("c1", "c2", "c3")},
-            "suv_max": r.get("suv_max"), "suv_mean": r.get("suv_mean"), "tlu": r.get("tlu"),
             "pred_volume_ml": r["pred_volume_ml"], "pred_suv_max": r.get("pred_suv_max"),
             "pred_suv_mean": r.get("pred_suv_mean"),
         })
     for p in m.pred:
-        lesions.append({
-            "case": case, "clicks": clicks, "kind": "pred", "lesion_id": p["lesion_id"],
-            "voxels": p["voxels"], "volume_ml": p["volume_ml"], "stratum": p["stratum"],
-            **pos(p["centroid_index"]), "best_iou": p["best_iou"],
-            "n_overlapping": len(p["ref_ids"]), "overlapping_ids": ";".join(map(str, p["ref_ids"])),
-            **{f"fp_{c}": p.get(f"fp_{c}") for c in ("c1", "c2", "c3")},
-            "suv_max": p.get("suv_max"), "suv_mean": p.get("suv_mean"), "tlu": p.get("tlu"),
-        })
+        lesions.append({**lesion_row("pred", p, p["ref_ids"]),
+                        **{f"fp_{c}": p.get(f"fp_{c}") for c in ("c1", "c2", "c3")}})
     return CaseResult(row, lesions, m)
 
 
-def load_case(gt_path: Path, pred_path: Path | None, pet_path: Path | None):
+def read_evaluation_case(gt_path: Path, pred_path: Path | None, pet_path: Path | None):
     """Read and check one case; returns ``(gt_img, pred, ref, pet, spacing_zyx)`` as arrays.
 
     A missing prediction (``pred_path=None``) is an empty mask.
     """
     import SimpleITK as sitk
 
-    gt_img = read_image(gt_path)
-    ref = mask_array(gt_img, gt_path)
+    gt_img, ref = read_mask(gt_path, "reference")
     if pred_path is None:
         pred = np.zeros_like(ref)
     else:
-        pimg = read_image(pred_path)
-        check_same_grid(pimg, gt_img, pred_path, gt_path)
-        pred = mask_array(pimg, pred_path)
+        pimg, pred = read_mask(pred_path, "prediction")
+        check_grid(pimg, gt_img, pred_path, gt_path)
     pet = None
     if pet_path is not None:
-        petimg = read_image(pet_path)
-        check_same_grid(petimg, gt_img, pet_path, gt_path)
+        petimg = read_image(pet_path, "PET")
+        check_grid(petimg, gt_img, pet_path, gt_path)
         pet = sitk.GetArrayFromImage(petimg).astype(np.float32, copy=False)
     spacing = tuple(reversed(gt_img.GetSpacing()))
     return gt_img, pred, ref, pet, spacing
-
-
-def index_to_world_fn(img) -> Callable[[Sequence[float]], Sequence[float]]:
-    """Array (z, y, x) continuous index -> world LPS mm of a SimpleITK image."""
-    def f(ci):
-        return img.TransformContinuousIndexToPhysicalPoint([float(v) for v in reversed(ci)])
-
-    return f
 
 
 # --------------------------------------------------------------------------- data set
@@ -343,10 +288,6 @@ def evaluate_dataset(
     reference are listed in ``summary["inputs"]["unmatched_predictions"]`` and ignored.
     MIPs are drawn for the largest click count (at most ``max_mip_cases`` cases).
     """
-    from tqdm.auto import tqdm
-
-    from .report import DEFINITIONS, case_figure, click_curve_figure, dice_volume_figure, summarize_run, write_outputs
-
     gt = find_masks(gt_dir)
     if not gt:
         raise InputError(gt_dir, "no reference masks found (expected <case>/SEG.nii.gz or <case>.nii.gz)")
@@ -373,9 +314,9 @@ def evaluate_dataset(
         rows_run, les_run = [], []
         desc = "evaluate" + ("" if nclicks is None else f" ({nclicks} clicks)")
         for case in tqdm(sorted(gt), desc=desc, unit="case", disable=not progress):
-            gt_img, pred, ref, pet, spacing = load_case(gt[case], preds.get(case), pets[case])
+            gt_img, pred, ref, pet, spacing = read_evaluation_case(gt[case], preds.get(case), pets[case])
             res = evaluate_case(pred, ref, spacing, pet, case=case, clicks=nclicks,
-                                index_to_world=index_to_world_fn(gt_img))
+                                index_to_world=Grid.from_image(gt_img).array_index_to_world)
             res.row.update(gt_file=str(gt[case]), pred_file=str(preds.get(case, "")),
                            pet_file=str(pets[case] or ""),
                            spacing_mm="x".join(f"{s:g}" for s in gt_img.GetSpacing()))  # image (x, y, z) order

@@ -116,6 +116,12 @@ class LesionMatching:
     overlap: Overlap = field(repr=False)
 
 
+def _component_row(lesion_id: int, voxels: int, voxel_ml: float, centroid) -> dict[str, Any]:
+    """The columns every lesion or predicted component has: id, size, stratum, centroid (array index)."""
+    return {"lesion_id": lesion_id, "voxels": voxels, "volume_ml": voxels * voxel_ml,
+            "stratum": size_stratum(voxels * voxel_ml), "centroid_index": tuple(float(c) for c in centroid)}
+
+
 def match_lesions(
     pred: np.ndarray,
     ref: np.ndarray,
@@ -171,11 +177,7 @@ def match_lesions(
         uvox = int(ov.pred_sizes[pids].sum()) if pids else 0
         vox = int(ov.ref_sizes[i])
         row: dict[str, Any] = {
-            "lesion_id": i,
-            "voxels": vox,
-            "volume_ml": vox * vml,
-            "stratum": size_stratum(vox * vml),
-            "centroid_index": tuple(float(c) for c in rc[i]),
+            **_component_row(i, vox, vml, rc[i]),
             "pred_ids": pids,
             "best_iou": max((iou_pair[(i, j)] for j in pids), default=0.0),
             "dice": 2.0 * inter / (vox + uvox),
@@ -197,11 +199,7 @@ def match_lesions(
         rids = [int(i) for i in ov.pairs[ov.pairs[:, 1] == j, 0]]
         vox = int(ov.pred_sizes[j])
         row = {
-            "lesion_id": j,
-            "voxels": vox,
-            "volume_ml": vox * vml,
-            "stratum": size_stratum(vox * vml),
-            "centroid_index": tuple(float(c) for c in pc[j]),
+            **_component_row(j, vox, vml, pc[j]),
             "ref_ids": rids,
             "best_iou": max((iou_pair[(i, j)] for i in rids), default=0.0),
         }

@@ -4,14 +4,20 @@ Public API::
 
     SamMed3DConfig            # dataclass; .preset("vit_b_ori" | "tiny"), .from_dict, .to_dict
     build_sam_med3d(cfg)      # -> SamMed3D with .image_encoder, .prompt_encoder, .mask_decoder
-    load_sam_med3d(path, cfg=None, map_location="cpu", trust=False, strict=True)
+    load_sam_med3d(path, cfg=None, map_location="cpu", trust=False, strict=True, base=None)
+    read_checkpoint(path, trust=False, base=None) -> (state_dict, format, config, sha256)
     save_model_dir(model, out_dir, meta), read_model_meta(path)
     official_state_dict(model, drop_boxes=False)
+
     model.encode(images); model.decode(embeddings, points, labels, boxes, mask_input, multimask_output)
     model.image_encoder.attn_impl = "fast" | "faithful"
 
+Modules: ``config`` (SamMed3DConfig), ``sam`` / ``image_encoder`` / ``prompt_encoder`` /
+``mask_decoder`` (the network), ``weights`` (weight files: read, fit, write), ``delta`` (reading
+a delta on top of its base), ``checkpoint`` (the loader: dispatch, config choice, LoadReport).
+
 Conventions of the official code (uni-medical/SAM-Med3D), reproduced here and pinned down by
-``../shared/reference/sam_med3d_tiny_golden.pt`` (tests/test_model_golden.py):
+the golden case made with the official code, ``tests/data/golden/`` (tests/test_model_golden.py):
 
 1. **Input and prompt axes.**  The network input is (B, C, X, Y, Z) with the array axes of
    the TorchIO tensor (see docs/architecture.md).  Point and box coordinates are float voxel
@@ -59,8 +65,18 @@ Conventions of the official code (uni-medical/SAM-Med3D), reproduced here and pi
    so the initial outputs equal the PET-only outputs exactly.
 """
 
+from sam_l1dfl.model.checkpoint import LoadReport, load_sam_med3d, read_checkpoint
 from sam_l1dfl.model.config import SamMed3DConfig
+from sam_l1dfl.model.delta import is_delta_file, read_delta_checkpoint
 from sam_l1dfl.model.sam import SamMed3D, build_sam_med3d
+from sam_l1dfl.model.weights import (
+    infer_config,
+    official_state_dict,
+    read_model_meta,
+    read_weights,
+    resolve_model_path,
+    save_model_dir,
+)
 
 __all__ = [
     "SamMed3DConfig",
@@ -72,21 +88,9 @@ __all__ = [
     "official_state_dict",
     "infer_config",
     "read_checkpoint",
+    "read_weights",
+    "read_delta_checkpoint",
+    "is_delta_file",
+    "resolve_model_path",
     "LoadReport",
 ]
-
-
-def __getattr__(name):  # lazy: checkpoint helpers pull in safetensors
-    if name in {
-        "load_sam_med3d",
-        "save_model_dir",
-        "read_model_meta",
-        "official_state_dict",
-        "infer_config",
-        "read_checkpoint",
-        "LoadReport",
-    }:
-        from sam_l1dfl.model import checkpoint
-
-        return getattr(checkpoint, name)
-    raise AttributeError(f"module 'sam_l1dfl.model' has no attribute {name!r}")

@@ -1,64 +1,33 @@
-"""Reading, checking, saving and exporting SAM-Med3D weights, safely.
+"""The loader: any accepted checkpoint -> a fitted :class:`SamMed3D` with a :class:`LoadReport`.
 
-Accepted inputs of :func:`load_sam_med3d`:
-
-* an official training checkpoint ``{"model_state_dict": ..., "optimizer_state_dict": ...,
-  "args": argparse.Namespace, ...}`` (``sam_med3d_turbo.pth``),
-* a bare state dict, ``{"model": ...}`` or ``{"state_dict": ...}``, with or without the
-  ``module.`` (DDP) / ``_orig_mod.`` (torch.compile) prefixes,
-* a ``.safetensors`` file,
-* a model run directory (``model.safetensors`` + ``config.json``, see docs/architecture.md).
-
-Pickles are read with ``torch.load(weights_only=True)`` and an allowlist of the harmless types
-the official files contain (``argparse.Namespace``, ``collections.Counter`` from the LR
-scheduler, numpy scalars).  Anything else is refused with a :class:`CheckpointError` naming the
-offending globals, unless ``trust=True``.
+:func:`read_checkpoint` dispatches on the file: a delta (:mod:`sam_l1dfl.model.delta`, applied
+to its base) or a full checkpoint (:mod:`sam_l1dfl.model.weights`, which lists the accepted
+inputs and the safe-unpickling rules).  :func:`load_sam_med3d` picks the config (given, stored
+with the weights, or inferred from the key shapes), fits the state dict to it and builds the
+model.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
-import re
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
 from sam_l1dfl.errors import CheckpointError
-from sam_l1dfl.io_utils import atomic_path, sha256_file, write_json_atomic
 from sam_l1dfl.model.config import SamMed3DConfig
+from sam_l1dfl.model.delta import is_delta_file, read_delta_checkpoint
 from sam_l1dfl.model.sam import SamMed3D
-
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-DIR_FORMAT = "sam-l1dfl-model"
-DELTA_FORMAT = "sam-l1dfl-delta"  # written by sam_l1dfl.export (decoder-only deltas)
-_META_CONFIG_KEY = "sam_l1dfl_model_config"
-BOX_KEYS = ("prompt_encoder.point_embeddings.2.weight", "prompt_encoder.point_embeddings.3.weight")
-POS_POINT_KEY = "prompt_encoder.point_embeddings.1.weight"
-PATCH_KEY = "image_encoder.patch_embed.proj.weight"
-_PREFIXES = ("module.", "_orig_mod.")
-
-
-def _safe_globals() -> list:
-    """Types that the official training checkpoints pickle besides tensors; all inert."""
-    import argparse
-    import collections
-
-    allowed: list = [argparse.Namespace, collections.Counter]
-    try:  # numpy scalars / dtypes (e.g. a best_loss stored as np.float64)
-        import numpy as np
-
-        core = getattr(np, "_core", None) or np.core
-        allowed += [core.multiarray.scalar, np.dtype]
-        allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
-    except Exception:  # pragma: no cover - numpy layout differences
-        pass
-    return allowed
+from sam_l1dfl.model.weights import (
+    fit_error,
+    fit_state_dict,
+    infer_config,
+    read_weights,
+    resolve_model_path,
+    skeleton,
+    summarise_keys,
+)
 
 
 @dataclass
@@ -89,309 +58,27 @@ class LoadReport:
         if self.newly_initialized:
             lines.append("newly initialised: " + ", ".join(self.newly_initialized))
         if self.missing:
-            lines.append("missing (left at their initial values): " + _summarise(self.missing))
+            lines.append("missing (left at their initial values): " + summarise_keys(self.missing))
         if self.unexpected:
-            lines.append("ignored (not in the model): " + _summarise(self.unexpected))
+            lines.append("ignored (not in the model): " + summarise_keys(self.unexpected))
         lines += self.notes
         return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------- reading
-def _summarise(keys, limit: int = 8) -> str:
-    """Readable one-line summary of many keys: block indices collapsed, long lists cut."""
-    groups: "OrderedDict[str, int]" = OrderedDict()
-    for k in keys:
-        g = re.sub(r"\.(\d+)\.", ".*.", k)
-        groups[g] = groups.get(g, 0) + 1
-    items = [g if n == 1 else f"{g} (x{n})" for g, n in groups.items()]
-    more = f", ... and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
-
-
-def _unsafe_globals(path: Path, exc: Exception) -> list[str]:
-    names: list[str] = []
-    try:
-        names = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    except Exception:
-        pass
-    if not names:
-        m = re.findall(r"GLOBAL ([\w\.]+ ?[\w\.]*)", str(exc))
-        names = [n.replace(" ", ".") for n in m]
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _safe_globals()}
-    names = [n for n in names if n not in allowed] or names
-    return sorted(set(names)) or ["(unknown; see torch.load's message)"]
-
-
-def _torch_load(path: Path, trust: bool) -> Any:
-    try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if trust:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        offenders = _unsafe_globals(path, exc)
-        raise CheckpointError(
-            path,
-            "refusing to unpickle: the file needs " + ", ".join(offenders)
-            + ", which is not a tensor or a known-harmless type and could run arbitrary code; "
-            "pass --trust (trust=True) only if you trust where this file came from",
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, ImportError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({first})") from None
-
-
-def _unwrap(obj: Any, path: Path) -> tuple[dict, str]:
-    if not isinstance(obj, dict):
-        raise CheckpointError(path, f"expected a dict of tensors, found a {type(obj).__name__}")
-    fmt = "bare state dict"
-    for key, name in (
-        ("model_state_dict", "official training checkpoint {'model_state_dict': ...}"),
-        ("model", "{'model': state dict}"),
-        ("state_dict", "{'state_dict': state dict}"),
-    ):
-        if key in obj and isinstance(obj[key], dict):
-            obj, fmt = obj[key], name
-            break
-    bad = [k for k, v in obj.items() if not torch.is_tensor(v)]
-    if bad:
-        raise CheckpointError(
-            path,
-            f"no state dict found: entries {_summarise(map(str, bad), 5)} are not tensors "
-            "(expected a state dict, or one under 'model_state_dict', 'model' or 'state_dict')",
-        )
-    sd = dict(obj)
-    stripped = []
-    changed = True
-    while changed and sd:
-        changed = False
-        for p in _PREFIXES:
-            if all(k.startswith(p) for k in sd):
-                sd = {k[len(p):]: v for k, v in sd.items()}
-                stripped.append(p)
-                changed = True
-    if stripped:
-        fmt += " with prefix " + "".join(stripped)
-    return sd, fmt
-
-
 def read_checkpoint(
-    path: "str | os.PathLike", trust: bool = False
+    path: "str | os.PathLike", trust: bool = False, base: "str | os.PathLike | None" = None
 ) -> tuple[dict[str, torch.Tensor], str, Optional[SamMed3DConfig], str]:
     """Read any accepted checkpoint: ``(state_dict, format, config or None, sha256)``.
 
-    The config is the one stored with the weights (run directory or safetensors metadata), if
-    any.  The SHA-256 is that of the weights file.
+    A delta is applied to ``base`` (None: the base named in the delta, next to it); anything
+    else is read by :func:`sam_l1dfl.model.weights.read_weights` (``base`` must be None).
     """
     path = resolve_model_path(path)
-    cfg: Optional[SamMed3DConfig] = None
-    if path.is_dir():
-        weights = path / MODEL_FILE
-        if not weights.is_file():
-            raise CheckpointError(path, f"a model directory must contain {MODEL_FILE}")
-        meta = read_model_meta(path)
-        if "model" in meta:
-            cfg = SamMed3DConfig.from_dict(meta["model"], source=str(path / CONFIG_FILE))
-        sd, _, cfg2 = _read_safetensors(weights)
-        return sd, "sam-l1dfl model directory", cfg or cfg2, sha256_file(weights)
-    if not path.is_file():
-        raise CheckpointError(path, "not a regular file")
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if path.suffix == ".safetensors" or _looks_like_safetensors(head, path):
-        if _safetensors_format(path) == DELTA_FORMAT:  # a delta: rebuild it on its base
-            from sam_l1dfl.export import read_delta_checkpoint
-
-            return read_delta_checkpoint(path, trust=trust)
-        sd, fmt, cfg = _read_safetensors(path)
-        side = path.parent / CONFIG_FILE
-        if cfg is None and path.name == MODEL_FILE and side.is_file():
-            meta = read_model_meta(path.parent)
-            if "model" in meta:
-                cfg = SamMed3DConfig.from_dict(meta["model"], source=str(side))
-        return sd, fmt, cfg, sha256_file(path)
-    obj = _torch_load(path, trust)
-    sd, fmt = _unwrap(obj, path)
-    return sd, fmt, None, sha256_file(path)
-
-
-def resolve_model_path(path: "str | os.PathLike") -> Path:
-    """The weights behind ``path``: a ``finetune.py`` run directory (``runs/<name>``, holding
-    ``best/`` and/or ``last/``) gives its ``best/`` (``last/`` if there is no ``best/``); a model
-    directory or a file is returned as is."""
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(p, "no such file or directory")
-    if p.is_dir() and not (p / MODEL_FILE).is_file():
-        for sub in ("best", "last"):
-            if (p / sub / MODEL_FILE).is_file():
-                return p / sub
-        raise CheckpointError(
-            p, f"is neither a model directory ({MODEL_FILE} + {CONFIG_FILE}) nor a run directory with best/ or last/"
-        )
-    return p
-
-
-def _safetensors_format(path: Path) -> Optional[str]:
-    """The ``format`` entry of a safetensors file's metadata (None when unreadable or absent)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return (f.metadata() or {}).get("format")
-    except (SafetensorError, OSError, ValueError):
-        return None
-
-
-def _looks_like_safetensors(head: bytes, path: Path) -> bool:
-    if len(head) < 9 or head[:2] == b"PK" or head[:1] == b"\x80":
-        return False
-    n = int.from_bytes(head[:8], "little")
-    return 2 <= n <= path.stat().st_size - 8 and head[8:9] == b"{"
-
-
-def _read_safetensors(path: Path) -> tuple[dict, str, Optional[SamMed3DConfig]]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(path, f"not a readable safetensors file ({exc})") from None
-    cfg = None
-    if _META_CONFIG_KEY in meta:
-        try:
-            cfg = SamMed3DConfig.from_dict(json.loads(meta[_META_CONFIG_KEY]), source=str(path))
-        except json.JSONDecodeError:
-            raise CheckpointError(path, f"metadata {_META_CONFIG_KEY} is not valid JSON") from None
-    sd, fmt = _unwrap(sd, path)
-    return sd, "safetensors" + fmt.replace("bare state dict", ""), cfg
-
-
-# ---------------------------------------------------------------------------------- config
-_REQUIRED = (
-    "image_encoder.pos_embed",
-    PATCH_KEY,
-    "image_encoder.blocks.0.attn.qkv.weight",
-    "image_encoder.neck.0.weight",
-    "prompt_encoder.mask_downscaling.3.weight",
-    "mask_decoder.mask_tokens.weight",
-    "mask_decoder.iou_prediction_head.layers.0.weight",
-)
-
-
-def infer_config(sd: dict[str, torch.Tensor], source: "str | os.PathLike | None" = None) -> SamMed3DConfig:
-    """Infer the architecture from key names and shapes.
-
-    Not recoverable from shapes and taken from the official builder: the MLP ratio (checked),
-    ``decoder_num_heads`` (8).  Recognises other widths, depths, window sizes, ``in_chans`` and
-    box embeddings.
-    """
-    missing = [k for k in _REQUIRED if k not in sd]
-    if missing:
-        raise CheckpointError(
-            source, "does not look like a SAM-Med3D state dict: missing " + _summarise(missing)
-        )
-    pos = sd["image_encoder.pos_embed"]
-    if pos.dim() != 5:
-        raise CheckpointError(source, f"image_encoder.pos_embed has shape {tuple(pos.shape)}, expected 5-D")
-    grid, embed = int(pos.shape[1]), int(pos.shape[-1])
-    pw = sd[PATCH_KEY]
-    patch, in_chans = int(pw.shape[-1]), int(pw.shape[1])
-    depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k)))
-    rel = [sd.get(f"image_encoder.blocks.{i}.attn.rel_pos_d") for i in range(depth)]
-    if rel[0] is not None:
-        head_dim = int(rel[0].shape[1])
-        lengths = [int(r.shape[0]) for r in rel]
-        global_len = 2 * grid - 1
-        window_lengths = {n for n in lengths if n != global_len}
-        window = (max(window_lengths) + 1) // 2 if window_lengths else grid
-        global_idx = [i for i, n in enumerate(lengths) if n == global_len] if window != grid else []
-        use_rel_pos = True
-    else:
-        head_dim, window, global_idx, use_rel_pos = 64, 14, [], False
-    if embed % head_dim:
-        raise CheckpointError(source, f"relative-position width {head_dim} does not divide embed dim {embed}")
-    mlp_dim = int(sd["image_encoder.blocks.0.mlp.lin1.weight"].shape[0])
-    n_iou = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\.", k)))
-    dec_layers = [int(m.group(1)) for k in sd if (m := re.match(r"mask_decoder\.transformer\.layers\.(\d+)\.", k))]
-    dec_mlp = sd.get("mask_decoder.transformer.layers.0.mlp.lin1.weight")
-    d = dict(
-        img_size=grid * patch,
-        patch_size=patch,
-        in_chans=in_chans,
-        encoder_embed_dim=embed,
-        encoder_depth=depth,
-        encoder_num_heads=embed // head_dim,
-        encoder_global_attn_indexes=global_idx,
-        window_size=window,
-        out_chans=int(sd["image_encoder.neck.0.weight"].shape[0]),
-        mask_in_chans=int(sd["prompt_encoder.mask_downscaling.3.weight"].shape[0]),
-        num_multimask_outputs=int(sd["mask_decoder.mask_tokens.weight"].shape[0]) - 1,
-        iou_head_depth=n_iou,
-        iou_head_hidden_dim=int(sd["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0]),
-        decoder_transformer_depth=1 + max(dec_layers) if dec_layers else 2,
-        decoder_mlp_dim=int(dec_mlp.shape[0]) if dec_mlp is not None else 2048,
-        decoder_num_heads=8,
-        use_boxes=all(k in sd for k in BOX_KEYS),
-        mlp_ratio=mlp_dim / embed,
-        use_rel_pos=use_rel_pos,
-    )
-    try:
-        return SamMed3DConfig(**d)
-    except CheckpointError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(source, f"cannot infer a model config from the key shapes ({exc})") from None
-
-
-# ---------------------------------------------------------------------------------- fitting
-def _fit(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]):
-    """Adapt ``sd`` to the model's keys: box embeddings and patch-embedding inflation.
-
-    Returns ``(sd, newly_initialized, missing, unexpected, mismatched)``.
-    """
-    sd = dict(sd)
-    new: list[str] = []
-    if all(k in expected for k in BOX_KEYS) and POS_POINT_KEY in sd:
-        for k in BOX_KEYS:
-            if k not in sd:
-                sd[k] = sd[POS_POINT_KEY].clone()
-                new.append(f"{k} (box corner, copied from the positive-point embedding)")
-    if PATCH_KEY in sd and PATCH_KEY in expected:
-        w, e = sd[PATCH_KEY], expected[PATCH_KEY]
-        if w.dim() == 5 and w.shape[0] == e.shape[0] and w.shape[2:] == e.shape[2:] and w.shape[1] < e.shape[1]:
-            inflated = torch.zeros(e.shape, dtype=w.dtype)
-            inflated[:, : w.shape[1]] = w
-            sd[PATCH_KEY] = inflated
-            new.append(f"{PATCH_KEY} input channels {w.shape[1]}..{e.shape[1] - 1} (zeros)")
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    mismatched = [
-        (k, tuple(sd[k].shape), tuple(expected[k].shape))
-        for k in expected
-        if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)
-    ]
-    return sd, new, missing, unexpected, mismatched
-
-
-def _fit_error(path, cfg: SamMed3DConfig, missing, unexpected, mismatched) -> CheckpointError:
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys: {_summarise(missing)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys: {_summarise(unexpected)}")
-    if mismatched:
-        shown = [f"{k} (file {list(a)} vs model {list(b)})" for k, a, b in mismatched[:4]]
-        more = f", ... and {len(mismatched) - 4} more" if len(mismatched) > 4 else ""
-        parts.append(f"{len(mismatched)} shape mismatches: " + ", ".join(shown) + more)
-    hint = ""
-    if any(k in BOX_KEYS for k in unexpected):
-        hint = "; the file has box embeddings: use a config with use_boxes=True"
-    elif mismatched or missing:
-        hint = "; is the model config right? (cfg=None infers it from the file)"
-    return CheckpointError(path, "does not fit the model: " + "; ".join(parts) + hint)
+    if path.is_file() and is_delta_file(path):
+        return read_delta_checkpoint(path, base=base, trust=trust)
+    if base is not None:
+        raise CheckpointError(path, "is not a sam-l1dfl delta; a base applies only to a delta")
+    return read_weights(path, trust=trust)
 
 
 def load_sam_med3d(
@@ -401,6 +88,7 @@ def load_sam_med3d(
     trust: bool = False,
     strict: bool = True,
     attn_impl: str = "fast",
+    base: "str | os.PathLike | None" = None,
 ) -> SamMed3D:
     """Load a SAM-Med3D model from any accepted checkpoint (see the module docstring).
 
@@ -409,9 +97,11 @@ def load_sam_med3d(
     box embeddings copied from the positive point, zero-inflated extra input channels) and
     every file key must be used.  Shape mismatches are always an error.  The returned model is
     in eval mode, float32, on ``map_location``, with ``model.load_report`` (:class:`LoadReport`).
+    ``base``: for a delta file, the checkpoint it applies to (None: the one named in the delta,
+    next to it).
     """
     path = resolve_model_path(path)
-    sd, fmt, stored_cfg, sha = read_checkpoint(path, trust=trust)
+    sd, fmt, stored_cfg, sha = read_checkpoint(path, trust=trust, base=base)
     if isinstance(cfg, str):
         cfg = SamMed3DConfig.preset(cfg)
     if cfg is not None:
@@ -420,18 +110,17 @@ def load_sam_med3d(
         cfg, cfg_source = stored_cfg, "stored with the weights"
     else:
         cfg, cfg_source = infer_config(sd, path), "inferred from the key shapes"
-    with torch.device("meta"):
-        skeleton = SamMed3D(cfg, attn_impl=attn_impl)
-    expected = skeleton.state_dict()
-    sd, new, missing, unexpected, mismatched = _fit(sd, expected)
+    empty = skeleton(cfg, attn_impl=attn_impl)
+    expected = empty.state_dict()
+    sd, new, missing, unexpected, mismatched = fit_state_dict(sd, expected)
     if mismatched or (strict and (missing or unexpected)):
-        raise _fit_error(path, cfg, missing, unexpected, mismatched)
+        raise fit_error(path, cfg, missing, unexpected, mismatched)
     sd = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in sd.items() if k in expected}
     if missing:  # non-strict: start the missing tensors from a real initialisation
         model = SamMed3D(cfg, attn_impl=attn_impl)
         model.load_state_dict(sd, strict=False)
     else:
-        model = skeleton
+        model = empty
         model.load_state_dict(sd, strict=True, assign=True)
     model = model.to(map_location).eval()
     notes = [f"config: {cfg_source}"]
@@ -448,82 +137,3 @@ def load_sam_med3d(
         notes=notes,
     )
     return model
-
-
-# ---------------------------------------------------------------------------------- writing
-def official_state_dict(model: SamMed3D, drop_boxes: bool = False) -> "OrderedDict[str, torch.Tensor]":
-    """The model's weights in the official SAM-Med3D layout (loadable by the official code).
-
-    Refuses multi-channel patch embeddings (the official model takes one channel) and box
-    embeddings (unless ``drop_boxes``: the official model has only the two point embeddings).
-    """
-    cfg: SamMed3DConfig = model.config
-    if cfg.in_chans != 1:
-        raise CheckpointError(
-            None,
-            f"the model takes {cfg.in_chans} input channels but the official SAM-Med3D layout takes 1; "
-            "export it as a sam-l1dfl model directory or safetensors instead",
-        )
-    sd = model.state_dict()
-    has_boxes = any(k in sd for k in BOX_KEYS)
-    if has_boxes and not drop_boxes:
-        raise CheckpointError(
-            None,
-            "the model has box-prompt embeddings (prompt_encoder.point_embeddings.2/3) that the official "
-            "layout lacks; export with drop_boxes=True (--drop-boxes) to leave them out",
-        )
-    return OrderedDict(
-        (k, v.detach() if v.is_meta else v.detach().cpu()) for k, v in sd.items() if k not in BOX_KEYS
-    )
-
-
-def save_model_dir(model: SamMed3D, out_dir: "str | os.PathLike", meta: Optional[dict] = None) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` into ``out_dir`` (each atomically).
-
-    ``meta`` holds the run's other config.json fields (``input_mode``, ``preprocess``,
-    ``prompt_types``, ``loss``, ``training``...); ``format``, ``version`` and ``model`` are set
-    here.
-    """
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise CheckpointError(out, "exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg: SamMed3DConfig = model.config
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(out / MODEL_FILE) as tmp:
-        save_file(sd, str(tmp), metadata={"format": DIR_FORMAT, _META_CONFIG_KEY: json.dumps(cfg.to_dict())})
-    doc = {"format": DIR_FORMAT, "version": 1}
-    doc.update({k: v for k, v in (meta or {}).items() if k not in ("format", "version", "model")})
-    doc["model"] = cfg.to_dict()
-    write_json_atomic(out / CONFIG_FILE, doc)
-    return out
-
-
-def read_model_meta(path: "str | os.PathLike") -> dict:
-    """The config.json of a model directory (``path``: the directory or its model.safetensors).
-
-    For a standalone ``.safetensors`` written by us, the model config from its metadata.
-    """
-    path = Path(path)
-    d = path if path.is_dir() else path.parent
-    cj = d / CONFIG_FILE
-    if cj.is_file() and (path.is_dir() or path.name == MODEL_FILE):
-        try:
-            meta = json.loads(cj.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(cj, f"not valid JSON ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != DIR_FORMAT:
-            raise CheckpointError(cj, f"not a {DIR_FORMAT} config (missing \"format\": \"{DIR_FORMAT}\")")
-        return meta
-    if path.is_dir():
-        raise CheckpointError(path, f"no {CONFIG_FILE} in this model directory")
-    if path.is_file() and path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            m = f.metadata() or {}
-        if _META_CONFIG_KEY in m:
-            return {"format": DIR_FORMAT, "version": 1, "model": json.loads(m[_META_CONFIG_KEY])}
-    raise CheckpointError(path, "has no sam-l1dfl model metadata (expected a model directory with config.json)")

@@ -1,8 +1,9 @@
 """``SamMed3DConfig``: every size that determines the SAM-Med3D weights' shapes.
 
-The field names are those of the reference ``sam_med3d_tiny_golden.json`` (and of the official
-``build_sam3D`` arguments where they exist), so a config.json written by the official tooling
-or by us loads with :meth:`SamMed3DConfig.from_dict`.
+The field names are those of the reference config
+``tests/data/golden/sam_med3d_tiny_golden_compact.json`` (and of the official ``build_sam3D``
+arguments where they exist), so a config.json written by the official tooling or by us loads
+with :meth:`SamMed3DConfig.from_dict`.
 """
 
 from __future__ import annotations
@@ -13,46 +14,37 @@ from typing import Any
 
 from sam_l1dfl.errors import ConfigError
 
+# SAM-Med3D and SAM-Med3D-turbo (official ``build_sam3D_vit_b_ori``).
+_VIT_B_ORI: dict[str, Any] = dict(
+    img_size=128,
+    patch_size=16,
+    in_chans=1,
+    encoder_embed_dim=768,
+    encoder_depth=12,
+    encoder_num_heads=12,
+    encoder_global_attn_indexes=[2, 5, 8, 11],
+    window_size=14,
+    out_chans=384,
+    mask_in_chans=16,
+    num_multimask_outputs=3,
+    iou_head_depth=3,
+    iou_head_hidden_dim=256,
+    decoder_transformer_depth=2,
+    decoder_mlp_dim=2048,
+    decoder_num_heads=8,
+)
 _PRESETS: dict[str, dict[str, Any]] = {
-    # SAM-Med3D and SAM-Med3D-turbo (official ``build_sam3D_vit_b_ori``).
-    "vit_b_ori": dict(
-        img_size=128,
-        patch_size=16,
-        in_chans=1,
-        encoder_embed_dim=768,
-        encoder_depth=12,
-        encoder_num_heads=12,
-        encoder_global_attn_indexes=[2, 5, 8, 11],
-        window_size=14,
-        out_chans=384,
-        mask_in_chans=16,
-        num_multimask_outputs=3,
-        iou_head_depth=3,
-        iou_head_hidden_dim=256,
-        decoder_transformer_depth=2,
-        decoder_mlp_dim=2048,
-        decoder_num_heads=8,
-    ),
-    # The geometry of the real model at small width: the config of the reference
-    # ``sam_med3d_tiny_golden.json`` (used by the tests and by quick demos).
-    "tiny": dict(
-        img_size=128,
-        patch_size=16,
-        in_chans=1,
-        encoder_embed_dim=64,
-        encoder_depth=4,
-        encoder_num_heads=4,
-        encoder_global_attn_indexes=[1, 3],
-        window_size=14,
-        out_chans=48,
-        mask_in_chans=16,
-        num_multimask_outputs=3,
-        iou_head_depth=3,
-        iou_head_hidden_dim=256,
-        decoder_transformer_depth=2,
-        decoder_mlp_dim=2048,
-        decoder_num_heads=8,
-    ),
+    "vit_b_ori": _VIT_B_ORI,
+    # The geometry of the real model at small width: the config of the golden case
+    # ``tests/data/golden/sam_med3d_tiny_golden_compact.json`` (used by the tests and quick demos).
+    "tiny": {
+        **_VIT_B_ORI,
+        "encoder_embed_dim": 64,
+        "encoder_depth": 4,
+        "encoder_num_heads": 4,
+        "encoder_global_attn_indexes": [1, 3],
+        "out_chans": 48,
+    },
 }
 
 

@@ -14,8 +14,6 @@ docstring for the conventions they reproduce):
 
 from __future__ import annotations
 
-import math
-from typing import Optional
 
 import torch
 import torch.nn as nn

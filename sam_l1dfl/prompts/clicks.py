@@ -1,36 +1,55 @@
-"""Click simulation for interactive training and evaluation, on torch tensors, batched.
+"""Click simulation, the one place: training clicks, validation, inference refinement, evaluation.
 
-Given a prediction and the ground truth in the network crop (``(B, 1, D, H, W)``; bool, integer,
-or float probabilities thresholded at ``threshold``), :func:`next_click` places one click per
-sample:
+Every simulated click in the package comes from this module, on torch tensors, batched.  Given a
+prediction and the ground truth in the network crop (``(B, 1, D, H, W)``; bool, integer, or float
+probabilities thresholded at ``threshold``):
 
-* the error to fix is the larger of the false-negative region (``gt & ~pred`` -> a **positive**
-  click, label 1) and the false-positive region (``pred & ~gt`` -> a **negative** click, label 0);
-  ties go to the positive click;
-* by default the click goes into the **largest connected component** of that error region
-  (26-connectivity); ``component="any"`` uses the whole region (faster);
-* ``mode="center"``: at an interior point of that component — the voxel of the deepest
-  non-empty layer of an iterative 3x3x3 erosion (the chessboard-distance argmax, a fast
-  approximation of the Euclidean distance-transform argmax that stays inside the component), the
-  one nearest the layer's mean position; ``mode="random"``: uniformly at random in the component
-  (``generator`` makes it reproducible; it must live on the tensors' device);
-* a perfect prediction (no error) gives a positive click in the ground truth (or, when the
-  ground truth is empty too, a negative click in the background), so the click count stays fixed.
+* **The error region** (:func:`error_regions`, the one rule): the larger of the false-negative
+  region (``gt & ~pred`` -> a **positive** click, label 1) and the false-positive region
+  (``pred & ~gt`` -> a **negative** click, label 0); ties go to the positive click.  A perfect
+  prediction clicks in the ground truth (or, when that is empty too, in the background), so the
+  click count stays fixed.  Pure tensor code, no host synchronisation.
+* **The point** (:func:`next_click`):
+
+  - ``mode="center"`` (validation, inference refinement, ``sam-l1dfl infer --clicks N``): in the
+    **largest connected component** of the region (26-connectivity; ``component="any"``: the whole
+    region), at the voxel of the deepest non-empty layer of an iterative 3x3x3 erosion (the
+    chessboard-distance argmax, a fast approximation of the Euclidean distance-transform argmax
+    that stays inside the component) nearest the layer's mean position;
+  - ``mode="random"``: the ``floor(u * n)``-th of the region's ``n`` voxels in raster order, for a
+    uniform ``u`` per sample (given, or drawn from ``generator``): uniform over the region.
+
+  The training step's click, :func:`sample_clicks` (``mode="random"`` over the whole region, with
+  the uniforms of :func:`click_uniforms`), is host-sync free (no ``.item()``, ``nonzero`` or
+  Python branch on tensor values), so a GPU never waits in the training loop.  The centre click
+  reads the batch's bounding box once (it works inside it), and its erosion and component
+  labelling run until they converge: it is for validation and inference.
+* **The loop** (:func:`simulate_clicks`): N rounds of "click on the current error, decode with all
+  clicks so far and the previous low-resolution logits as the mask prompt", for any decoder.
+  ``ClickLoop.evaluate`` (training validation) and ``Segmenter`` (inference refinement clicks,
+  ``sam-l1dfl infer --prompts-from-mask --clicks N``) both run it.  The training step itself
+  (``sam_l1dfl.training.clickloop.ClickLoop.forward``) keeps its own loop, since it adds the loss,
+  mask-only iterations (:func:`mask_only_iterations`) and the newest-click mode, but takes its
+  clicks from :func:`sample_clicks` and its boxes from :func:`label_boxes`.
 
 Points come back as ``(B, 1, 3)`` float voxel indices in tensor-dimension order (dims 2, 3, 4:
 what ``torch.argwhere`` gives, the SAM-Med3D convention), labels as ``(B, 1)`` int64.
-:func:`accumulate_clicks` / :class:`ClickSimulator` feed them cumulatively, up to N.
 
-Connected components and erosion run as whole-batch tensor ops on the training device (no Python
-loop over samples or voxels):
+**Training randomness** is per sample: the uniforms of iteration ``t`` of dataset item ``i`` come
+from a generator seeded by ``(seed, epoch, i)`` (:func:`click_uniforms`, via
+:func:`sam_l1dfl.seeding.seed_of`), so the clicks depend neither on how the global batch is split
+over processes nor on a resume.
+
+Connected components and erosion run as whole-batch tensor ops (no Python loop over samples or
+voxels):
 
 * ``backend="torch"``: label propagation — every voxel of the region starts with its own linear
-  index and takes the maximum over its 3x3x3 neighbourhood (``max_pool3d``) inside the region
-  until nothing changes.  Cost: one max-pool over the batch per iteration, and as many iterations
-  as the longest geodesic path in a component (about its diameter in voxels: 10-40 for PSMA
-  lesions, up to a few hundred for a snake-shaped error); convergence is checked every 4
-  iterations.  Component sizes come from one ``scatter_add``.  ``max_iters`` caps the work (a
-  component not fully labelled by then may be split; the click still lands in an error voxel).
+  index and takes the maximum over its 3x3x3 neighbourhood inside the region until nothing
+  changes.  Cost: one max over the batch per iteration, and as many iterations as the longest
+  geodesic path in a component (about its diameter in voxels: 10-40 for PSMA lesions, up to a few
+  hundred for a snake-shaped error); convergence is checked every 4 iterations.  Component sizes
+  come from one ``scatter_add``.  ``max_iters`` caps the work (a component not fully labelled by
+  then may be split; the click still lands in an error voxel).
 * ``backend="cc3d"``: cc3d per sample on the CPU (a loop over B, exact, fastest on a CPU).
 * ``backend="auto"`` (default): cc3d for CPU tensors, torch propagation on an accelerator.
 
@@ -39,14 +58,18 @@ loop over samples or voxels):
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
+
+from sam_l1dfl.seeding import seed_of
 
 MODES = ("center", "random")
 COMPONENTS = ("largest", "any")
 BACKENDS = ("auto", "torch", "cc3d")
+_MASK_ONLY_RANGE = (2, 9)  # official SAM-Med3D: np.random.randint(2, 9)
 
 
 def _binary(x: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -64,10 +87,61 @@ def _check(pred: torch.Tensor, gt: torch.Tensor) -> None:
         raise ValueError(f"gt shape {tuple(gt.shape)} differs from pred shape {tuple(pred.shape)}")
 
 
-# ----------------------------------------------------------------------------------------------
-# connected components
+# ---------------------------------------------------------------------------------- error region
+def error_regions(pred: torch.Tensor, gt: torch.Tensor, threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(region (B, 1, D, H, W) bool, is_positive (B,) bool)``: where each sample's next click goes.
+
+    The larger of false negatives (positive click) and false positives (negative click), ties
+    positive; a perfect prediction: the ground truth (positive), or the background (negative) when
+    the ground truth is empty.  Sync-free.
+    """
+    _check(pred, gt)
+    p, g = _binary(pred, threshold), _binary(gt, threshold)
+    b = g.shape[0]
+    fn, fp = g & ~p, p & ~g
+    nfn, nfp = fn.flatten(1).sum(1), fp.flatten(1).sum(1)
+    is_pos = nfn >= nfp
+    region = torch.where(is_pos.view(b, 1, 1, 1, 1), fn, fp)
+    perfect = (nfn + nfp) == 0
+    g_any = g.flatten(1).any(1)
+    fallback = torch.where(g_any.view(b, 1, 1, 1, 1), g, ~g)
+    region = torch.where(perfect.view(b, 1, 1, 1, 1), fallback, region)
+    is_pos = torch.where(perfect, g_any, is_pos)
+    return region, is_pos
 
 
+# ---------------------------------------------------------------------------------- boxes
+def _bounds(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per sample of a bool ``(B, 1, D, H, W)`` mask: ``(lo (B, 3), hi (B, 3), non-empty (B,))``.
+
+    Sync-free; an empty sample gets ``lo = 0`` and ``hi = size - 1`` (the whole crop).
+    """
+    lo, hi = [], []
+    for dims in ((2, 3), (1, 3), (1, 2)):
+        prof = mask[:, 0].any(dim=dims)  # (B, L)
+        n = prof.shape[1]
+        lo.append(prof.to(torch.uint8).argmax(1))
+        hi.append(n - 1 - prof.flip(1).to(torch.uint8).argmax(1))
+    return torch.stack(lo, 1), torch.stack(hi, 1), mask.flatten(1).any(1)
+
+
+def label_boxes(gt: torch.Tensor) -> torch.Tensor:
+    """(B, 2, 3) min/max voxel corners of each sample's foreground (sync-free; empty -> whole crop)."""
+    lo, hi, nonempty = _bounds(gt)
+    last = torch.tensor(gt.shape[2:], device=gt.device) - 1
+    lo = torch.where(nonempty[:, None], lo, torch.zeros_like(lo))
+    hi = torch.where(nonempty[:, None], hi, last.expand_as(hi))
+    return torch.stack([lo, hi], 1).to(torch.float32)
+
+
+def _union_box(region: torch.Tensor) -> tuple[slice, slice, slice]:
+    """The bounding box of the region over the whole batch (one host read)."""
+    lo, hi, _ = _bounds(region.any(0, keepdim=True))
+    v = torch.cat([lo[0], hi[0]]).tolist()
+    return tuple(slice(v[d], v[d + 3] + 1) for d in range(3))
+
+
+# ---------------------------------------------------------------------------------- components
 def largest_component(mask: torch.Tensor, backend: str = "auto", max_iters: int | None = None) -> torch.Tensor:
     """The largest 26-connected component of each sample of a bool ``(B, 1, D, H, W)`` mask."""
     if backend not in BACKENDS:
@@ -129,10 +203,6 @@ def _largest_torch(mask: torch.Tensor, max_iters: int | None) -> torch.Tensor:
     return ((flat == winner[:, None]) & (winner[:, None] > 0)).view_as(mask)
 
 
-# ----------------------------------------------------------------------------------------------
-# point choice
-
-
 def _box_max(x: torch.Tensor) -> torch.Tensor:
     """Max over the 3x3x3 neighbourhood (values >= 0; outside counts as 0), as three 1D passes.
 
@@ -167,21 +237,17 @@ def _erode(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _union_box(region: torch.Tensor) -> tuple[slice, slice, slice] | None:
-    """The bounding box of the region over the whole batch (None when empty)."""
-    any_ = region.any(0).any(0)  # (D, H, W)
-    out = []
-    for dims in ((1, 2), (0, 2), (0, 1)):
-        nz = torch.nonzero(any_.amax(dim=dims)).flatten()
-        if nz.numel() == 0:
-            return None
-        out.append(slice(int(nz[0]), int(nz[-1]) + 1))
-    return tuple(out)
-
-
+# ---------------------------------------------------------------------------------- points
 def _unravel(idx: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
     d, h, w = spatial
     return torch.stack((idx // (h * w), (idx // w) % h, idx % w), dim=1)
+
+
+def _centre_if_empty(region: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    d, h, w = region.shape[2:]
+    empty = ~region.flatten(1).any(1)
+    centre = torch.tensor([d // 2, h // 2, w // 2], device=region.device)
+    return torch.where(empty[:, None], centre, pts)
 
 
 def interior_point(region: torch.Tensor) -> torch.Tensor:
@@ -209,43 +275,21 @@ def interior_point(region: torch.Tensor) -> torch.Tensor:
     ck = (cur * gk).sum((1, 2, 3)) / s
     d2 = (gi - ci.view(b, 1, 1, 1)) ** 2 + (gj - cj.view(b, 1, 1, 1)) ** 2 + (gk - ck.view(b, 1, 1, 1)) ** 2
     d2 = torch.where(cur > 0, d2, torch.full_like(d2, float("inf")))
-    idx = d2.flatten(1).argmin(1)
-    pts = _unravel(idx, (d, h, w))
-    empty = region.flatten(1).sum(1) == 0
-    centre = torch.tensor([d // 2, h // 2, w // 2], device=dev)
-    return torch.where(empty[:, None], centre, pts)
+    return _centre_if_empty(region, _unravel(d2.flatten(1).argmin(1), (d, h, w)))
 
 
-def random_point(region: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A uniformly random voxel of each sample's region: ``(B, 3)`` long (crop centre if empty)."""
-    b, _, d, h, w = region.shape
-    r = torch.rand(region.shape, generator=generator, device=region.device)
-    r = torch.where(region, r, torch.full_like(r, -1.0))
-    idx = r.flatten(1).argmax(1)
-    pts = _unravel(idx, (d, h, w))
-    empty = region.flatten(1).sum(1) == 0
-    centre = torch.tensor([d // 2, h // 2, w // 2], device=region.device)
-    return torch.where(empty[:, None], centre, pts)
+def random_point(region: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The ``floor(u * n)``-th voxel (raster order) of each sample's ``n``-voxel region: ``(B, 3)`` long.
 
-
-# ----------------------------------------------------------------------------------------------
-
-
-def error_regions(pred: torch.Tensor, gt: torch.Tensor, threshold: float = 0.5):
-    """``(region, is_positive)``: the error region each sample's next click goes into."""
-    _check(pred, gt)
-    p, g = _binary(pred, threshold), _binary(gt, threshold)
-    fn, fp = g & ~p, p & ~g
-    nfn, nfp = fn.flatten(1).sum(1), fp.flatten(1).sum(1)
-    is_pos = nfn >= nfp
-    region = torch.where(is_pos.view(-1, 1, 1, 1, 1), fn, fp)
-    perfect = (nfn + nfp) == 0
-    if bool(perfect.any()):
-        g_any = g.flatten(1).any(1)
-        fallback = torch.where(g_any.view(-1, 1, 1, 1, 1), g, ~g)
-        region = torch.where(perfect.view(-1, 1, 1, 1, 1), fallback, region)
-        is_pos = torch.where(perfect, g_any, is_pos)
-    return region, is_pos
+    ``u``: ``(B,)`` uniforms in [0, 1) on the region's device; uniform over the region.  Sync-free.
+    A sample with an empty region gets the crop centre.
+    """
+    cs = region.flatten(1).cumsum(1, dtype=torch.int32)
+    n = cs[:, -1]
+    k = (u.to(torch.float64) * n.to(torch.float64)).floor().to(torch.int32)
+    k = torch.minimum(k, (n - 1).clamp_min(0))
+    idx = (cs > k[:, None]).to(torch.uint8).argmax(1)
+    return _centre_if_empty(region, _unravel(idx, region.shape[2:]))
 
 
 def next_click(
@@ -254,28 +298,49 @@ def next_click(
     mode: str = "center",
     component: str = "largest",
     threshold: float = 0.5,
+    u: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     backend: str = "auto",
     max_iters: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The next click for each sample: ``(points (B, 1, 3) float32, labels (B, 1) int64)``."""
+    """The next click for each sample: ``(points (B, 1, 3) float32, labels (B, 1) int64)``.
+
+    ``mode="random"`` takes the uniforms ``u`` (``(B,)``), or draws them from ``generator`` (which
+    must live on the tensors' device).  ``mode="random", component="any"`` is host-sync free.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if component not in COMPONENTS:
         raise ValueError(f"component must be one of {COMPONENTS}, got {component!r}")
     with torch.no_grad():
         region, is_pos = error_regions(pred, gt, threshold)
-        # every sample's region lies inside the batch's union box: work there (the morphology and
-        # the components are the same, since the crop border counts as background anyway)
-        box = _union_box(region)
-        sub = region[(slice(None), slice(None)) + box]
-        if component == "largest":
-            sub = largest_component(sub, backend=backend, max_iters=max_iters)
-        pts = interior_point(sub) if mode == "center" else random_point(sub, generator)
-        pts = pts + torch.tensor([sl.start for sl in box], device=pts.device)
+        if mode == "random" and u is None:
+            u = torch.rand(region.shape[0], generator=generator, device=region.device, dtype=torch.float64)
+        if mode == "random" and component == "any":
+            pts = random_point(region, u)
+        else:
+            # every sample's region lies inside the batch's union box: work there (the morphology,
+            # the components and the raster order are the same, since the crop border counts as
+            # background anyway)
+            box = _union_box(region)
+            sub = region[(slice(None), slice(None)) + box]
+            if component == "largest":
+                sub = largest_component(sub, backend=backend, max_iters=max_iters)
+            pts = interior_point(sub) if mode == "center" else random_point(sub, u)
+            pts = pts + torch.tensor([sl.start for sl in box], device=pts.device)
     return pts.to(torch.float32).unsqueeze(1), is_pos.to(torch.int64).unsqueeze(1)
 
 
+def sample_clicks(pred: torch.Tensor, gt: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training click, host-sync free: uniform over each sample's whole error region.
+
+    ``pred``/``gt``: bool ``(B, 1, D, H, W)``; ``u``: ``(B,)`` in [0, 1) (a column of
+    :func:`click_uniforms`).  The ``floor(u * n)``-th voxel of the region in raster order.
+    """
+    return next_click(pred, gt, mode="random", component="any", u=u)
+
+
+# ---------------------------------------------------------------------------------- the loop
 def accumulate_clicks(
     points: torch.Tensor | None,
     labels: torch.Tensor | None,
@@ -287,63 +352,106 @@ def accumulate_clicks(
     if points is None:
         p, l = new_points, new_labels
     else:
-        p, l = torch.cat([points, new_points], 1), torch.cat([labels, new_labels], 1)
+        p = torch.cat([points, new_points.to(points.dtype)], 1)
+        l = torch.cat([labels, new_labels.to(labels.dtype)], 1)
     if max_clicks is not None and p.shape[1] > max_clicks:
         p, l = p[:, -max_clicks:], l[:, -max_clicks:]
     return p, l
 
 
-class ClickSimulator:
-    """Cumulative clicks for one batch: ``sim.step(pred, gt)`` returns all clicks so far (<= N)."""
+#: ``decode(points, labels, mask_prompt) -> (next mask prompt, logits at the label's size, iou)``
+Decode = Callable[[torch.Tensor | None, torch.Tensor | None, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
-    def __init__(self, max_clicks: int | None = None, **click_kwargs):
-        self.max_clicks = max_clicks
-        self.click_kwargs = click_kwargs
-        self.points: torch.Tensor | None = None
-        self.labels: torch.Tensor | None = None
 
-    def reset(self) -> None:
-        self.points = self.labels = None
+@dataclass
+class ClickRound:
+    """The state after one round of :func:`simulate_clicks`."""
 
-    def step(self, pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        p, l = next_click(pred, gt, **self.click_kwargs)
-        self.points, self.labels = accumulate_clicks(self.points, self.labels, p, l, self.max_clicks)
-        return self.points, self.labels
+    clicks: int  # simulated clicks so far (1..n)
+    points: torch.Tensor | None  # (B, n, 3): the given points, then the simulated ones
+    labels: torch.Tensor | None  # (B, n)
+    mask_prompt: torch.Tensor  # what ``decode`` returned as the next mask prompt (low-res logits)
+    logits: torch.Tensor  # (B, 1, D, H, W) at the label's size; the prediction is ``logits > 0``
+    iou: torch.Tensor  # what ``decode`` returned as the predicted IoU
 
 
 def simulate_clicks(
+    decode: Decode,
     gt: torch.Tensor,
-    predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     n_clicks: int,
-    initial_pred: torch.Tensor | None = None,
+    *,
+    mask_prompt: torch.Tensor,
+    logits: torch.Tensor | None = None,
+    points: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    add_points: bool = True,
+    stage: Callable[[str], ContextManager] | None = None,
     **click_kwargs,
-) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """Run ``n_clicks`` rounds: click on the current error, ``pred = predict(points, labels)``.
+) -> Iterator[ClickRound]:
+    """The click loop: ``n_clicks`` rounds of click on the current error, then decode.
 
-    Starts from ``initial_pred`` (default: empty), so the first click is the interior of the
-    lesion.  Returns the accumulated points, labels and the prediction after each click.
+    Each round adds :func:`next_click` (``click_kwargs``; default: centre of the largest error
+    component) on ``logits > 0`` against ``gt`` to the clicks so far (``points``/``labels``: the
+    prompt's own points, if any) and calls ``decode(points, labels, mask_prompt)``, whose new mask
+    prompt and logits feed the next round.  The first round clicks on ``logits`` (default: an
+    empty prediction, so the first click is the lesion's interior).  ``add_points=False`` decodes
+    without adding clicks (a box-only model refining its mask).  ``stage(name)``, if given, is
+    entered around each ``"clicks"`` and ``"decoder"`` step (for timing).  Yields a
+    :class:`ClickRound` after every round.
     """
-    sim = ClickSimulator(max_clicks=n_clicks, **click_kwargs)
-    pred = initial_pred if initial_pred is not None else torch.zeros_like(gt, dtype=torch.bool)
-    preds = []
-    for _ in range(n_clicks):
-        points, labels = sim.step(pred, gt)
-        pred = predict(points, labels)
-        preds.append(pred)
-    return sim.points, sim.labels, preds
+    stage = stage or (lambda name: nullcontext())
+    pred = torch.zeros_like(gt, dtype=torch.bool) if logits is None else logits > 0
+    for k in range(1, n_clicks + 1):
+        if add_points:
+            with stage("clicks"):
+                p, l = next_click(pred, gt, **click_kwargs)
+                points, labels = accumulate_clicks(points, labels, p, l)
+        with stage("decoder"):
+            mask_prompt, logits, iou = decode(points, labels, mask_prompt)
+        pred = logits > 0
+        yield ClickRound(k, points, labels, mask_prompt, logits, iou)
+
+
+# ---------------------------------------------------------------------------------- training randomness
+def click_uniforms(seed: int, epoch: int, indices: Sequence[int], n: int) -> torch.Tensor:
+    """(B, n) float64 uniforms in [0, 1), one row per dataset index, independent of batch/process split."""
+    rows = []
+    for i in indices:
+        g = torch.Generator().manual_seed(seed_of("clicks", seed, epoch, int(i)))
+        rows.append(torch.rand(n, generator=g, dtype=torch.float64))
+    return torch.stack(rows) if rows else torch.zeros(0, n, dtype=torch.float64)
+
+
+def mask_only_iterations(policy: str, n_clicks: int, seed: int, epoch: int, step: int) -> tuple[int, ...]:
+    """Which training iterations get the mask prompt alone (the same on every process for a step).
+
+    ``none``; ``last``; ``official`` (SAM-Med3D): one random iteration in [2, 8] and the last one.
+    """
+    if policy == "none" or n_clicks < 2:
+        return ()
+    last = n_clicks - 1
+    if policy == "last":
+        return (last,)
+    g = torch.Generator().manual_seed(seed_of("mask_only", seed, epoch, step))
+    r = int(torch.randint(_MASK_ONLY_RANGE[0], _MASK_ONLY_RANGE[1], (1,), generator=g))
+    return tuple(sorted({r, last} & set(range(1, n_clicks))))
 
 
 __all__ = [
     "BACKENDS",
     "COMPONENTS",
     "MODES",
-    "ClickSimulator",
+    "ClickRound",
     "accumulate_clicks",
+    "click_uniforms",
     "error_regions",
     "interior_point",
+    "label_boxes",
     "largest_component",
+    "mask_only_iterations",
     "next_click",
     "propagate_labels",
     "random_point",
+    "sample_clicks",
     "simulate_clicks",
 ]

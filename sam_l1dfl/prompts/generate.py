@@ -35,11 +35,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from sam_l1dfl.data.lesions import Lesion, find_lesions, label_components
 from sam_l1dfl.errors import ConfigError, InputError, PromptError
+from sam_l1dfl.io_utils import sha256_file
 from sam_l1dfl.prompts.types import (
     NEGATIVE,
     POSITIVE,
@@ -53,8 +56,6 @@ from sam_l1dfl.prompts.types import (
 
 if TYPE_CHECKING:  # pragma: no cover
     import SimpleITK as sitk
-
-    from sam_l1dfl.data.lesions import Lesion
 
 STRATEGIES = ("center", "suvmax", "random")
 NEG_STRATEGIES = ("shell", "hotspot")
@@ -188,9 +189,6 @@ def generate_prompts(
     """
     import SimpleITK as sitk
 
-    from sam_l1dfl.data.lesions import find_lesions, label_components
-    from sam_l1dfl.io_utils import sha256_file
-
     cfg = (cfg or PromptConfig()).validate()
     where = os.fspath(image_path) if image_path is not None else case_id
     if pet is None and (cfg.strategy == "suvmax" or (cfg.n_neg > 0 and cfg.neg_strategy == "hotspot")):
@@ -264,8 +262,6 @@ def generate_prompts(
 
 
 def _case_id_from_path(path) -> str:
-    from pathlib import Path
-
     p = Path(path)
     name = p.name
     for suf in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
@@ -275,7 +271,7 @@ def _case_id_from_path(path) -> str:
     return p.parent.name if name.upper() in {"SUV", "PET", "CTRES", "CT", "SEG"} else name
 
 
-def _shell_negatives(labels, any_lesion, les: "Lesion", ref: ImageRef, cfg: PromptConfig, rng) -> list:
+def _shell_negatives(labels, any_lesion, les: Lesion, ref: ImageRef, cfg: PromptConfig, rng) -> list:
     from scipy.ndimage import distance_transform_edt
 
     spacing_zyx = np.asarray(tuple(reversed(ref.spacing)))
@@ -312,7 +308,7 @@ def _hotspot_candidates(pet_arr, any_lesion, labels, ref: ImageRef, cfg: PromptC
     return vox[keep], world[keep]
 
 
-def _hotspot_negatives(hot, les: "Lesion", cfg: PromptConfig, rng) -> list:
+def _hotspot_negatives(hot, les: Lesion, cfg: PromptConfig, rng) -> list:
     vox, world = hot
     if not len(vox):
         return []
@@ -325,7 +321,7 @@ def _hotspot_negatives(hot, les: "Lesion", cfg: PromptConfig, rng) -> list:
     return _to_ijk(vox[chosen])
 
 
-def _lesion_box(ref: ImageRef, les: "Lesion", cfg: PromptConfig, rng) -> BoxPrompt:
+def _lesion_box(ref: ImageRef, les: Lesion, cfg: PromptConfig, rng) -> BoxPrompt:
     lo = np.asarray(les.bbox_index[0], dtype=np.float64) - 0.5
     hi = np.asarray(les.bbox_index[1], dtype=np.float64) + 0.5
     kind = "tight"

@@ -11,7 +11,7 @@ Export (one file per case, all markups in one ``markups`` array — Slicer loads
 * the case id, image reference and generator settings ride along under a top-level
   ``"sam_l1dfl"`` key (the schema allows extra properties; Slicer ignores it), so our own
   export comes back identical.  A file saved again by Slicer loses it; pass ``image=`` /
-  ``image_path=`` to :func:`load_prompts` for such files.
+  ``image_path=`` to :func:`sam_l1dfl.prompts.io.load_prompts` for such files.
 
 Import accepts what Slicer writes: any number of ``Fiducial`` and ``ROI`` markups, ``LPS`` or
 ``RAS`` (converted to LPS), ``mm`` (or ``um``).  A control point is negative when its description
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from sam_l1dfl.errors import PromptError
+from sam_l1dfl.io_utils import dumps_compact, write_text_atomic
 from sam_l1dfl.prompts.types import (
     NEGATIVE,
     POSITIVE,
@@ -40,6 +41,8 @@ from sam_l1dfl.prompts.types import (
     LesionPrompts,
     PointPrompt,
     box_index_envelope,
+    image_ref_from_dict,
+    relative_path,
 )
 
 MARKUPS_SCHEMA = (
@@ -95,16 +98,23 @@ def _control_point(n: int, label: str, description: str, position) -> dict[str, 
     }
 
 
-def _fiducial(name: str, color, points: list[dict]) -> dict[str, Any]:
+def _markup(kind: str, name: str, n_points: int) -> dict[str, Any]:
+    """The fields every markup we write starts with."""
     return {
-        "type": "Fiducial",
+        "type": kind,
         "name": name,
         "coordinateSystem": "LPS",
         "coordinateUnits": "mm",
         "locked": True,
         "fixedNumberOfControlPoints": False,
         "labelFormat": "%N-%d",
-        "lastUsedControlPointNumber": len(points),
+        "lastUsedControlPointNumber": n_points,
+    }
+
+
+def _fiducial(name: str, color, points: list[dict]) -> dict[str, Any]:
+    return {
+        **_markup("Fiducial", name, len(points)),
         "controlPoints": points,
         "measurements": [],
         "display": _display(color),
@@ -134,14 +144,7 @@ def prompts_to_markups(prompts: CasePrompts) -> dict[str, Any]:
             name = f"lesion {les.lesion_id} box" + (f" {nb}" if len(les.boxes) > 1 else "")
             markups.append(
                 {
-                    "type": "ROI",
-                    "name": name,
-                    "coordinateSystem": "LPS",
-                    "coordinateUnits": "mm",
-                    "locked": True,
-                    "fixedNumberOfControlPoints": False,
-                    "labelFormat": "%N-%d",
-                    "lastUsedControlPointNumber": 1,
+                    **_markup("ROI", name, 1),
                     "roiType": "Box",
                     "insideOut": False,
                     "center": [float(v) for v in b.center],
@@ -166,12 +169,10 @@ def prompts_to_markups(prompts: CasePrompts) -> dict[str, Any]:
 
 
 def save_slicer_markups(prompts: CasePrompts, path: "str | os.PathLike") -> Path:
-    from sam_l1dfl.io_utils import write_text_atomic
-    from sam_l1dfl.prompts.fileformat import _relative, dumps_compact
-
+    """Write ``prompts`` as Slicer markups to ``path`` atomically (image path stored relative)."""
     doc = prompts_to_markups(prompts)
     if prompts.image.path:
-        doc["sam_l1dfl"]["image"]["path"] = _relative(prompts.image.path, Path(path).parent)
+        doc["sam_l1dfl"]["image"]["path"] = relative_path(prompts.image.path, Path(path).parent)
     return write_text_atomic(path, dumps_compact(doc))
 
 
@@ -336,20 +337,11 @@ def _box_kind(cp) -> str:
 
 
 def _grid(meta: dict, path, image, image_path) -> ImageRef:
-    from sam_l1dfl.prompts.fileformat import _resolve
-
     stored = None
     img = meta.get("image") if isinstance(meta, dict) else None
     if isinstance(img, dict):
         try:
-            stored = ImageRef(
-                size=img["size"],
-                spacing=img["spacing"],
-                origin=img["origin"],
-                direction=img["direction"],
-                path=_resolve(img.get("path"), Path(path).parent),
-                sha256=img.get("sha256"),
-            )
+            stored = image_ref_from_dict(img, Path(path).parent)
         except (KeyError, TypeError, ValueError) as exc:
             raise PromptError(path, f"malformed 'sam_l1dfl.image' block ({exc})") from None
     if image is not None:

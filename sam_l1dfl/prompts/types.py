@@ -3,77 +3,41 @@
 World coordinates are authoritative.  Voxel indices are SimpleITK ``(i, j, k)`` continuous indices
 of the referenced (PET) image — voxel centres are integers — kept for convenience and recomputed
 from the world position and the stored image geometry whenever prompts are built or loaded.
+:class:`ImageRef` is a :class:`sam_l1dfl.data.geometry.Grid` (the package's one grid type), so
+index <-> world is the grid's.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from sam_l1dfl.data.geometry import Grid
 
 FORMAT = "sam-l1dfl-prompts"
 VERSION = 1
 POSITIVE, NEGATIVE = 1, 0
 
 
-def _tuple(v: Sequence[float], n: int, cast=float) -> tuple:
-    v = tuple(cast(x) for x in v)
-    if len(v) != n:
-        raise ValueError(f"expected {n} values, got {len(v)}")
-    return v
-
-
 @dataclass(frozen=True)
-class ImageRef:
-    """The image the prompts belong to: where it was, its checksum and its voxel grid."""
+class ImageRef(Grid):
+    """The image the prompts belong to: its voxel :class:`~sam_l1dfl.data.geometry.Grid` (size,
+    spacing, origin, direction; index <-> world) plus where it was and its checksum."""
 
-    size: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
-    direction: tuple[float, ...]  # 9 values, row-major, columns = index axes in LPS (SimpleITK)
     path: str | None = None
     sha256: str | None = None
 
-    def __post_init__(self):
-        object.__setattr__(self, "size", _tuple(self.size, 3, int))
-        object.__setattr__(self, "spacing", _tuple(self.spacing, 3))
-        object.__setattr__(self, "origin", _tuple(self.origin, 3))
-        object.__setattr__(self, "direction", _tuple(self.direction, 9))
-
     @classmethod
     def from_image(cls, image, path: str | None = None, sha256: str | None = None) -> "ImageRef":
-        return cls(
-            size=image.GetSize(),
-            spacing=image.GetSpacing(),
-            origin=image.GetOrigin(),
-            direction=image.GetDirection(),
-            path=path,
-            sha256=sha256,
-        )
-
-    @property
-    def direction_matrix(self) -> np.ndarray:
-        return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
-
-    def index_to_world(self, index) -> np.ndarray:
-        """Continuous (i, j, k) index (shape (3,) or (N, 3)) -> LPS mm, as SimpleITK does."""
-        idx = np.asarray(index, dtype=np.float64)
-        m = self.direction_matrix * np.asarray(self.spacing)[None, :]
-        return idx @ m.T + np.asarray(self.origin)
-
-    def world_to_index(self, world) -> np.ndarray:
-        """LPS mm (shape (3,) or (N, 3)) -> continuous (i, j, k) index."""
-        w = np.asarray(world, dtype=np.float64) - np.asarray(self.origin)
-        m = self.direction_matrix * np.asarray(self.spacing)[None, :]
-        return w @ np.linalg.inv(m).T
-
-    def contains_index(self, index, tol: float = 0.5) -> bool:
-        """True when a continuous index lies inside the image (voxel extents, ±``tol`` voxel)."""
-        idx = np.asarray(index, dtype=np.float64)
-        return bool(np.all(idx >= -tol) and np.all(idx <= np.asarray(self.size) - 1 + tol))
+        return super().from_image(image, path=path, sha256=sha256)
 
     def same_grid(self, other: "ImageRef", tol: float = 1e-3) -> bool:
+        """Whether a prompt file's stored grid matches an image's (prompt-file tolerance: every
+        number within ``tol`` + 1e-5 relative)."""
         return (
             self.size == other.size
             and np.allclose(self.spacing, other.spacing, atol=tol)
@@ -235,3 +199,36 @@ def box_from_index_bounds(image: ImageRef, index_min, index_max, kind: str = "ti
 def box_index_envelope(image: ImageRef, box: BoxPrompt) -> tuple[tuple[float, ...], tuple[float, ...]]:
     idx = image.world_to_index(box.corners_world())
     return tuple(float(v) for v in idx.min(0)), tuple(float(v) for v in idx.max(0))
+
+
+# -- the image reference as stored in a file (our JSON, or the "sam_l1dfl" block of a markups file):
+#    the image path is written relative to the file's folder when it can be, and resolved on load
+def relative_path(path: str, folder) -> str:
+    """``path`` relative to ``folder`` (POSIX separators); unchanged when there is no relative path."""
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), Path(folder).resolve())).as_posix()
+    except ValueError:  # another drive on Windows
+        return str(path)
+
+
+def resolve_path(path: "str | None", folder) -> "str | None":
+    """A stored (possibly relative) path, resolved against ``folder``."""
+    if not path:
+        return None
+    p = Path(path)
+    return str(p if p.is_absolute() else (Path(folder) / p))
+
+
+def image_ref_from_dict(d: dict, folder) -> ImageRef:
+    """The :class:`ImageRef` of a stored ``image`` entry; its path resolved against ``folder``.
+
+    Raises ``KeyError``/``TypeError``/``ValueError`` on a malformed entry (the caller names the file).
+    """
+    return ImageRef(
+        size=d["size"],
+        spacing=d["spacing"],
+        origin=d["origin"],
+        direction=d["direction"],
+        path=resolve_path(d.get("path"), folder),
+        sha256=d.get("sha256"),
+    )

@@ -6,6 +6,13 @@ Public API::
     train(cfg, resume=False) -> TrainResult        # sam_l1dfl.training.loop
     ClickLoop                                      # the click loop as one nn.Module forward
 
+Shared with the CNN trainer (:mod:`sam_l1dfl.cnn.train`): :mod:`sam_l1dfl.training.runtime`
+(run directory, atomic keep-last-K states, ``train_log.jsonl`` + TensorBoard, ``EpochSampler``,
+``split_cases``, the :class:`~sam_l1dfl.training.runtime.Trainer` loop skeleton),
+:mod:`sam_l1dfl.training.runconfig` (typed YAML loader, ``key=value`` overrides, the ``RunConfig``
+base with ``name``/``output_dir``/``seed``/``data``/``loss``/``train``) and
+:mod:`sam_l1dfl.training.distributed` (the ``Accelerator`` and its launch guards).
+
 Entry points: ``accelerate launch scripts/finetune.py --config configs/psma.yaml [key=value ...]``
 and ``sam-l1dfl finetune --config ...`` (single process).
 """

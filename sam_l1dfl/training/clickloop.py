@@ -4,7 +4,7 @@ Each training step runs ``clicks_per_sample`` iterations inside :meth:`ClickLoop
 DDP sees exactly one forward and one backward per step (one gradient all-reduce):
 
 1. a click from the current errors (iteration 0: the empty prediction, so a positive click in the
-   lesion) — see :func:`sample_clicks`;
+   lesion) — :func:`sam_l1dfl.prompts.clicks.sample_clicks`, where every click is simulated;
 2. prompt encoder with the newest click (``click_mode: newest``, as official SAM-Med3D trains) or
    all clicks so far (``cumulative``), optionally the lesion's box, and the previous low-res
    logits as the mask prompt (zeros at iteration 0, as the official ``interaction``);
@@ -23,10 +23,11 @@ iterations.
 
 Randomness is per sample: the click in iteration ``t`` of sample ``i`` is the ``floor(u·n)``-th
 voxel (raster order) of its error region, with ``u`` drawn from a generator seeded by
-``(seed, epoch, dataset index)`` (see :func:`click_uniforms`).  So the clicks do not depend on how
-the global batch is split over processes, nor on a resume.  :func:`sample_clicks` is pure tensor
-code with no host synchronisation (no ``.item()``, no ``nonzero``), so a GPU never waits in the
-loop.
+``(seed, epoch, dataset index)`` (:func:`sam_l1dfl.prompts.clicks.click_uniforms`).  So the clicks
+do not depend on how the global batch is split over processes, nor on a resume.  The click
+sampling is pure tensor code with no host synchronisation, so a GPU never waits in the loop.
+Validation (:meth:`ClickLoop.evaluate`) runs the click loop shared with inference,
+:func:`sam_l1dfl.prompts.clicks.simulate_clicks`.
 
 Parameters that the loop never uses are frozen deliberately by :func:`configure_trainable` (never
 ``find_unused_parameters=True``): the three multimask hypernetwork MLPs (training uses the
@@ -37,96 +38,14 @@ frozen.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# ---------------------------------------------------------------------- randomness
-_MASK_ONLY_RANGE = (2, 9)  # official: np.random.randint(2, 9)
-
-
-def _seed_of(*parts: Any) -> int:
-    h = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
-
-
-def click_uniforms(seed: int, epoch: int, indices: Sequence[int], n: int) -> torch.Tensor:
-    """(B, n) uniforms in [0, 1), one row per dataset index, independent of batch/process split."""
-    rows = []
-    for i in indices:
-        g = torch.Generator().manual_seed(_seed_of("clicks", seed, epoch, int(i)))
-        rows.append(torch.rand(n, generator=g, dtype=torch.float64))
-    return torch.stack(rows) if rows else torch.zeros(0, n, dtype=torch.float64)
-
-
-def mask_only_iterations(policy: str, n_clicks: int, seed: int, epoch: int, step: int) -> tuple[int, ...]:
-    """Which iterations get the mask prompt alone (same on every process for a given step)."""
-    if policy == "none" or n_clicks < 2:
-        return ()
-    last = n_clicks - 1
-    if policy == "last":
-        return (last,)
-    g = torch.Generator().manual_seed(_seed_of("mask_only", seed, epoch, step))
-    r = int(torch.randint(_MASK_ONLY_RANGE[0], _MASK_ONLY_RANGE[1], (1,), generator=g))
-    return tuple(sorted({r, last} & set(range(1, n_clicks))))
-
-
-# ---------------------------------------------------------------------- clicks
-def sample_clicks(pred: torch.Tensor, gt: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next click per sample, sync-free: ``(points (B, 1, 3) float, labels (B, 1) int64)``.
-
-    ``pred``/``gt``: bool ``(B, 1, D, H, W)``; ``u``: ``(B,)`` in [0, 1).  The error region is the
-    larger of false negatives (→ positive click) and false positives (→ negative click), ties
-    positive, as :func:`sam_l1dfl.prompts.clicks.error_regions`; a perfect prediction clicks in
-    the ground truth (or the background when that is empty).  The click is the
-    ``floor(u·n)``-th voxel of the region in raster order: uniform over the region.
-    """
-    b = gt.shape[0]
-    spatial = gt.shape[2:]
-    fn = gt & ~pred
-    fp = pred & ~gt
-    nfn = fn.flatten(1).sum(1)
-    nfp = fp.flatten(1).sum(1)
-    is_pos = nfn >= nfp
-    region = torch.where(is_pos.view(b, 1, 1, 1, 1), fn, fp)
-    perfect = (nfn + nfp) == 0
-    g_any = gt.flatten(1).any(1)
-    fallback = torch.where(g_any.view(b, 1, 1, 1, 1), gt, ~gt)
-    region = torch.where(perfect.view(b, 1, 1, 1, 1), fallback, region)
-    is_pos = torch.where(perfect, g_any, is_pos)
-    flat = region.flatten(1)
-    cs = flat.cumsum(1, dtype=torch.int32)
-    n = cs[:, -1]
-    k = (u.to(torch.float64) * n.to(torch.float64)).floor().to(torch.int32)
-    k = torch.minimum(k, (n - 1).clamp_min(0))
-    idx = (cs > k[:, None]).to(torch.uint8).argmax(1)
-    d, h, w = spatial
-    pts = torch.stack((idx // (h * w), (idx // w) % h, idx % w), dim=1)
-    return pts.to(torch.float32).unsqueeze(1), is_pos.to(torch.int64).unsqueeze(1)
-
-
-def label_boxes(gt: torch.Tensor) -> torch.Tensor:
-    """(B, 2, 3) min/max voxel corners of each sample's foreground (sync-free; empty → whole crop)."""
-    out_lo, out_hi = [], []
-    for dims in ((3, 4), (2, 4), (2, 3)):
-        prof = gt[:, 0].any(dim=tuple(d - 1 for d in dims))  # (B, L)
-        L = prof.shape[1]
-        lo = prof.to(torch.uint8).argmax(1)
-        hi = L - 1 - prof.flip(1).to(torch.uint8).argmax(1)
-        empty = ~prof.any(1)
-        out_lo.append(torch.where(empty, torch.zeros_like(lo), lo))
-        out_hi.append(torch.where(empty, torch.full_like(hi, L - 1), hi))
-    return torch.stack([torch.stack(out_lo, 1), torch.stack(out_hi, 1)], 1).to(torch.float32)
-
-
-def dice_per_sample(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """Dice of bool masks per sample (1 when both are empty)."""
-    inter = (pred & gt).flatten(1).sum(1).to(torch.float32)
-    tot = pred.flatten(1).sum(1).to(torch.float32) + gt.flatten(1).sum(1).to(torch.float32)
-    return torch.where(tot > 0, 2 * inter / tot.clamp_min(1), torch.ones_like(tot))
+from sam_l1dfl.metrics.volume import dice_batch
+from sam_l1dfl.prompts.clicks import label_boxes, sample_clicks, simulate_clicks
 
 
 # ---------------------------------------------------------------------- trainable parameters
@@ -276,7 +195,7 @@ class ClickLoop(nn.Module):
             loss = loss + self.iou_loss_weight * iou
             out["iou_mse"] = iou.detach() / len(iou_terms)
         out["loss"] = loss
-        out["dice_last"] = dice_per_sample(pred, gt).mean().detach()
+        out["dice_last"] = dice_batch(pred, gt).mean().detach()
         return out
 
     # -------------------------------------------------------------- validation
@@ -285,34 +204,24 @@ class ClickLoop(nn.Module):
                  images: Optional[torch.Tensor] = None, report_at: Sequence[int] = (1, 3, 5)) -> torch.Tensor:
         """Per-sample Dice after ``report_at`` simulated clicks: ``(B, len(report_at))``.
 
-        Deterministic clicks (:func:`sam_l1dfl.prompts.clicks.next_click`, ``mode="center"`` in the
-        largest error component), cumulative, with the previous low-res logits as mask prompt
-        (as interactive inference does); boxes at every click when ``prompts.boxes``.
+        The click loop of inference (:func:`sam_l1dfl.prompts.clicks.simulate_clicks`): deterministic
+        clicks (centre of the largest error component), cumulative, with the previous low-res
+        logits as mask prompt; boxes at every click when ``prompts.boxes``.
         """
-        from sam_l1dfl.prompts.clicks import accumulate_clicks, next_click
-
         emb = self.embed(embeddings, images)
         wdtype = self.mask_decoder.iou_token.weight.dtype
         if emb.dtype != wdtype and not torch.is_autocast_enabled(emb.device.type):
             emb = emb.to(wdtype)
         gt = label > 0
         boxes = label_boxes(gt) if self.use_boxes else None
-        pred = torch.zeros_like(gt)
-        low = self._low_res_zeros(emb, gt)
-        pts = labs = None
-        out = []
-        n = max(report_at)
-        for k in range(1, n + 1):
-            if self.use_points:
-                p, lab = next_click(pred, gt, mode="center")
-                pts, labs = accumulate_clicks(pts, labs, p, lab)
-            low, _ = self.decode(emb, pts, labs, boxes, low)
-            logits = F.interpolate(low, size=gt.shape[-3:], mode="trilinear", align_corners=False)
-            pred = logits > 0
-            if k in report_at:
-                out.append(dice_per_sample(pred, gt))
-        return torch.stack(out, 1)
+
+        def decode(points, labels, mask_prompt):
+            low, iou = self.decode(emb, points, labels, boxes, mask_prompt)
+            return low, F.interpolate(low, size=gt.shape[-3:], mode="trilinear", align_corners=False), iou
+
+        rounds = simulate_clicks(decode, gt, max(report_at), mask_prompt=self._low_res_zeros(emb, gt),
+                                 add_points=self.use_points)
+        return torch.stack([dice_batch(r.logits > 0, gt) for r in rounds if r.clicks in report_at], 1)
 
 
-__all__ = ["ClickLoop", "click_uniforms", "configure_trainable", "dice_per_sample", "label_boxes",
-           "mask_only_iterations", "sample_clicks"]
+__all__ = ["ClickLoop", "configure_trainable"]

@@ -7,6 +7,8 @@
   silently train its own copy.
 * ``find_unused_parameters`` is explicitly ``False``: unused parameters are frozen deliberately
   (:func:`sam_l1dfl.training.clickloop.configure_trainable`).
+* ``ProjectConfiguration``: the run directory and its ``tb/`` as Accelerate's project and logging
+  directories (states are named and pruned by :mod:`sam_l1dfl.training.runtime`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def check_distributed(accelerator) -> None:
 def make_accelerator(cfg, cpu: "bool | None" = None):
     import torch
     from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import ProjectConfiguration
 
     if cpu is None:
         cpu = not torch.cuda.is_available()
@@ -60,6 +63,7 @@ def make_accelerator(cfg, cpu: "bool | None" = None):
         gradient_accumulation_steps=cfg.train.grad_accum,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
         step_scheduler_with_optimizer=False,
+        project_config=ProjectConfiguration(project_dir=str(cfg.run_dir), logging_dir=str(cfg.run_dir / "tb")),
     )
     check_distributed(acc)
     return acc

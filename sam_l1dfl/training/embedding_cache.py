@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sam_l1dfl.io_utils import atomic_path, sha256_file
+
 CACHE_VERSION = 1
 
 
@@ -46,8 +48,6 @@ class _FileHashes:
         self.memo: dict[str, str] = {}
 
     def __call__(self, path) -> str:
-        from sam_l1dfl.io_utils import sha256_file
-
         key = os.fspath(path)
         if key not in self.memo:
             self.memo[key] = sha256_file(key)
@@ -96,8 +96,6 @@ def build_embedding_cache(dataset, image_encoder: torch.nn.Module, cache_root: P
     """Encode every crop of ``dataset`` missing from the cache (split over processes) → dataset."""
     from safetensors.numpy import save_file
     from tqdm import tqdm
-
-    from sam_l1dfl.io_utils import atomic_path
 
     device = accelerator.device
     mkey = model_key(image_encoder, {"autocast": str(autocast_dtype)})

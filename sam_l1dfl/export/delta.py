@@ -1,0 +1,84 @@
+"""``--format delta``: one ``.safetensors`` with only the tensors that differ from a base.
+
+For a decoder-only fine-tune: the mask decoder.  The metadata holds the base file's SHA-256 and
+name, the model config and the run's config.json fields (format: :mod:`sam_l1dfl.formats`).
+Reading a delta is the loader's job (:mod:`sam_l1dfl.model.delta`; ``load_sam_med3d`` applies
+it to its base, :func:`sam_l1dfl.export.apply_delta` rebuilds an export source).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from sam_l1dfl.errors import CheckpointError
+from sam_l1dfl.export.source import ExportResult, as_source, provenance, refuse_overwrite
+from sam_l1dfl.formats import DELTA_FORMAT, DELTA_VERSION, MODEL_FILE
+from sam_l1dfl.io_utils import atomic_path
+from sam_l1dfl.model.checkpoint import load_sam_med3d
+from sam_l1dfl.model.delta import is_delta_file, weights_file
+from sam_l1dfl.model.weights import resolve_model_path
+
+
+def export_delta(
+    source,
+    base: "str | os.PathLike",
+    out: "str | os.PathLike",
+    trust: bool = False,
+    trust_base: bool = False,
+) -> ExportResult:
+    """Write only the tensors that differ from ``base`` (+ base SHA-256 and config) to ``out``."""
+    from safetensors.torch import save_file
+
+    src = as_source(source, trust)
+    out = Path(out)
+    base = resolve_model_path(base)
+    refuse_overwrite(out, src.inputs() + [base, weights_file(base)])
+    if out.is_dir():
+        raise CheckpointError(out, "is a directory; the delta format is a single .safetensors file")
+    if is_delta_file(weights_file(base)):
+        raise CheckpointError(base, "is itself a delta; give the full base checkpoint")
+    cfg = src.config
+    try:
+        base_model = load_sam_med3d(base, cfg=cfg, trust=trust_base)
+    except CheckpointError as exc:
+        raise CheckpointError(base, f"cannot serve as the base of this model: {exc.problem}") from None
+    base_sd = base_model.state_dict()
+    delta = {}
+    for k, v in src.model.state_dict().items():
+        b = base_sd.get(k)
+        if b is None or b.shape != v.shape or b.dtype != v.dtype or not torch.equal(b, v):
+            delta[k] = v.detach().cpu().contiguous().clone()
+    total = sum(v.numel() * v.element_size() for v in src.model.state_dict().values())
+    size = sum(v.numel() * v.element_size() for v in delta.values())
+    groups = sorted({k.split(".", 1)[0] for k in delta})
+    meta = dict(src.meta)
+    meta["export"] = provenance(src, "delta")
+    md = {
+        "format": DELTA_FORMAT,
+        "version": DELTA_VERSION,
+        "base_sha256": base_model.load_report.sha256,
+        "base_file": weights_file(base).name if not base.is_dir() else base.name + "/" + MODEL_FILE,
+        "base_format": base_model.load_report.format,
+        "model_config": json.dumps(cfg.to_dict()),
+        "meta": json.dumps(meta),
+        "full_tensors": str(len(base_sd)),
+    }
+    if src.metrics is not None:
+        md["metrics"] = json.dumps({k: src.metrics[k] for k in ("steps", "dice_before", "dice_after", "best")
+                                    if k in src.metrics})
+    with atomic_path(out) as tmp:
+        save_file(delta, str(tmp), metadata=md)
+    notes = [
+        f"delta: {len(delta)} of {len(base_sd)} tensors differ from the base ({', '.join(groups) or 'none'}); "
+        f"{size / max(total, 1):.1%} of the model's bytes",
+        f"base:  {base} (SHA-256 {md['base_sha256']})",
+        "kept: changed tensors, model config, preprocessing and training summary; needs the exact base file",
+    ]
+    if not delta:
+        notes.append("warning: the model equals its base; the delta holds no tensors")
+    return ExportResult("delta", [out], src.notes + notes,
+                        info={"tensors": len(delta), "bytes_fraction": size / max(total, 1), "groups": groups})

@@ -1,0 +1,32 @@
+"""File names and format tags of what sam-l1dfl writes, defined once.
+
+Light on purpose (no torch): the command modules import it when the parser is built.
+
+* model directory (training's ``best/``/``last/``, ``export --format safetensors``):
+  :data:`MODEL_FILE` + :data:`CONFIG_FILE` (``"format": DIR_FORMAT``) + :data:`CARD_FILE`;
+  the run's :data:`METRICS_FILE` sits next to it or one level up;
+* delta (``export --format delta``): one ``.safetensors`` whose metadata says
+  ``"format": DELTA_FORMAT``, ``"version": DELTA_VERSION``;
+* ONNX (``export --format onnx``): :data:`ENCODER_ONNX` + :data:`DECODER_ONNX` +
+  :data:`CONFIG_FILE` (``"format": ONNX_FORMAT``) + :data:`CARD_FILE`.
+"""
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+METRICS_FILE = "metrics.json"
+
+DIR_FORMAT = "sam-l1dfl-model"
+#: safetensors metadata key holding the model config (JSON) in a model directory's weights
+META_CONFIG_KEY = "sam_l1dfl_model_config"
+
+DELTA_FORMAT = "sam-l1dfl-delta"
+DELTA_VERSION = "1"
+
+ONNX_FORMAT = "sam-l1dfl-onnx"
+ENCODER_ONNX = "image_encoder.onnx"
+DECODER_ONNX = "prompt_mask_decoder.onnx"
+ONNX_OPSET = 17
+
+#: ``sam-l1dfl export --format`` choices
+EXPORT_FORMATS = ("sam-med3d", "safetensors", "delta", "onnx")
