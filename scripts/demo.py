@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -107,6 +108,10 @@ def main(argv=None) -> int:
                                       "note": "random initial weights written by scripts/demo.py"})
         overrides += [f"model.checkpoint={init}"]
     cfg = load_config(args.config, overrides + list(args.overrides))
+    if cfg.run_dir.is_dir() and (cfg.run_dir / "config.yaml").is_file() and out in cfg.run_dir.resolve().parents:
+        # the demo's own run from an earlier `make demo`: start afresh instead of refusing
+        print(f"replacing the previous demo run {cfg.run_dir}")
+        shutil.rmtree(cfg.run_dir)
     result = train(cfg)
     run_dir = Path(result.run_dir)
     times["fine-tune"] = time.perf_counter() - t

@@ -129,6 +129,8 @@ class _NoHostSync(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in self.BAD:
             raise AssertionError(f"host synchronisation: {func}")
+        if func in (torch.tensor, torch.as_tensor) and (kwargs or {}).get("device") is not None:
+            raise AssertionError("host synchronisation: host data copied to a device")
         if func is torch.Tensor.__getitem__:
             idx = args[1] if isinstance(args[1], tuple) else (args[1],)
             if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in idx):
@@ -157,6 +159,26 @@ def test_training_click_is_host_sync_free_and_equals_the_random_click():
         w = torch.tensor([v], dtype=torch.float64)
         boxed = next_click(pred[2:3], gt[2:3], mode="random", component="largest", u=w)[0]
         assert torch.equal(boxed, next_click(pred[2:3], gt[2:3], mode="random", component="any", u=w)[0])
+
+
+def test_the_sync_guard_catches_a_host_to_device_copy():
+    with pytest.raises(AssertionError, match="host synchronisation"), _NoHostSync():
+        torch.tensor([1, 2, 3], device="cpu")
+
+
+def test_training_clicks_and_boxes_are_pinned():
+    """Values from the implementation before the click code moved to prompts.clicks (HEAD of 2026-11-27)."""
+    pred, gt = _batch()
+    for u, pts, labels in (
+        ([0.0, 0.3, 0.5, 0.999999], [[2, 2, 2], [8, 6, 3], [14, 4, 4], [12, 12, 12]], [1, 0, 1, 1]),
+        ([0.7, 0.123, 0.9, 0.01], [[7, 9, 3], [5, 3, 7], [18, 8, 8], [10, 10, 10]], [1, 0, 1, 1]),
+    ):
+        p, l = sample_clicks(pred, gt, torch.tensor(u, dtype=torch.float64))
+        assert p[:, 0].tolist() == [[float(v) for v in q] for q in pts] and l[:, 0].tolist() == labels
+    g2 = gt.clone()
+    g2[1] = False  # an empty label: the whole crop
+    assert label_boxes(g2).tolist() == [[[2, 2, 2], [17, 17, 17]], [[0, 0, 0], [23, 23, 23]],
+                                        [[4, 4, 4], [19, 9, 9]], [[10, 10, 10], [12, 12, 12]]]
 
 
 def test_training_click_randomness_is_pinned():

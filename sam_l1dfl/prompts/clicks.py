@@ -128,9 +128,8 @@ def _bounds(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 def label_boxes(gt: torch.Tensor) -> torch.Tensor:
     """(B, 2, 3) min/max voxel corners of each sample's foreground (sync-free; empty -> whole crop)."""
     lo, hi, nonempty = _bounds(gt)
-    last = torch.tensor(gt.shape[2:], device=gt.device) - 1
     lo = torch.where(nonempty[:, None], lo, torch.zeros_like(lo))
-    hi = torch.where(nonempty[:, None], hi, last.expand_as(hi))
+    hi = torch.where(nonempty[:, None], hi, _per_sample(hi, [n - 1 for n in gt.shape[2:]]))
     return torch.stack([lo, hi], 1).to(torch.float32)
 
 
@@ -243,11 +242,15 @@ def _unravel(idx: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
     return torch.stack((idx // (h * w), (idx // w) % h, idx % w), dim=1)
 
 
+def _per_sample(like: torch.Tensor, values: Sequence[int]) -> torch.Tensor:
+    """(B, len(values)) of python ints on ``like``'s device, built by fill kernels (no host copy)."""
+    return torch.stack([like.new_full((like.shape[0],), int(v)) for v in values], 1)
+
+
 def _centre_if_empty(region: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
     d, h, w = region.shape[2:]
     empty = ~region.flatten(1).any(1)
-    centre = torch.tensor([d // 2, h // 2, w // 2], device=region.device)
-    return torch.where(empty[:, None], centre, pts)
+    return torch.where(empty[:, None], _per_sample(pts, (d // 2, h // 2, w // 2)), pts)
 
 
 def interior_point(region: torch.Tensor) -> torch.Tensor:
