@@ -15,6 +15,7 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 METRICS_FILE = "metrics.json"
+RUN_STATE_FILE = "run_state.json"  # in states/step_N: LR scheduler + progress counters (JSON)
 
 DIR_FORMAT = "sam-l1dfl-model"
 #: safetensors metadata key holding the model config (JSON) in a model directory's weights

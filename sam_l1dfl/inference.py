@@ -48,6 +48,11 @@ Negative points that fall outside their lesion's crop are dropped (counted in th
 model without box embeddings (the official weights) uses boxes only to place the crop; a lesion
 prompted by a box alone then gets one positive point at the box centre (noted in the report).
 
+**Reading.**  Cases come through :func:`sam_l1dfl.data.io.load_case` (complete files, label
+checks, CT overlap; every error names its file): one case from files with
+:func:`load_single_case` (``sam-l1dfl infer --pet``), a data set in :meth:`Segmenter.segment_dataset`.
+Images given to :meth:`Segmenter.segment` directly get the same mask and overlap checks.
+
 **Data sets.**  :meth:`Segmenter.segment_dataset` runs a list of cases (``sam-l1dfl infer
 --data``): per case ``<case>.nii.gz``, ``lesions/<case>.nii.gz``, ``<case>.json`` (and
 ``probabilities/<case>/``), an empty mask for a case without prompts, one line per unusable case,
@@ -72,7 +77,7 @@ from tqdm import tqdm
 
 from sam_l1dfl.data.geometry import (CropGeometry, Grid, crop_to_image, grid_differences, image_world_to_index,
                                      images_overlap, resample_to_crop)
-from sam_l1dfl.data.io import Case, CaseRecord, load_case
+from sam_l1dfl.data.io import Case, CaseRecord, load_case, mask_foreground, strip_suffix
 from sam_l1dfl.data.lesions import label_components
 from sam_l1dfl.data.preprocess import IntensityConfig, make_network_input
 from sam_l1dfl.errors import CheckpointError, InputError, PromptError, SamL1dflError
@@ -316,6 +321,21 @@ def checkpoint_preprocess(checkpoint: "str | os.PathLike", model_cfg=None) -> tu
     except InputError as exc:
         raise CheckpointError(p, f"bad preprocess settings in config.json ({exc.problem})") from None
     return cfg, meta, source
+
+
+# ---------------------------------------------------------------------------------- reading one case
+def load_single_case(pet: "str | os.PathLike", ct: "str | os.PathLike | None" = None,
+                     reference: "str | os.PathLike | None" = None) -> "tuple[sitk.Image, sitk.Image | None, sitk.Image | None]":
+    """``(PET, native CT, binary reference mask)`` of one case read from files (``sam-l1dfl infer
+    --pet``), with every check of :func:`~sam_l1dfl.data.io.load_case`: complete files, a mask of
+    integer labels >= 0 on the PET grid, a CT that overlaps the PET; each error names its file.
+    A reference mask without any lesion is refused too (there is nothing to prompt)."""
+    rec = CaseRecord(strip_suffix(Path(pet).name), Path(pet), None if ct is None else Path(ct),
+                     None if reference is None else Path(reference))
+    case = load_case(rec)
+    if case.label is not None and not sitk.GetArrayViewFromImage(case.label).any():
+        raise InputError(reference, "the reference mask has no lesion (every voxel is 0): nothing to prompt")
+    return case.pet, case.ct_native, case.label
 
 
 # ---------------------------------------------------------------------------------- segmenter
@@ -570,8 +590,7 @@ class Segmenter:
             if diffs:
                 raise InputError(None, "reference mask grid differs from the PET grid (mask vs PET: "
                                        + "; ".join(diffs) + ")")
-            arr = sitk.GetArrayFromImage(reference)
-            reference = sitk.GetImageFromArray((arr > 0).astype(np.uint8))
+            reference = sitk.GetImageFromArray(mask_foreground(reference, None, "reference mask").astype(np.uint8))
             reference.CopyInformation(pet)
         return pet, ct, reference
 
@@ -750,4 +769,4 @@ def _crop_instance(inst: "sitk.Image", geom: CropGeometry) -> np.ndarray:
 
 
 __all__ = ["DatasetSummary", "InferenceReport", "OUTSIDE_LOGIT", "STAGES", "Segmenter", "SegmentationResult",
-           "Window", "checkpoint_preprocess", "plan_windows"]
+           "Window", "checkpoint_preprocess", "load_single_case", "plan_windows"]

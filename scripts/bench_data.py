@@ -26,7 +26,8 @@ def _t(fn, repeat=3):
 
 def main() -> None:
     from sam_l1dfl.data.geometry import CropGeometry, resample_to_crop
-    from sam_l1dfl.data.io import nifti_nonfinite_counts, read_image
+    from sam_l1dfl.data.integrity import nifti_nonfinite_counts
+    from sam_l1dfl.data.io import read_image
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, nargs=3, default=(256, 256, 200), help="PET size (x y z)")

@@ -49,7 +49,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         from sam_l1dfl.compare.runner import BUDGETS, run_comparison
+        from sam_l1dfl.io_utils import check_output_path, refuse_inside
 
+        check_output_path(args.out, folder=True)  # before any work: a folder we can create, not the data
+        refuse_inside(args.out, args.data, "the data folder", "choose another --out")
         b = BUDGETS[args.budget]
         s = run_comparison(args.data, args.out, models=args.models or list(b["default_models"]), losses=args.losses,
                            seeds=args.seeds or b["default_seeds"], budget=args.budget, split_seed=args.split_seed,

@@ -25,16 +25,21 @@ def main(argv=None) -> int:
     parser.add_argument("--config", required=True, metavar="YAML", help="CNN config (configs/cnn_*.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. loss.name=dice train.epochs=50")
     parser.add_argument("--resume", action="store_true", help="continue from the latest saved state of the run")
+    parser.add_argument("--trust", action="store_true",
+                        help="with --resume: load a saved state even if its pickles hold more than tensors and "
+                             "plain values (that can run code: only for run directories you trust)")
     parser.add_argument("--name", default=None, help="run name; same as name=...")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
         from sam_l1dfl.cnn.config import load_cnn_config
         from sam_l1dfl.cnn.train import train_cnn
+        from sam_l1dfl.io_utils import input_files
 
         ov = list(args.overrides) + ([f"name={args.name}"] if args.name else [])
         cfg = load_cnn_config(args.config, ov)
-        res = train_cnn(cfg, resume=args.resume, progress=not args.quiet)
+        cfg.check_outputs(input_files(args.config))  # before any work
+        res = train_cnn(cfg, resume=args.resume, progress=not args.quiet, trust=args.trust)
     except SamL1dflError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -61,3 +61,13 @@ def test_user_error_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
     assert rc == 2
     assert err.count("\n") == 1
     assert err.startswith("error: ") and "x.txt: is not a NIfTI file" in err
+
+
+def test_device_option_is_shared_by_every_command_that_has_one():
+    from sam_l1dfl.commands import DEVICE_HELP
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    with_device = [name for name, p in sub.choices.items()
+                   if any("--device" in a.option_strings and a.help.startswith(DEVICE_HELP) for a in p._actions)]
+    assert sorted(with_device) == ["finetune", "infer", "infer-auto"]

@@ -59,12 +59,14 @@ def _bad_inputs(tmp_path):
     d = tmp_path / "garbage"
     d.mkdir()
     (d / "SUV.nii.gz").write_bytes(b"\x1f\x8b not really gzip" * 20)
-    out["unreadable"] = (dict(pet=d / "SUV.nii.gz"), "SUV.nii.gz", "not a readable PET image")
+    out["bad gzip"] = (dict(pet=d / "SUV.nii.gz"), "SUV.nii.gz", "truncated or corrupt (gzip")
+    (d / "SUV.nii").write_bytes(b"not an image at all" * 20)
+    out["unreadable"] = (dict(pet=d / "SUV.nii"), "SUV.nii", "not a readable PET image")
     d = tmp_path / "trunc"
     d.mkdir()
     write(pet, d / "full.nii.gz")
     (d / "SUV.nii.gz").write_bytes((d / "full.nii.gz").read_bytes()[:150])
-    out["truncated"] = (dict(pet=d / "SUV.nii.gz"), "SUV.nii.gz", "not a readable PET image")
+    out["truncated"] = (dict(pet=d / "SUV.nii.gz"), "SUV.nii.gz", "truncated or corrupt")
     out["missing"] = (dict(pet=tmp_path / "nope.nii.gz"), "nope.nii.gz", "file not found")
     return out
 
@@ -98,7 +100,7 @@ def test_cli_data_bad_file_exits_2_one_line(tmp_path, capsys):
     before = _snapshot(tmp_path)
     rc = main(["data", str(rec["pet"].parent.parent / "nan"), "--check", "full"])
     out = capsys.readouterr()
-    assert rc == 0  # the data command reports problems instead of stopping
+    assert rc == 1  # the data command reports every problem, then exits non-zero
     assert "1 NaN" in out.out and "problem" in out.out
     rc = main(["data", str(tmp_path / "does-not-exist")])
     err = capsys.readouterr().err
@@ -215,7 +217,7 @@ def test_discover_header_check_reports_grid_mismatch(tmp_path, capsys):
     rep = discover_cases(root, check_headers=True)
     assert [c.case_id for c in rep.cases] == ["good"]
     assert "size (9, 7, 6) vs (8, 7, 6)" in rep.problems[0].reason
-    assert main(["data", str(root), "--json", str(tmp_path / "rep.json")]) == 0
+    assert main(["data", str(root), "--json", str(tmp_path / "rep.json")]) == 1  # a problem: non-zero exit
     out = capsys.readouterr().out
     assert "autopet layout, 1 case(s)" in out and "bad:" in out
     assert json.loads((tmp_path / "rep.json").read_text())["problems"][0]["case_id"] == "bad"

@@ -100,3 +100,74 @@ def test_evaluate_command_one_line_errors(data, tmp_path, capsys):
     assert not (tmp_path / "o" / "report.html").exists()
     rc = main(["evaluate", "--pred-dir", str(pred), str(pred), "--gt-dir", str(gt), "--out", str(tmp_path / "o")])
     assert rc == 2 and "click counts" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- issue 13: bad inputs
+def _tiny_gt(root, n=2):
+    """n cases ``c<i>/SEG.nii.gz`` + ``SUV.nii.gz`` (one 3x3x3 lesion, SUV 9 inside) and exact
+    predictions ``pred/c<i>.nii.gz``."""
+    seg = np.zeros((10, 12, 14), np.uint8)
+    seg[3:6, 4:7, 5:8] = 1
+    pet = np.where(seg > 0, 9.0, 1.0).astype(np.float32)
+    pet[4, 5, 6] = 10.0
+    for i in range(n):
+        d = root / "gt" / f"c{i}"
+        d.mkdir(parents=True)
+        for arr, name in ((seg, "SEG"), (pet, "SUV")):
+            im = sitk.GetImageFromArray(arr)
+            im.SetSpacing((2.0, 2.0, 3.0))
+            sitk.WriteImage(im, str(d / f"{name}.nii.gz"), True)
+        (root / "pred").mkdir(exist_ok=True)
+        (root / "pred" / f"c{i}.nii.gz").write_bytes((d / "SEG.nii.gz").read_bytes())
+    return root / "gt", root / "pred"
+
+
+def _rewrite(path, fn):
+    im = sitk.ReadImage(str(path))
+    out = sitk.GetImageFromArray(fn(sitk.GetArrayFromImage(im)))
+    out.CopyInformation(im)
+    sitk.WriteImage(out, str(path), True)
+
+
+def test_evaluate_refuses_a_nan_in_a_lesion_instead_of_shifting_suvmean(tmp_path, capsys):
+    from sam_l1dfl.metrics import evaluate_dataset
+
+    gt, pred = _tiny_gt(tmp_path, 1)
+    ok = evaluate_dataset(pred, gt, mips=False, n_resamples=10, progress=False)
+    assert ok.cases[0]["ref_suv_mean"] == pytest.approx((26 * 9 + 10) / 27)
+
+    def nan_in_lesion(a):
+        a = a.copy()
+        a[3, 4, 5] = np.nan
+        return a
+
+    _rewrite(gt / "c0" / "SUV.nii.gz", nan_in_lesion)
+    rc = main(["evaluate", "--pred-dir", str(pred), "--gt-dir", str(gt), "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {gt / 'c0' / 'SUV.nii.gz'}: PET contains 1 NaN")
+    assert not (tmp_path / "o" / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("which", ["gt", "pred"])
+def test_evaluate_refuses_negative_mask_values(tmp_path, capsys, which):
+    gt, pred = _tiny_gt(tmp_path, 1)
+    path = gt / "c0" / "SEG.nii.gz" if which == "gt" else pred / "c0.nii.gz"
+    _rewrite(path, lambda a: np.where(a > 0, -1, 0).astype(np.int16))
+    rc = main(["evaluate", "--pred-dir", str(pred), "--gt-dir", str(gt), "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith(f"error: {path}: ") and "negative values" in err
+
+
+@pytest.mark.parametrize("name", ["SEG.nii.gz", "SUV.nii.gz", "pred"])
+def test_evaluate_truncated_file_is_named_and_other_bad_cases_listed(tmp_path, capsys, name):
+    gt, pred = _tiny_gt(tmp_path, 3)
+    bad = [pred / f"c{i}.nii.gz" if name == "pred" else gt / f"c{i}" / name for i in (0, 2)]
+    for p in bad:
+        data = p.read_bytes()
+        p.write_bytes(data[: len(data) // 2])
+    rc = main(["evaluate", "--pred-dir", str(pred), "--gt-dir", str(gt), "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {bad[0]}: truncated or corrupt (") and "1 more unusable case(s): c2" in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

@@ -218,6 +218,30 @@ def test_safetensors_dir_keeps_preprocessing_and_has_model_card(run, tmp_path, c
     assert "No metrics were recorded" in (out2 / "README.md").read_text()
 
 
+def test_exports_get_the_umask_mode_and_appear_whole(run, tmp_path, monkeypatch):
+    """model.safetensors is written 0600 by safetensors: exports get 0666 & ~umask like any file;
+    a directory export that fails half-way leaves nothing under its final name."""
+    old = os.umask(0o002)
+    try:
+        E.export_safetensors(run["run"], tmp_path / "hf")
+        E.export_checkpoint(run["run"], "onnx", tmp_path / "onnx", verify=False, progress=False)
+    finally:
+        os.umask(old)
+    for d in (tmp_path / "hf", tmp_path / "onnx"):
+        assert d.stat().st_mode & 0o777 == 0o775, d
+        for f in d.iterdir():
+            assert f.stat().st_mode & 0o777 == 0o664, f
+    import sam_l1dfl.export.safetensors as S
+
+    def crash(*a, **k):
+        raise RuntimeError("killed while writing the model card")
+
+    monkeypatch.setattr(S, "model_card", crash)
+    with pytest.raises(RuntimeError):
+        E.export_safetensors(run["run"], tmp_path / "half")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "onnx"]
+
+
 # ----------------------------------------------------------------------------- delta
 def test_delta_roundtrip_is_bit_identical_and_small(run, tmp_path, capsys):
     delta = tmp_path / "delta.safetensors"

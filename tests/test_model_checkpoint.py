@@ -200,12 +200,29 @@ def test_non_strict_reports_missing(tiny_sd, tmp_path):
     assert torch.isfinite(model.state_dict()["mask_decoder.iou_prediction_head.layers.0.weight"]).all()
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04broken zip"])
-def test_garbage_files(tmp_path, content):
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04broken zip", b'{"a": 1}\n',
+                                     b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n"])
+@pytest.mark.parametrize("trust", [False, True])
+def test_garbage_files(tmp_path, content, trust):
+    """Not a torch.save file at all: said so, with or without trust (never 'could run code')."""
     p = tmp_path / "junk.pth"
     p.write_bytes(content)
-    with pytest.raises(CheckpointError, match="junk.pth"):
-        load_sam_med3d(p)
+    with pytest.raises(CheckpointError, match="junk.pth: not a PyTorch checkpoint") as exc:
+        load_sam_med3d(p, trust=trust)
+    assert "arbitrary code" not in str(exc.value) and "\n" not in str(exc.value)
+    if content.startswith(b"version"):
+        assert "git lfs pull" in str(exc.value)
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_truncated_checkpoints(tiny_sd, tmp_path, trust):
+    for legacy in (False, True):
+        p = tmp_path / f"cut{legacy}.pth"
+        torch.save({"model_state_dict": tiny_sd}, p, _use_new_zipfile_serialization=not legacy)
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+        with pytest.raises(CheckpointError, match=f"cut{legacy}.pth: not a (readable )?PyTorch checkpoint") as exc:
+            load_sam_med3d(p, trust=trust)
+        assert "arbitrary code" not in str(exc.value) and "\n" not in str(exc.value)
 
 
 def test_missing_path_and_not_a_model(tmp_path):

@@ -303,3 +303,27 @@ def test_cli_writes_prompt_files_and_lists_skips(tmp_path, capsys):
     assert load_prompts(out / "c1.mrk.json").equivalent(cp)
     rc = main(["prompts", "--data", str(tmp_path / "nope"), "--out", str(out)])
     assert rc == 2 and "error:" in capsys.readouterr().err
+
+
+def test_index_world_cross_check_runs_with_an_image_too(case, tmp_path):
+    """A file whose world values are RAS under the LPS label (LPS index kept) is refused, with
+    the image given or not (issue 13)."""
+    cp, pet_path, pet = case
+    doc = to_document(cp, relative_to=tmp_path)
+    w = doc["lesions"][0]["points"][0]["world"]
+    doc["lesions"][0]["points"][0]["world"] = [-w[0], -w[1], w[2]]  # RAS values, "index" left as it was
+    p = _write(tmp_path, doc)
+    for image in (None, pet):
+        with pytest.raises(PromptError, match="disagrees with its world position") as e:
+            load_prompts(p, image=image, verify_sha=False)
+        assert str(p) in str(e.value) and "\n" not in str(e.value)
+    assert load_prompts(_write(tmp_path, to_document(cp, relative_to=tmp_path), "ok.json"), image=pet).equivalent(cp)
+
+
+@pytest.mark.parametrize("size", [[-4.0, 6.0, 6.0], [0.0, 6.0, 6.0]])
+def test_box_with_a_non_positive_size_is_refused(case, tmp_path, size):
+    cp, pet_path, pet = case
+    doc = to_document(cp, relative_to=tmp_path)
+    doc["lesions"][0]["boxes"][0]["size"] = size
+    with pytest.raises(PromptError, match="box size must be positive"):
+        load_prompts(_write(tmp_path, doc), image=pet, verify_sha=False)

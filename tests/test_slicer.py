@@ -190,3 +190,29 @@ def test_bad_markups_give_one_line_errors(tmp_path):
     bad.write_text(json.dumps(doc))
     with pytest.raises(PromptError, match="no lesion"):
         load_prompts(bad)
+
+
+@pytest.mark.parametrize("size", [[-4.0, 6.0, 6.0], [6.0, 0.0, 6.0]])
+def test_roi_with_a_non_positive_size_is_refused_like_the_json_path(tmp_path, size):
+    cp, pet = _case()
+    doc = prompts_to_markups(cp)
+    roi = next(m for m in doc["markups"] if m["type"] == "ROI")
+    roi["size"] = size
+    bad = tmp_path / "bad.mrk.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(PromptError, match="box size must be positive") as e:
+        load_prompts(bad, image=pet)
+    assert "bad.mrk.json" in str(e.value) and roi["name"] in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unreadable_image_path_is_one_line(tmp_path):
+    cp, pet = _case()
+    doc = prompts_to_markups(cp)
+    del doc["sam_l1dfl"]
+    path = tmp_path / "user.mrk.json"
+    path.write_text(json.dumps(doc))
+    text = tmp_path / "SUV.nii"
+    text.write_text("not an image")
+    with pytest.raises(PromptError, match="cannot read the image header") as e:
+        load_prompts(path, image_path=text)
+    assert ".cxx" not in str(e.value) and "\n" not in str(e.value)

@@ -29,11 +29,12 @@ from tqdm import tqdm
 from sam_l1dfl.cnn.config import cnn_config_from_dict
 from sam_l1dfl.cnn.networks import build_network
 from sam_l1dfl.cnn.volumes import network_channels, whole_image_geometry
-from sam_l1dfl.data.geometry import crop_to_image
+from sam_l1dfl.data.geometry import crop_to_image, images_overlap
 from sam_l1dfl.data.io import Case, CaseRecord, load_case
 from sam_l1dfl.errors import CheckpointError, InputError, SamL1dflError
 from sam_l1dfl.formats import CONFIG_FILE, MODEL_FILE
 from sam_l1dfl.io_utils import write_image_atomic, write_json_atomic
+from sam_l1dfl.model.weights import compare_state_dicts, describe_fit
 
 FORMAT = "sam-l1dfl-cnn"  # the "format" of a CNN model directory's config.json
 
@@ -116,10 +117,11 @@ def load_cnn_dir(path: "str | os.PathLike", map_location: str = "cpu") -> tuple[
         sd = load_file(str(wf), device=map_location)
     except Exception as exc:  # safetensors raises several types
         raise CheckpointError(wf, f"not a readable safetensors file ({str(exc).splitlines()[0][:150]})") from None
-    missing, unexpected = net.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(wf, f"weights do not fit {cfg.network.name}: {len(missing)} missing "
-                                  f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    problems = describe_fit(*compare_state_dicts(sd, net.state_dict()))
+    if problems:
+        raise CheckpointError(wf, f"weights do not fit the {cfg.network.name} of {CONFIG_FILE} "
+                                  f"(width {cfg.network.width}, crop {cfg.augment.crop_size}): {problems}")
+    net.load_state_dict(sd)
     return net, cfg
 
 
@@ -157,6 +159,10 @@ class AutoSegmenter:
             raise InputError(None, "pet must be a 3D SimpleITK image")
         if ct is None:
             raise InputError(None, "the CNNs take CT + PET: a CT is required")
+        if not isinstance(ct, sitk.Image) or ct.GetDimension() != 3:
+            raise InputError(None, "ct must be a 3D SimpleITK image")
+        if not images_overlap(pet, ct):
+            raise InputError(None, "the CT does not overlap the PET in world space (check the headers)")
         t0 = time.perf_counter()
         if pet.GetPixelID() != sitk.sitkFloat32:
             pet = sitk.Cast(pet, sitk.sitkFloat32)

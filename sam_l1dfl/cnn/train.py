@@ -43,7 +43,7 @@ from sam_l1dfl.cnn.networks import build_network, count_parameters, network_kwar
 from sam_l1dfl.cnn.volumes import load_volume
 from sam_l1dfl.errors import InputError
 from sam_l1dfl.formats import CONFIG_FILE, MODEL_FILE
-from sam_l1dfl.io_utils import atomic_path, write_json_atomic
+from sam_l1dfl.io_utils import atomic_dir, write_json_atomic
 from sam_l1dfl.losses import make_training_loss
 from sam_l1dfl.metrics.volume import dice_batch
 from sam_l1dfl.seeding import seed_of
@@ -99,7 +99,7 @@ def collate(items: list[dict]) -> dict:
 
 
 class CnnState(Progress):
-    """Progress counters saved with every state (``register_for_checkpointing``)."""
+    """Progress counters saved with every state (``run_state.json``)."""
 
     defaults = {**Progress.defaults, "best_dice": -1.0, "best_epoch": -1}
 
@@ -127,14 +127,13 @@ def model_meta(cfg: CnnConfig, extra: "dict | None" = None) -> dict:
 
 
 def save_cnn_dir(net, out_dir: Path, meta: dict) -> Path:
-    """``model.safetensors`` + ``config.json`` (atomic writes)."""
+    """``model.safetensors`` + ``config.json`` (:func:`~sam_l1dfl.io_utils.atomic_dir`)."""
     from safetensors.torch import save_file
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    with atomic_path(out_dir / MODEL_FILE) as tmp:
-        save_file(sd, str(tmp), metadata={"format": FORMAT})
-    write_json_atomic(out_dir / CONFIG_FILE, meta)
+    with atomic_dir(out_dir) as tmp:
+        save_file(sd, str(tmp / MODEL_FILE), metadata={"format": FORMAT})
+        write_json_atomic(tmp / CONFIG_FILE, meta)
     return out_dir
 
 
@@ -252,9 +251,14 @@ class CnnTrainer(Trainer):
                               losses=self.losses, metrics=metrics)
 
 
-def train_cnn(cfg: CnnConfig, resume: bool = False, accelerator=None, progress: bool = True) -> CnnTrainResult:
-    """Train per ``cfg``; writes the run directory and returns the best epoch and validation Dice."""
-    return CnnTrainer(cfg, resume=resume, accelerator=accelerator, progress=progress).run()
+def train_cnn(cfg: CnnConfig, resume: bool = False, accelerator=None, progress: bool = True,
+              trust: bool = False) -> CnnTrainResult:
+    """Train per ``cfg``; writes the run directory and returns the best epoch and validation Dice.
+
+    ``trust``: as for :func:`sam_l1dfl.training.loop.train` (resuming a state whose pickles need
+    more than tensors and plain values; that can run code).
+    """
+    return CnnTrainer(cfg, resume=resume, accelerator=accelerator, progress=progress, trust=trust).run()
 
 
 __all__ = ["CnnState", "CnnTrainResult", "CnnTrainer", "CropDataset", "model_meta", "save_cnn_dir", "train_cnn",

@@ -1,4 +1,9 @@
-"""``sam-l1dfl data DIR``: discover the cases of a data folder (or manifest) and report problems."""
+"""``sam-l1dfl data DIR``: discover the cases of a data folder (or manifest) and report problems.
+
+Every case with a problem (``--check full``: also a truncated, corrupt or NaN image) is listed
+with its one-line reason and the others are checked on; the exit status is 1 when there is at
+least one problem, so the command can gate a script.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from sam_l1dfl.commands import case_inputs
     from sam_l1dfl.data.discovery import CaseProblem, discover_cases
     from sam_l1dfl.errors import InputError
+    from sam_l1dfl.io_utils import check_outputs
 
+    check_outputs([args.json], inputs=case_inputs([], args.path), hint="choose another --json")  # before any work
     report = discover_cases(args.path, check_headers=args.check in ("headers", "full"))
+    check_outputs([args.json], inputs=case_inputs(report.cases, args.path), hint="choose another --json")
     if args.check == "full" and report.cases:
         from tqdm import tqdm
 
@@ -38,4 +47,4 @@ def run(args) -> int:
         from sam_l1dfl.io_utils import write_json_atomic
 
         write_json_atomic(args.json, report.to_dict())
-    return 0
+    return 1 if report.problems else 0

@@ -42,10 +42,14 @@ def run(args: argparse.Namespace) -> int:
     import math
 
     from sam_l1dfl.errors import InputError
+    from sam_l1dfl.io_utils import check_output_path, check_outputs, input_files
     from sam_l1dfl.metrics import evaluate_dataset
 
     if args.n_boot < 1:
         raise InputError(None, f"--n-boot must be at least 1, got {args.n_boot}")
+    out = check_output_path(args.out, folder=True)  # before any work
+    check_outputs([out / n for n in ("metrics.csv", "lesions.csv", "summary.json", "report.html")],
+                  inputs=input_files(*args.pred_dir, args.gt_dir, args.pet_dir), hint="choose another --out")
     pred = args.pred_dir[0] if len(args.pred_dir) == 1 else args.pred_dir
     res = evaluate_dataset(pred, args.gt_dir, pet_dir=args.pet_dir, out_dir=args.out, clicks=args.clicks,
                            missing_as_empty=args.missing_as_empty, n_resamples=args.n_boot, seed=args.seed,

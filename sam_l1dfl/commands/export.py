@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sam_l1dfl import export as E  # torch: only when the command runs
+    from sam_l1dfl.io_utils import check_output_path
 
     if args.apply_delta:
         if not args.base:
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         fmt = args.format or "safetensors"
         if fmt == "delta":
             raise ConfigError(None, "--apply-delta writes a full model: --format sam-med3d, safetensors or onnx")
+        check_output_path(args.out, folder=fmt in ("safetensors", "onnx"))  # before any work
         source = E.apply_delta(args.apply_delta, args.base, trust=args.trust)
         base = None
     else:
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         if args.base and args.format != "delta":
             raise ConfigError(None, "--base only applies to --format delta and --apply-delta")
         fmt = args.format
+        check_output_path(args.out, folder=fmt in ("safetensors", "onnx"))  # before any work
         source = args.checkpoint
         base = args.base
     result = E.export_checkpoint(
@@ -73,3 +76,4 @@ def run(args: argparse.Namespace) -> int:
     )
     print(result.summary())
     return 0
+

@@ -21,6 +21,8 @@ file (or, with ``--prompts-from-mask``, without a lesion) gets an empty mask; a 
 are unusable is listed with its one-line reason (exit status 1 after the others are written).
 Every output is written atomically.
 
+Before any work the output paths are checked (an image suffix; no parent that is a file; no
+output, side outputs included, that is one of the files read) and ``--device`` is parsed.
 This module only checks the arguments, calls :class:`sam_l1dfl.inference.Segmenter`
 (``segment`` + ``SegmentationResult.write`` for one case, ``segment_dataset`` for a data set) and
 prints.
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import argparse
 
-from sam_l1dfl.commands import DATA_HELP, DEVICE_HELP, PET_HELP
+from sam_l1dfl.commands import DATA_HELP, DEVICE_HELP, PET_HELP, case_inputs, image_output
 
 HELP = "prompted inference on PET (and CT) volumes"
 _FROM_CASE = "__case_label__"
@@ -100,34 +102,62 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InputError(None, f"--batch-size must be >= 1, got {args.batch_size}")
 
+    from sam_l1dfl.devices import parse_device
     from sam_l1dfl.inference import Segmenter
 
-    seg = Segmenter(args.checkpoint, device=args.device, batch_size=args.batch_size,
+    device = parse_device(args.device)
+    cases = _check_one(args) if single else _check_dataset(args)  # output paths, before any work
+    seg = Segmenter(args.checkpoint, device=device, batch_size=args.batch_size,
                     share_crops=not args.no_share, margin_vox=args.margin, threshold=args.threshold,
                     autocast=args.bf16, trust=args.trust)
     if args.verbose:
         print(f"checkpoint: {args.checkpoint} (input_mode {seg.input_mode}, preprocessing: {seg.preprocess_source})")
     if single:
         return _run_one(args, seg)
-    return _run_dataset(args, seg)
+    return _run_dataset(args, seg, cases)
+
+
+def _outputs_one(args) -> tuple:
+    """``(mask, label map, report, probability folder or None)`` of ``--out``."""
+    out, stem, suf = image_output(args.out)
+    return (out, out.parent / f"{stem}_lesions{suf}", out.parent / f"{stem}.json",
+            out.parent / f"{stem}_prob" if args.probabilities else None)
+
+
+def _check_one(args) -> None:
+    from sam_l1dfl.io_utils import check_outputs, input_files
+
+    *files, prob = _outputs_one(args)
+    check_outputs(files, [prob], input_files(args.pet, args.ct, args.prompts, args.prompts_from_mask, args.checkpoint),
+                  within=[prob], hint="choose another --out")
+
+
+def _check_dataset(args) -> list:
+    """The discovered cases, after checking that no output is one of their files."""
+    from sam_l1dfl.data.discovery import discover_cases
+    from sam_l1dfl.io_utils import check_output_path, check_outputs, input_files
+
+    out = check_output_path(args.out_dir, folder=True)
+    cases = discover_cases(args.data).cases
+    files = [out / "summary.json"]
+    for rec in cases:
+        files += [out / f"{rec.case_id}.nii.gz", out / "lesions" / f"{rec.case_id}.nii.gz", out / f"{rec.case_id}.json"]
+    inputs = case_inputs(cases, args.data) + input_files(args.prompts_dir, args.checkpoint)
+    check_outputs(files, inputs=inputs, within=[out / "probabilities"] if args.probabilities else [],
+                  hint="choose another --out-dir")
+    return cases
 
 
 def _run_one(args, seg) -> int:
-    from pathlib import Path
+    from sam_l1dfl.inference import load_single_case
 
-    from sam_l1dfl.data.io import image_suffix, read_image, strip_suffix
-
-    pet = read_image(args.pet, "PET")
-    ct = read_image(args.ct, "CT") if args.ct else None
-    ref = read_image(args.prompts_from_mask, "label") if args.prompts_from_mask else None
+    pet, ct, ref = load_single_case(args.pet, args.ct, args.prompts_from_mask)
     res = seg.segment(pet, ct, prompts=args.prompts, reference=ref, clicks=args.clicks,
                       probabilities=args.probabilities, allow_checksum_mismatch=args.allow_checksum_mismatch)
-    out = Path(args.out)
-    stem, suf = strip_suffix(out.name), image_suffix(out.name) or ".nii.gz"
+    out, labels, report, prob = _outputs_one(args)
     extra = {"pet": str(args.pet), "ct": args.ct, "prompts": args.prompts,
              "prompts_from_mask": args.prompts_from_mask, "checkpoint": str(args.checkpoint)}
-    res.write(out, out.parent / f"{stem}_lesions{suf}", out.parent / f"{stem}.json",
-              out.parent / f"{stem}_prob" if args.probabilities else None, extra)
+    res.write(out, labels, report, prob, extra)
     if args.verbose:
         print(res.report.summary())
         for d in res.lesions:
@@ -138,17 +168,15 @@ def _run_one(args, seg) -> int:
     return 0
 
 
-def _run_dataset(args, seg) -> int:
+def _run_dataset(args, seg, cases) -> int:
     import sys
 
     from tqdm import tqdm
 
-    from sam_l1dfl.data.discovery import discover_cases
-
     def on_case(case_id, res):
         tqdm.write(f"{case_id}: " + res.report.summary().replace("\n", "\n  "))
 
-    s = seg.segment_dataset(discover_cases(args.data).cases, args.out_dir, prompts_dir=args.prompts_dir,
+    s = seg.segment_dataset(cases, args.out_dir, prompts_dir=args.prompts_dir,
                             from_mask=args.prompts_from_mask is not None, clicks=args.clicks,
                             probabilities=args.probabilities, allow_checksum_mismatch=args.allow_checksum_mismatch,
                             data=args.data, progress=not args.no_progress, on_case=on_case if args.verbose else None)
@@ -159,6 +187,6 @@ def _run_dataset(args, seg) -> int:
           f"{len(s.failed)} failed; wrote {s.out_dir}")
     for line in s.empty if args.verbose else []:
         print(f"  empty: {line}")
-    for line in s.failed:
-        print(f"  failed: {line}", file=sys.stderr)
+    for line in s.failed:  # one line per unusable case, like `sam-l1dfl prompts`
+        print(f"error: {line}", file=sys.stderr)
     return 1 if s.failed else 0

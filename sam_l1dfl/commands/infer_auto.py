@@ -11,7 +11,9 @@ A data set (``--data DIR``, discovered like ``sam-l1dfl data``)::
 writes ``O/<case>.nii.gz`` (binary mask on the PET grid; what ``sam-l1dfl evaluate --pred-dir O``
 reads), with ``--probabilities`` also ``O/prob/<case>.nii.gz``, and ``O/summary.json`` (seconds
 per case and stage).  A case whose files are unusable is listed with its one-line reason (exit
-status 1 after the others are written).  Every output is written atomically.
+status 1 after the others are written).  Every output is written atomically; before any work the
+output paths are checked (no parent that is a file, no output that is one of the files read) and
+``--device`` is parsed.
 
 This module only checks the arguments, calls :class:`sam_l1dfl.cnn.infer.AutoSegmenter`
 (``segment`` + ``AutoResult.write``, or ``segment_dataset``) and prints.
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 
-from sam_l1dfl.commands import DATA_HELP, DEVICE_HELP, PET_HELP
+from sam_l1dfl.commands import DATA_HELP, DEVICE_HELP, PET_HELP, case_inputs, image_output
 
 HELP = "automatic whole-scan segmentation with a trained MONAI CNN (sliding window)"
 
@@ -45,11 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    import sys
     from pathlib import Path
 
     from sam_l1dfl.cnn.infer import AutoSegmenter
     from sam_l1dfl.data.discovery import discover_cases
-    from sam_l1dfl.data.io import read_image
+    from sam_l1dfl.data.io import CaseRecord, load_case
     from sam_l1dfl.errors import InputError
 
     one = any(v is not None for v in (args.pet, args.ct, args.out))
@@ -60,21 +63,36 @@ def run(args) -> int:
         raise InputError(None, "one case needs --pet, --ct and --out")
     if many and not (args.data and args.out_dir):
         raise InputError(None, "a data set needs --data and --out-dir")
-    seg = AutoSegmenter(args.checkpoint, device=args.device, threshold=args.threshold, overlap=args.overlap,
+    from sam_l1dfl.devices import parse_device
+    from sam_l1dfl.io_utils import check_output_path, check_outputs, input_files
+
+    device = parse_device(args.device)
+    if one:  # the output paths, before any work
+        out = image_output(args.out)[0]
+        prob = out.with_name(f"{out.name.split('.')[0]}_prob.nii.gz") if args.probabilities else None
+        check_outputs([out, prob], inputs=input_files(args.pet, args.ct, args.checkpoint), hint="choose another --out")
+    else:
+        out = check_output_path(args.out_dir, folder=True)
+        rep = discover_cases(args.data)
+        if not rep.cases:
+            raise InputError(args.data, "no cases found (see `sam-l1dfl data`)")
+        files = [out / "summary.json"] + [out / f"{r.case_id}.nii.gz" for r in rep.cases]
+        files += [out / "prob" / f"{r.case_id}.nii.gz" for r in rep.cases] if args.probabilities else []
+        check_outputs(files, inputs=case_inputs(rep.cases, args.data) + input_files(args.checkpoint),
+                      hint="choose another --out-dir")
+    seg = AutoSegmenter(args.checkpoint, device=device, threshold=args.threshold, overlap=args.overlap,
                         sw_batch_size=args.sw_batch_size)
     if one:
         out = Path(args.out)
-        res = seg.segment(read_image(args.pet, "PET"), read_image(args.ct, "CT"))
+        case = load_case(CaseRecord("case", Path(args.pet), Path(args.ct)), load_label=False)  # CT overlaps the PET
+        res = seg.segment(case.pet, case.ct_native)
         name = out.name.split(".")[0]
         res.write(out, out.with_name(f"{name}_prob.nii.gz") if args.probabilities else None)
         print(f"{out}: {res.lesion_voxels} lesion voxels ({res.seconds['network']:.1f} s network)")
         return 0
 
-    rep = discover_cases(args.data)
-    if not rep.cases:
-        raise InputError(args.data, "no cases found (see `sam-l1dfl data`)")
     s = seg.segment_dataset(rep.cases, args.out_dir, probabilities=args.probabilities, progress=not args.no_progress)
     print(f"{s.out_dir}: {len(s.cases)} case(s) segmented, {len(s.failed)} failed")
-    for f in s.failed:
-        print(f"  {f['case']}: {f['reason']}")
+    for f in s.failed:  # one line per unusable case, like `sam-l1dfl prompts`
+        print(f"error: {f['case']}: {f['reason']}", file=sys.stderr)
     return 1 if s.failed else 0

@@ -23,6 +23,7 @@ def run(args) -> int:
     from sam_l1dfl.data.geometry import images_overlap
     from sam_l1dfl.data.io import read_image, strip_suffix
     from sam_l1dfl.errors import InputError
+    from sam_l1dfl.io_utils import check_outputs
     from sam_l1dfl.viz import DEFAULT_COLORS, Panel, save_mip_figure
 
     out = Path(args.out)
@@ -30,6 +31,8 @@ def run(args) -> int:
         raise InputError(out, "output must be a .png file")
     if not args.vmax > 0:
         raise InputError(None, f"--vmax must be positive, not {args.vmax}")
+    check_outputs([out], inputs=[args.pet, *args.mask, *(m.rpartition("=")[2] for m in args.mask)],
+                  hint="choose another --out")
     pet = read_image(args.pet, "PET")
     masks = {}
     for n, spec in enumerate(args.mask):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from sam_l1dfl.commands import DATA_HELP
+from sam_l1dfl.commands import DATA_HELP, case_inputs
 
 HELP = "generate point/box prompts from lesion masks"
 
@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from sam_l1dfl.data.discovery import discover_cases
     from sam_l1dfl.data.io import load_case
     from sam_l1dfl.errors import InputError, PromptError, SamL1dflError
+    from sam_l1dfl.io_utils import check_output_path, check_outputs
     from sam_l1dfl.prompts import PromptConfig, generate_prompts, save_prompts
 
     cfg = PromptConfig(
@@ -54,13 +55,14 @@ def run(args: argparse.Namespace) -> int:
         connectivity=args.connectivity,
         seed=args.seed,
     ).validate()
+    out = check_output_path(args.out, folder=True)
     report = discover_cases(args.data)
     cases = [c for c in report.cases if c.label is not None]
     if not cases:
         raise InputError(args.data, f"no case with a label found ({len(report.cases)} case(s) without one)")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "exists and is not a folder")
+    names = [out / f"{c.case_id}{ext}" for c in cases for ext in ((".json", ".mrk.json") if args.slicer else (".json",))]
+    check_outputs(names, inputs=case_inputs(cases, args.data),
+                  hint="choose another --out")
 
     written, skipped, failed = [], [], []
     for rec in tqdm(cases, desc="prompts", unit="case", disable=args.no_progress or None):

@@ -47,14 +47,14 @@ def run(args) -> int:
     from pathlib import Path
 
     from sam_l1dfl.errors import InputError
+    from sam_l1dfl.io_utils import check_output_path
 
     out = Path(args.out)
     if args.cases < 1:
         raise InputError(None, f"--cases must be at least 1, not {args.cases}")
     if not 0 <= args.oblique <= args.cases:
         raise InputError(None, f"--oblique must be between 0 and --cases ({args.cases}), not {args.oblique}")
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "exists and is not a folder")
+    check_output_path(out, folder=True)
     from sam_l1dfl.data.synthetic import generate_dataset
 
     try:

@@ -5,9 +5,11 @@ binary or label mask: the image and its foreground), :func:`load_case` (a PET/CT
 PET grid).  Grid comparisons use :mod:`sam_l1dfl.data.geometry`.
 
 Every problem with a user's file raises :class:`~sam_l1dfl.errors.InputError` with a one-line
-message naming the file: missing, unreadable or corrupt, not 3D (4D, 2D, vector pixels), empty,
-NaN/inf voxels, a label whose grid differs from the PET grid (with the numbers), a CT that does not
-overlap the PET.  Nothing here writes anything.
+message naming the file: missing, unreadable, truncated or corrupt (checked on the bytes before
+SimpleITK reads them: :func:`sam_l1dfl.data.integrity.check_complete`), not 3D (4D, 2D, vector
+pixels), empty, NaN/inf voxels, a label whose grid differs from the PET grid (with the numbers), a
+CT that does not overlap the PET.  SimpleITK's exception text is cut to its informative part
+(:func:`itk_message`: no build paths).  Nothing here writes anything.
 
 Geometry rules (issue 5):
 * the CT is resampled onto the PET grid with SimpleITK linear interpolation, fill -1024 HU, when
@@ -22,8 +24,8 @@ Geometry rules (issue 5):
 
 from __future__ import annotations
 
-import gzip
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from sam_l1dfl.data.geometry import grid_differences, images_overlap, same_grid
+from sam_l1dfl.data.integrity import check_complete, nifti_nonfinite_counts
 from sam_l1dfl.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,17 +57,30 @@ def strip_suffix(name: str) -> str:
     return name[: -len(s)] if s else name
 
 
-def _first_line(exc: BaseException) -> str:
+_ITK_NOISE = (
+    re.compile(r"Exception thrown in SimpleITK \w+:\s*"),  # "... in SimpleITK ReadImage: "
+    re.compile(r"\S+\.(?:cxx|cpp|hxx|txx|h)(?::\d+)?:?\s*"),  # build paths: sitkImageReaderBase.cxx:99
+    re.compile(r"(?:sitk::ERROR|ITK ERROR|itk::ERROR):\s*"),
+    re.compile(r"\w+\(0x[0-9a-fA-F]+\):\s*"),  # MetaImageIO(0x5562...):
+    # ITK's errno guess: the callers have checked that the file exists and is readable
+    re.compile(r"\s*Reason: No such file or directory"),
+)
+
+
+def itk_message(exc: BaseException) -> str:
+    """The informative part of a SimpleITK exception, on one line: no build paths, no object
+    addresses, at most 200 characters."""
     text = " ".join(str(exc).split())
-    # ITK messages are long: keep the informative tail after the last "):" or the first 200 chars.
-    for marker in ("Description: ", "ITK ERROR: "):
-        if marker in text:
-            text = text.split(marker)[-1]
-    return text[:200]
+    if "Description: " in text:
+        text = text.split("Description: ")[-1]
+    for pattern in _ITK_NOISE:
+        text = pattern.sub("", text)
+    return text.strip()[:200] or type(exc).__name__
 
 
 def read_image_info(path: "str | os.PathLike") -> "sitk.ImageFileReader":
-    """Read only the header (fast); raises InputError like :func:`read_image`."""
+    """Read only the header (fast; the data are not checked); raises InputError like
+    :func:`read_image`."""
     import SimpleITK as sitk
 
     p = Path(path)
@@ -74,7 +90,8 @@ def read_image_info(path: "str | os.PathLike") -> "sitk.ImageFileReader":
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise InputError(p, f"not a readable image ({_first_line(exc)})") from None
+        check_complete(p)  # a cut file says so rather than "no reader"
+        raise InputError(p, f"not a readable image ({itk_message(exc)})") from None
     return reader
 
 
@@ -98,10 +115,12 @@ def read_image(path: "str | os.PathLike", kind: str = "image", check_finite: boo
 
     p = Path(path)
     _check_file(p)
+    byte_counts = check_complete(p, count_nonfinite=check_finite)
     try:
         img = sitk.ReadImage(str(p))
     except RuntimeError as exc:
-        raise InputError(p, f"not a readable {kind} image ({_first_line(exc)})") from None
+        what = "image" if kind == "image" else f"{kind} image"
+        raise InputError(p, f"not a readable {what} ({itk_message(exc)})") from None
     dim = img.GetDimension()
     size = tuple(img.GetSize())
     if dim == 4:
@@ -122,8 +141,8 @@ def read_image(path: "str | os.PathLike", kind: str = "image", check_finite: boo
         if (n_nan == 0 and n_inf == 0 and image_suffix(p.name) in (".nii", ".nii.gz")
                 and not np.all(arr)):
             # ITK < 6 silently turns NaN/inf into 0 when reading NIfTI (ITK PR #6683): where zeros
-            # were read, look at the bytes.
-            n_nan, n_inf = nifti_nonfinite_counts(p)
+            # were read, look at the bytes (counted while checking a .nii.gz, else read now).
+            n_nan, n_inf = byte_counts if byte_counts is not None else nifti_nonfinite_counts(p)
         if n_nan or n_inf:
             raise InputError(p, f"{kind} contains {n_nan} NaN and {n_inf} infinite voxel(s)")
     d = np.asarray(img.GetDirection()).reshape(3, 3)
@@ -131,57 +150,6 @@ def read_image(path: "str | os.PathLike", kind: str = "image", check_finite: boo
         raise InputError(p, f"{kind} has an invalid header (spacing {tuple(img.GetSpacing())}, "
                             f"direction determinant {np.linalg.det(d):.4g})")
     return img
-
-
-def nifti_nonfinite_counts(path: "str | os.PathLike", chunk_bytes: int = 1 << 24) -> tuple[int, int]:
-    """(NaN count, inf count) of a float NIfTI-1/2 file, read from its bytes (streamed, gz or not).
-
-    Returns (0, 0) for non-float data or a header we do not understand (SimpleITK read it fine).
-    """
-    p = Path(path)
-    opener = gzip.open if p.name.lower().endswith(".gz") else open
-    with opener(p, "rb") as f:
-        head = f.read(540)
-        if len(head) < 348:
-            return 0, 0
-        for endian in ("<", ">"):
-            sizeof_hdr = int(np.frombuffer(head[:4], dtype=endian + "i4")[0])
-            if sizeof_hdr in (348, 540):
-                break
-        else:
-            return 0, 0
-        if sizeof_hdr == 348:
-            dims = np.frombuffer(head[40:56], dtype=endian + "i2").astype(np.int64)
-            datatype = int(np.frombuffer(head[70:72], dtype=endian + "i2")[0])
-            vox_offset = int(np.frombuffer(head[108:112], dtype=endian + "f4")[0])
-        else:
-            datatype = int(np.frombuffer(head[12:14], dtype=endian + "i2")[0])
-            dims = np.frombuffer(head[16:80], dtype=endian + "i8")
-            vox_offset = int(np.frombuffer(head[168:176], dtype=endian + "i8")[0])
-        dtype = {16: "f4", 64: "f8"}.get(datatype)
-        if dtype is None:
-            return 0, 0
-        ndim = int(dims[0])
-        if not 1 <= ndim <= 7:
-            return 0, 0
-        nvox = int(np.prod(np.maximum(dims[1:ndim + 1], 1)))
-        dt = np.dtype(endian + dtype)
-        f.seek(max(vox_offset, sizeof_hdr + 4 if sizeof_hdr == 348 else 544))
-        remaining = nvox * dt.itemsize
-        step = max(dt.itemsize, (chunk_bytes // dt.itemsize) * dt.itemsize)
-        n_nan = n_inf = 0
-        while remaining > 0:
-            buf = f.read(min(step, remaining))
-            if not buf:
-                break
-            a = np.frombuffer(buf[: len(buf) - len(buf) % dt.itemsize], dtype=dt)
-            bad = ~np.isfinite(a)
-            if bad.any():
-                nan = int(np.isnan(a).sum())
-                n_nan += nan
-                n_inf += int(bad.sum()) - nan
-            remaining -= len(buf)
-    return n_nan, n_inf
 
 
 @dataclass(frozen=True)
@@ -320,5 +288,5 @@ def load_case(record: "CaseRecord | Mapping[str, Any] | str | os.PathLike", *, l
 
 
 __all__ = ["CT_FILL_HU", "Case", "CaseRecord", "IMAGE_SUFFIXES", "check_label_grid", "image_suffix",
-           "load_case", "mask_foreground", "nifti_nonfinite_counts", "read_image", "read_image_info", "read_mask",
+           "itk_message", "load_case", "mask_foreground", "read_image", "read_image_info", "read_mask",
            "resample_like", "strip_suffix"]

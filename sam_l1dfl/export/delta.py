@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from sam_l1dfl.errors import CheckpointError
-from sam_l1dfl.export.source import ExportResult, as_source, provenance, refuse_overwrite
+from sam_l1dfl.export.source import ExportResult, as_source, provenance
 from sam_l1dfl.formats import DELTA_FORMAT, DELTA_VERSION, MODEL_FILE
-from sam_l1dfl.io_utils import atomic_path
+from sam_l1dfl.io_utils import atomic_path, refuse_overwrite
 from sam_l1dfl.model.checkpoint import load_sam_med3d
 from sam_l1dfl.model.delta import is_delta_file, weights_file
 from sam_l1dfl.model.weights import resolve_model_path
@@ -36,7 +36,7 @@ def export_delta(
     src = as_source(source, trust)
     out = Path(out)
     base = resolve_model_path(base)
-    refuse_overwrite(out, src.inputs() + [base, weights_file(base)])
+    refuse_overwrite([out], src.inputs() + [base, weights_file(base)], hint="choose another --out", error=CheckpointError)
     if out.is_dir():
         raise CheckpointError(out, "is a directory; the delta format is a single .safetensors file")
     if is_delta_file(weights_file(base)):

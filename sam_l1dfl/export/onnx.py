@@ -2,7 +2,8 @@
 
 ``image_encoder.onnx`` (the fast encoder path, 128³ input) and ``prompt_mask_decoder.onnx``
 (prompt encoder + mask decoder, dynamic prompt batch and point count), plus ``config.json`` and
-the model card.  See ``onnx/README.md`` for the call sequence.  onnxruntime is imported only
+the model card, written into a temporary sibling directory that is renamed into place
+(:func:`~sam_l1dfl.io_utils.atomic_dir`).  See ``onnx/README.md`` for the call sequence.  onnxruntime is imported only
 when verifying.
 """
 
@@ -17,9 +18,9 @@ import torch
 
 from sam_l1dfl.errors import CheckpointError, SamL1dflError
 from sam_l1dfl.export.card import model_card
-from sam_l1dfl.export.source import ExportResult, as_source, provenance, refuse_overwrite
+from sam_l1dfl.export.source import ExportResult, as_source, provenance
 from sam_l1dfl.formats import CARD_FILE, CONFIG_FILE, DECODER_ONNX, ENCODER_ONNX, ONNX_FORMAT, ONNX_OPSET
-from sam_l1dfl.io_utils import atomic_path, sha256_file, write_json_atomic, write_text_atomic
+from sam_l1dfl.io_utils import atomic_dir, refuse_overwrite, sha256_file, write_json_atomic, write_text_atomic
 
 ONNX_TOLERANCE = 1e-3
 
@@ -112,45 +113,58 @@ def export_onnx(
 
     src = as_source(source, trust)
     out = Path(out_dir)
-    refuse_overwrite(out, src.inputs(), (ENCODER_ONNX, DECODER_ONNX, CONFIG_FILE, CARD_FILE))
+    refuse_overwrite([out] + [out / f for f in (ENCODER_ONNX, DECODER_ONNX, CONFIG_FILE, CARD_FILE)], src.inputs(),
+                     hint="choose another --out", error=CheckpointError)
     if out.exists() and not out.is_dir():
         raise CheckpointError(out, "exists and is not a directory; the onnx format is a directory")
-    out.mkdir(parents=True, exist_ok=True)
     model = src.model.float().cpu().eval()
-    cfg = model.config
-    old_impl = model.image_encoder.attn_impl
-    model.image_encoder.attn_impl = "fast"
     steps = ["image encoder", "prompt + mask decoder"] + (["verify (onnxruntime)"] if verify else [])
     bar = tqdm(total=len(steps), desc="onnx export", disable=not progress, unit="step")
     info: dict = {"opset": opset, "exporter": "torch.onnx.export(dynamo=False)", "torch": torch.__version__}
+    with atomic_dir(out) as tmp:  # a new directory appears whole or not at all
+        _write_graphs(model, tmp, opset, verify, bar, steps, info)
+        _write_meta(src, tmp, info, data_description)
+    notes = ["kept: weights as two graphs (fast encoder path), model config, preprocessing, training summary"]
+    if verify:
+        v = info["verification"]
+        notes.append(f"verified with onnxruntime {v['onnxruntime']}: image embeddings max |diff| "
+                     f"{v['encoder_max_abs']:.2e}, low-res masks max |diff| {v['masks_max_abs']:.2e} "
+                     f"(end to end {v['end_to_end_masks_max_abs']:.2e}; tolerance {ONNX_TOLERANCE})")
+    return ExportResult("onnx", [out / ENCODER_ONNX, out / DECODER_ONNX, out / CONFIG_FILE, out / CARD_FILE],
+                        src.notes + notes, info=info)
+
+
+def _write_graphs(model, out: Path, opset: int, verify: bool, bar, steps: list, info: dict) -> None:
+    """Export (and verify) the two graphs into ``out``; fills ``info["verification"]``."""
+    cfg = model.config
+    old_impl = model.image_encoder.attn_impl
+    model.image_encoder.attn_impl = "fast"
     try:
         bar.set_postfix_str(steps[0])
         image = torch.randn(1, cfg.in_chans, cfg.img_size, cfg.img_size, cfg.img_size,
                             generator=torch.Generator().manual_seed(0))
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TracerWarnings: the grid size is fixed by design
-            with atomic_path(out / ENCODER_ONNX) as tmp:
-                torch.onnx.export(
-                    _EncoderOnnx(model), (image,), str(tmp), dynamo=False, opset_version=opset,
-                    input_names=["image"], output_names=["image_embeddings"],
-                    dynamic_axes={"image": {0: "batch"}, "image_embeddings": {0: "batch"}},
-                )
+            torch.onnx.export(
+                _EncoderOnnx(model), (image,), str(out / ENCODER_ONNX), dynamo=False, opset_version=opset,
+                input_names=["image"], output_names=["image_embeddings"],
+                dynamic_axes={"image": {0: "batch"}, "image_embeddings": {0: "batch"}},
+            )
             bar.update()
             bar.set_postfix_str(steps[1])
             dec_in = _onnx_inputs(cfg)
-            with atomic_path(out / DECODER_ONNX) as tmp:
-                torch.onnx.export(
-                    _PromptMaskDecoderOnnx(model), dec_in, str(tmp), dynamo=False, opset_version=opset,
-                    input_names=["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
-                    output_names=["low_res_masks", "iou_predictions"],
-                    dynamic_axes={
-                        "point_coords": {0: "num_prompts", 1: "num_points"},
-                        "point_labels": {0: "num_prompts", 1: "num_points"},
-                        "mask_input": {0: "num_prompts"},
-                        "low_res_masks": {0: "num_prompts"},
-                        "iou_predictions": {0: "num_prompts"},
-                    },
-                )
+            torch.onnx.export(
+                _PromptMaskDecoderOnnx(model), dec_in, str(out / DECODER_ONNX), dynamo=False, opset_version=opset,
+                input_names=["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
+                output_names=["low_res_masks", "iou_predictions"],
+                dynamic_axes={
+                    "point_coords": {0: "num_prompts", 1: "num_points"},
+                    "point_labels": {0: "num_prompts", 1: "num_points"},
+                    "mask_input": {0: "num_prompts"},
+                    "low_res_masks": {0: "num_prompts"},
+                    "iou_predictions": {0: "num_prompts"},
+                },
+            )
             bar.update()
         if verify:
             bar.set_postfix_str(steps[2])
@@ -159,6 +173,11 @@ def export_onnx(
     finally:
         model.image_encoder.attn_impl = old_impl
         bar.close()
+
+
+def _write_meta(src, out: Path, info: dict, data_description: Optional[str]) -> None:
+    """``config.json`` and the model card next to the graphs in ``out``."""
+    cfg = src.model.config
     meta = dict(src.meta)
     meta["export"] = provenance(src, "onnx")
     meta["onnx"] = {
@@ -189,14 +208,6 @@ def export_onnx(
              "says (`input_mode`, `preprocess`).")
     write_text_atomic(out / CARD_FILE, model_card(meta, cfg, src.metrics, files,
                                                   data_description or src.meta.get("data_description"), usage))
-    notes = ["kept: weights as two graphs (fast encoder path), model config, preprocessing, training summary"]
-    if verify:
-        v = info["verification"]
-        notes.append(f"verified with onnxruntime {v['onnxruntime']}: image embeddings max |diff| "
-                     f"{v['encoder_max_abs']:.2e}, low-res masks max |diff| {v['masks_max_abs']:.2e} "
-                     f"(end to end {v['end_to_end_masks_max_abs']:.2e}; tolerance {ONNX_TOLERANCE})")
-    return ExportResult("onnx", [out / ENCODER_ONNX, out / DECODER_ONNX, out / CONFIG_FILE, out / CARD_FILE],
-                        src.notes + notes, info=info)
 
 
 def verify_onnx(out_dir: "str | os.PathLike", model, tolerance: float = ONNX_TOLERANCE, seed: int = 0) -> dict:

@@ -1,7 +1,8 @@
 """``--format safetensors``: a model directory (``model.safetensors`` + ``config.json`` + model card).
 
 The same layout training writes, so ``load_sam_med3d`` and ``sam-l1dfl infer`` take it
-directly and reproduce the run's preprocessing.
+directly and reproduce the run's preprocessing.  Written into a temporary sibling directory
+that is renamed into place (:func:`~sam_l1dfl.io_utils.atomic_dir`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from typing import Optional
 
 from sam_l1dfl.errors import CheckpointError
 from sam_l1dfl.export.card import model_card
-from sam_l1dfl.export.source import ExportResult, as_source, provenance, refuse_overwrite
+from sam_l1dfl.export.source import ExportResult, as_source, provenance
 from sam_l1dfl.formats import CARD_FILE, CONFIG_FILE, MODEL_FILE
-from sam_l1dfl.io_utils import sha256_file, write_text_atomic
+from sam_l1dfl.io_utils import atomic_dir, refuse_overwrite, sha256_file, write_text_atomic
 from sam_l1dfl.model.weights import save_model_dir
 
 _SAFETENSORS_USAGE = """\
@@ -36,7 +37,8 @@ def export_safetensors(
     """Write a model directory: ``model.safetensors``, ``config.json``, ``README.md``."""
     src = as_source(source, trust)
     out = Path(out_dir)
-    refuse_overwrite(out, src.inputs(), (MODEL_FILE, CONFIG_FILE, CARD_FILE))
+    refuse_overwrite([out] + [out / f for f in (MODEL_FILE, CONFIG_FILE, CARD_FILE)], src.inputs(),
+                     hint="choose another --out", error=CheckpointError)
     if out.exists() and not out.is_dir():
         raise CheckpointError(out, "exists and is not a directory; the safetensors format is a directory")
     meta = dict(src.meta)
@@ -47,11 +49,12 @@ def export_safetensors(
         }
     if data_description:
         meta["data_description"] = data_description
-    save_model_dir(src.model, out, meta)
-    files = {MODEL_FILE: sha256_file(out / MODEL_FILE), CONFIG_FILE: sha256_file(out / CONFIG_FILE)}
-    card = model_card(meta, src.config, src.metrics, files, data_description or src.meta.get("data_description"),
-                      usage=_SAFETENSORS_USAGE.replace("THIS_DIR", out.name))
-    write_text_atomic(out / CARD_FILE, card)
+    with atomic_dir(out) as tmp:  # a new directory appears whole or not at all
+        save_model_dir(src.model, tmp, meta)
+        files = {MODEL_FILE: sha256_file(tmp / MODEL_FILE), CONFIG_FILE: sha256_file(tmp / CONFIG_FILE)}
+        card = model_card(meta, src.config, src.metrics, files, data_description or src.meta.get("data_description"),
+                          usage=_SAFETENSORS_USAGE.replace("THIS_DIR", out.name))
+        write_text_atomic(tmp / CARD_FILE, card)
     notes = ["kept: all weights, model config, input mode, preprocessing, prompt types, loss, training summary"]
     if src.metrics_path:
         notes.append(f"model card metrics from {src.metrics_path}")

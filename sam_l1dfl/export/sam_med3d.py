@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from sam_l1dfl.errors import CheckpointError
-from sam_l1dfl.export.source import ExportResult, as_source, refuse_overwrite
-from sam_l1dfl.io_utils import atomic_path
+from sam_l1dfl.export.source import ExportResult, as_source
+from sam_l1dfl.io_utils import atomic_path, refuse_overwrite
 from sam_l1dfl.model.weights import official_state_dict
 
 
@@ -24,7 +24,7 @@ def export_sam_med3d(
     """Write ``{"model_state_dict": ...}`` in the official layout (plain tensors only)."""
     src = as_source(source, trust)
     out = Path(out)
-    refuse_overwrite(out, src.inputs())
+    refuse_overwrite([out], src.inputs(), hint="choose another --out", error=CheckpointError)
     if out.is_dir():
         raise CheckpointError(out, "is a directory; the sam-med3d format is a single .pth file")
     try:

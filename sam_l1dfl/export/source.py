@@ -5,7 +5,8 @@
   :func:`apply_delta` rebuilds one from a delta and its base (the reading is
   :mod:`sam_l1dfl.model.delta`).
 * :class:`ExportResult`, what each writer returns.
-* :func:`refuse_overwrite` and :func:`provenance`, shared by the writers.
+* :func:`provenance`, shared by the writers; :meth:`ExportSource.inputs` lists what the writers
+  must not overwrite (checked with :func:`sam_l1dfl.io_utils.refuse_overwrite`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from sam_l1dfl.data.preprocess import IntensityConfig
 from sam_l1dfl.errors import CheckpointError
 from sam_l1dfl.formats import CONFIG_FILE, METRICS_FILE, MODEL_FILE
 from sam_l1dfl.model.checkpoint import load_sam_med3d
-from sam_l1dfl.model.delta import delta_keys, delta_meta, is_delta_file, read_delta_header
-from sam_l1dfl.model.weights import read_model_meta, resolve_model_path
+from sam_l1dfl.model.delta import delta_meta, is_delta_file, read_delta_header
+from sam_l1dfl.model.weights import read_model_meta, read_safetensors, resolve_model_path
 
 
 # ---------------------------------------------------------------------------------- sources
@@ -138,15 +139,6 @@ def as_source(source, trust: bool) -> ExportSource:
     return source if isinstance(source, ExportSource) else load_source(source, trust=trust)
 
 
-def refuse_overwrite(out: Path, inputs, writes=()) -> None:
-    """Refuse an output that is, or would write over, one of the inputs."""
-    o = out.resolve()
-    targets = {o} | {(o / w) for w in writes}
-    for p in inputs:
-        if p is not None and Path(p).exists() and Path(p).resolve() in targets:
-            raise CheckpointError(out, f"would overwrite the input {p}; choose another --out")
-
-
 def provenance(src: ExportSource, fmt: str) -> dict:
     return {
         "format": fmt,
@@ -166,7 +158,7 @@ def apply_delta(
     meta, metrics = delta_meta(delta, read_delta_header(delta))
     base = resolve_model_path(base)
     model = load_sam_med3d(delta, base=base, trust=trust)
-    n = len(delta_keys(delta))
+    n = len(read_safetensors(delta, keys_only=True)[0])
     model.load_report.notes.append(f"delta applied: {delta} ({n} tensors)")
     return ExportSource(
         model=model,

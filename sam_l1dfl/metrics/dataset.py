@@ -16,9 +16,12 @@ Several click counts: give ``pred_dir`` as ``{clicks: dir}``, as a list of dirs 
 ``clicks<N>``), optionally selected by ``clicks``.
 
 Files are read with :mod:`sam_l1dfl.data.io` (:func:`~sam_l1dfl.data.io.read_mask`,
-:func:`~sam_l1dfl.data.io.read_image`).  A prediction must be on the reference grid (size,
-spacing, origin, direction; :func:`sam_l1dfl.data.geometry.grid_mismatches`), and so must the PET;
-otherwise a one-line :class:`~sam_l1dfl.errors.InputError` names the file.  Lesion positions are
+:func:`~sam_l1dfl.data.io.read_image`): a truncated or corrupt file, NaN/inf PET voxels, a mask
+with negative or non-integer values are refused.  A prediction must be on the reference grid
+(size, spacing, origin, direction; :func:`sam_l1dfl.data.geometry.grid_mismatches`), and so must
+the PET.  Every case's files are checked; when some are unusable no report is written (metrics
+over a silently smaller set would mislead) and one :class:`~sam_l1dfl.errors.InputError` names the
+first file and lists the other cases (:func:`failed_cases_error`).  Lesion positions are
 world millimetres of the reference :class:`~sam_l1dfl.data.geometry.Grid`.
 
 This module is the evaluation loop; the columns, definitions and run summaries come from
@@ -256,6 +259,17 @@ def read_evaluation_case(gt_path: Path, pred_path: Path | None, pet_path: Path |
 # --------------------------------------------------------------------------- data set
 
 
+def failed_cases_error(failed: "Sequence[tuple[str, InputError]]") -> InputError:
+    """One :class:`InputError` for every case of a run that could not be read: the first one's
+    file and problem, and the ids of the others."""
+    (_, first), others = failed[0], [c for c, _ in failed[1:]]
+    if not others:
+        return first
+    more = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+    return InputError(first.path, f"{first.problem} (and {len(others)} more unusable case(s): {more})")
+
+
+
 @dataclass
 class EvaluationResult:
     """Rows of ``metrics.csv`` / ``lesions.csv``, the ``summary.json`` content, written paths."""
@@ -313,8 +327,15 @@ def evaluate_dataset(
         draw = mips and k == len(runs) - 1
         rows_run, les_run = [], []
         desc = "evaluate" + ("" if nclicks is None else f" ({nclicks} clicks)")
+        failed: list[tuple[str, InputError]] = []
         for case in tqdm(sorted(gt), desc=desc, unit="case", disable=not progress):
-            gt_img, pred, ref, pet, spacing = read_evaluation_case(gt[case], preds.get(case), pets[case])
+            try:
+                gt_img, pred, ref, pet, spacing = read_evaluation_case(gt[case], preds.get(case), pets[case])
+            except InputError as exc:
+                failed.append((case, exc))
+                continue
+            if failed:  # no report will be written: only check the remaining cases' files
+                continue
             res = evaluate_case(pred, ref, spacing, pet, case=case, clicks=nclicks,
                                 index_to_world=Grid.from_image(gt_img).array_index_to_world)
             res.row.update(gt_file=str(gt[case]), pred_file=str(preds.get(case, "")),
@@ -328,6 +349,8 @@ def evaluate_dataset(
                     figures["cases"].append((case, case_figure(gt_img, pet, res.matching, title)))
                 else:
                     figures["cases_left_out"] = figures.get("cases_left_out", 0) + 1
+        if failed:
+            raise failed_cases_error(failed)
         cases_rows += rows_run
         lesion_rows += les_run
         run_summaries.append(summarize_run(rows_run, les_run, n_resamples, seed))

@@ -114,7 +114,7 @@ def load_sam_med3d(
     expected = empty.state_dict()
     sd, new, missing, unexpected, mismatched = fit_state_dict(sd, expected)
     if mismatched or (strict and (missing or unexpected)):
-        raise fit_error(path, cfg, missing, unexpected, mismatched)
+        raise fit_error(path, missing, unexpected, mismatched)
     sd = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in sd.items() if k in expected}
     if missing:  # non-strict: start the missing tensors from a real initialisation
         model = SamMed3D(cfg, attn_impl=attn_impl)

@@ -22,7 +22,14 @@ from sam_l1dfl.errors import CheckpointError
 from sam_l1dfl.formats import DELTA_FORMAT, DELTA_VERSION, MODEL_FILE
 from sam_l1dfl.io_utils import sha256_file
 from sam_l1dfl.model.config import SamMed3DConfig
-from sam_l1dfl.model.weights import fit_error, fit_state_dict, read_weights, resolve_model_path, skeleton
+from sam_l1dfl.model.weights import (
+    fit_error,
+    fit_state_dict,
+    read_safetensors,
+    read_weights,
+    resolve_model_path,
+    skeleton,
+)
 
 
 def weights_file(path: Path) -> Path:
@@ -46,16 +53,10 @@ def is_delta_file(path: "str | os.PathLike") -> bool:
 
 def read_delta_header(path: "str | os.PathLike") -> dict:
     """The delta's metadata (all strings), checked for format, version and required keys."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "no such file" if not path.exists() else "not a regular file")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            md = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(path, f"not a readable safetensors file ({exc})") from None
+    md = read_safetensors(path, keys_only=True)[1]
     if md.get("format") != DELTA_FORMAT:
         raise CheckpointError(path, f"is not a sam-l1dfl delta (no \"format\": \"{DELTA_FORMAT}\" in its metadata)")
     if md.get("version") != DELTA_VERSION:
@@ -115,8 +116,8 @@ def read_delta_checkpoint(
     expected = skeleton(cfg).state_dict()
     sd, _, missing, unexpected, mismatched = fit_state_dict(base_sd, expected)
     if missing or unexpected or mismatched:
-        raise fit_error(base, cfg, missing, unexpected, mismatched)
-    upd = _read_tensors(path)
+        raise fit_error(base, missing, unexpected, mismatched)
+    upd = read_safetensors(path)[0]
     unknown = [k for k in upd if k not in expected]
     bad = [k for k in upd if k in expected and upd[k].shape != expected[k].shape]
     if unknown or bad:
@@ -126,27 +127,6 @@ def read_delta_checkpoint(
     sd.update(upd)
     sd = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in sd.items()}
     return sd, f"sam-l1dfl delta on {base.name}", cfg, sha256_file(path)
-
-
-def delta_keys(path: "str | os.PathLike") -> list[str]:
-    """Names of the tensors a delta replaces (header only)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return list(f.keys())
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(path, f"not a readable safetensors file ({exc})") from None
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(path, f"not a readable safetensors file ({exc})") from None
 
 
 def delta_meta(path: "str | os.PathLike", md: Optional[dict] = None) -> tuple[dict, Optional[dict]]:

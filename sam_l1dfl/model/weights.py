@@ -11,10 +11,14 @@
   embeddings, inflated input channels, missing/unexpected/mismatched keys).
 * :func:`save_model_dir`, :func:`read_model_meta`, :func:`official_state_dict`: writing.
 
-Pickles are read with ``torch.load(weights_only=True)`` and an allowlist of the harmless types
-the official files contain (``argparse.Namespace``, ``collections.Counter`` from the LR
-scheduler, numpy scalars).  Anything else is refused with a :class:`CheckpointError` naming the
-offending globals, unless ``trust=True``.
+Pickles are read by :func:`torch_load`, also used to vet training states
+(:mod:`sam_l1dfl.training.runtime`): a file that is not a ``torch.save`` file at all (text, a
+Git LFS pointer, a truncated zip) is refused as such first; then ``torch.load(weights_only=True)``
+with an allowlist of the harmless types the official files contain (:func:`safe_globals`:
+``argparse.Namespace``, ``collections.Counter`` from the LR scheduler, numpy scalars and
+arrays).  Anything else is refused with a :class:`CheckpointError` naming the offending globals,
+unless ``trust=True``.  :func:`compare_state_dicts` and :func:`describe_fit` check and describe
+how any state dict fits a network (the CNN loader uses them too).
 
 Deltas are read by :mod:`sam_l1dfl.model.delta`; :mod:`sam_l1dfl.model.checkpoint` is the
 loader that dispatches between the two and builds the model.  File names and format tags come
@@ -23,19 +27,24 @@ from :mod:`sam_l1dfl.formats`.
 
 from __future__ import annotations
 
+import argparse
+import codecs
+import collections
 import json
 import os
 import pickle
 import re
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from sam_l1dfl.errors import CheckpointError
 from sam_l1dfl.formats import CONFIG_FILE, DELTA_FORMAT, DIR_FORMAT, META_CONFIG_KEY, MODEL_FILE
-from sam_l1dfl.io_utils import atomic_path, sha256_file, write_json_atomic
+from sam_l1dfl.io_utils import atomic_dir, sha256_file, write_json_atomic
 from sam_l1dfl.model.config import SamMed3DConfig
 from sam_l1dfl.model.sam import SamMed3D
 
@@ -46,20 +55,18 @@ _PREFIXES = ("module.", "_orig_mod.")
 
 
 # ---------------------------------------------------------------------------------- reading
-def _safe_globals() -> list:
-    """Types that the official training checkpoints pickle besides tensors; all inert."""
-    import argparse
-    import collections
+def safe_globals() -> list:
+    """The allowlist of :func:`torch_load`: types besides tensors that harmless pickles hold.
 
-    allowed: list = [argparse.Namespace, collections.Counter]
-    try:  # numpy scalars / dtypes (e.g. a best_loss stored as np.float64)
-        import numpy as np
-
-        core = getattr(np, "_core", None) or np.core
-        allowed += [core.multiarray.scalar, np.dtype]
-        allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
-    except Exception:  # pragma: no cover - numpy layout differences
-        pass
+    ``argparse.Namespace`` and ``collections.Counter`` (official training checkpoints), numpy
+    scalars, dtypes and arrays (``best_loss`` values, Accelerate's RNG states); all inert.
+    """
+    core = getattr(np, "_core", None) or np.core
+    allowed: list = [argparse.Namespace, collections.Counter, codecs.encode, core.multiarray.scalar,
+                     core.multiarray._reconstruct, np.ndarray, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
     return allowed
 
 
@@ -74,7 +81,36 @@ def summarise_keys(keys, limit: int = 8) -> str:
     return ", ".join(items[:limit]) + more
 
 
-def _unsafe_globals(path: Path, exc: Exception) -> list[str]:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def not_a_torch_file(path: Path) -> Optional[str]:
+    """Why ``path`` cannot be a ``torch.save`` file (None when it may be one), from its first
+    bytes and, for a zip archive, its central directory; nothing is unpickled."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"version https://git-lfs"):
+        return "it is a Git LFS pointer, not the file itself (run `git lfs pull`)"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "truncated or corrupt (the zip archive's directory at its end is missing or damaged)"
+        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return "a zip archive without the data.pkl of torch.save"
+        return None
+    if head[:1] == b"\x80":  # a pickle (protocol 2+), also torch.save's legacy format
+        return None
+    return f"neither a torch.save zip archive nor a pickle (it starts with {head[:16]!r})"
+
+
+def _refusal(path: Path, exc: Exception) -> str:
+    """Why the restricted unpickler refused ``path``: the disallowed globals, or its message."""
     names: list[str] = []
     try:
         names = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
@@ -83,28 +119,53 @@ def _unsafe_globals(path: Path, exc: Exception) -> list[str]:
     if not names:
         m = re.findall(r"GLOBAL ([\w\.]+ ?[\w\.]*)", str(exc))
         names = [n.replace(" ", ".") for n in m]
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _safe_globals()}
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in safe_globals()}
     names = [n for n in names if n not in allowed] or names
-    return sorted(set(names)) or ["(unknown; see torch.load's message)"]
+    if names:
+        return (f"the file needs {', '.join(sorted(set(names)))}, which is not a tensor or a known-harmless type "
+                "and could run arbitrary code")
+    m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(exc))
+    return (f"the safe unpickler cannot read it ({m.group(1).strip() if m else _first_line(exc)}), and a full "
+            "unpickle could run arbitrary code")
 
 
-def _torch_load(path: Path, trust: bool) -> Any:
+def torch_load(path: "str | os.PathLike", trust: bool = False, what: str = "PyTorch checkpoint",
+               check_only: bool = False) -> Any:
+    """``torch.load`` that never runs code unless ``trust``; every failure is one CheckpointError.
+
+    A file that is not a ``torch.save`` file (:func:`not_a_torch_file`) is refused as such, with
+    or without ``trust``.  Then ``torch.load(weights_only=True)`` with :func:`safe_globals`;
+    anything else is refused naming the offending globals, unless ``trust`` (then the full
+    unpickler).  ``check_only``: the restricted load only (tensors memory-mapped, nothing
+    returned), to vet a file that another library loads next; with ``trust`` it does nothing more
+    than the first check.  ``what`` names the file in messages.
+    """
+    path = Path(path)
+    why = not_a_torch_file(path)
+    if why:
+        raise CheckpointError(path, f"not a {what}: {why}")
+    if check_only and trust:
+        return None
+    mmap = check_only and zipfile.is_zipfile(path)
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(safe_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        return None if check_only else obj
     except pickle.UnpicklingError as exc:
-        if trust:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        offenders = _unsafe_globals(path, exc)
-        raise CheckpointError(
-            path,
-            "refusing to unpickle: the file needs " + ", ".join(offenders)
-            + ", which is not a tensor or a known-harmless type and could run arbitrary code; "
-            "pass --trust (trust=True) only if you trust where this file came from",
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, ImportError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({first})") from None
+        if not trust:
+            raise CheckpointError(
+                path,
+                f"refusing to unpickle: {_refusal(path, exc)}; "
+                "pass --trust (trust=True) only if you trust where this file came from",
+            ) from None
+    except EOFError:
+        raise CheckpointError(path, f"not a {what}: truncated (the pickle ends early)") from None
+    except (RuntimeError, OSError, ValueError, KeyError, IndexError, AttributeError, ImportError) as exc:
+        raise CheckpointError(path, f"not a readable {what} ({_first_line(exc)})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # anything may fail in an arbitrary pickle
+        raise CheckpointError(path, f"not a readable {what} ({type(exc).__name__}: {_first_line(exc)})") from None
 
 
 def _unwrap(obj: Any, path: Path) -> tuple[dict, str]:
@@ -175,7 +236,7 @@ def read_weights(
             if "model" in meta:
                 cfg = SamMed3DConfig.from_dict(meta["model"], source=str(side))
         return sd, fmt, cfg, sha256_file(path)
-    obj = _torch_load(path, trust)
+    obj = torch_load(path, trust)
     sd, fmt = _unwrap(obj, path)
     return sd, fmt, None, sha256_file(path)
 
@@ -215,15 +276,21 @@ def _looks_like_safetensors(head: bytes, path: Path) -> bool:
     return 2 <= n <= path.stat().st_size - 8 and head[8:9] == b"{"
 
 
-def _read_safetensors(path: Path) -> tuple[dict, str, Optional[SamMed3DConfig]]:
+def read_safetensors(path: "str | os.PathLike", keys_only: bool = False) -> tuple[dict, dict]:
+    """``(tensors, metadata)`` of a safetensors file (``keys_only``: the tensor names mapped to
+    None, header only); an unreadable file is a one-line :class:`CheckpointError`."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}
+            return {k: None if keys_only else f.get_tensor(k) for k in f.keys()}, meta
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(path, f"not a readable safetensors file ({exc})") from None
+        raise CheckpointError(path, f"not a readable safetensors file ({_first_line(exc)})") from None
+
+
+def _read_safetensors(path: Path) -> tuple[dict, str, Optional[SamMed3DConfig]]:
+    sd, meta = read_safetensors(path)
     cfg = None
     if META_CONFIG_KEY in meta:
         try:
@@ -338,6 +405,12 @@ def fit_state_dict(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
             inflated[:, : w.shape[1]] = w
             sd[PATCH_KEY] = inflated
             new.append(f"{PATCH_KEY} input channels {w.shape[1]}..{e.shape[1] - 1} (zeros)")
+    return (sd, new, *compare_state_dicts(sd, expected))
+
+
+def compare_state_dicts(sd: dict, expected: dict) -> tuple[list, list, list]:
+    """``(missing, unexpected, mismatched)`` keys of ``sd`` against a model's ``expected`` state
+    dict; ``mismatched`` holds ``(key, file shape, model shape)``.  For any network."""
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     mismatched = [
@@ -345,10 +418,11 @@ def fit_state_dict(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
         for k in expected
         if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)
     ]
-    return sd, new, missing, unexpected, mismatched
+    return missing, unexpected, mismatched
 
 
-def fit_error(path, cfg: SamMed3DConfig, missing, unexpected, mismatched) -> CheckpointError:
+def describe_fit(missing, unexpected, mismatched) -> str:
+    """One line on what :func:`compare_state_dicts` found (key groups summarised)."""
     parts = []
     if missing:
         parts.append(f"{len(missing)} missing keys: {summarise_keys(missing)}")
@@ -358,12 +432,17 @@ def fit_error(path, cfg: SamMed3DConfig, missing, unexpected, mismatched) -> Che
         shown = [f"{k} (file {list(a)} vs model {list(b)})" for k, a, b in mismatched[:4]]
         more = f", ... and {len(mismatched) - 4} more" if len(mismatched) > 4 else ""
         parts.append(f"{len(mismatched)} shape mismatches: " + ", ".join(shown) + more)
+    return "; ".join(parts)
+
+
+def fit_error(path, missing, unexpected, mismatched) -> CheckpointError:
+    """The loader's error for a SAM-Med3D state dict that does not fit the model's config."""
     hint = ""
     if any(k in BOX_KEYS for k in unexpected):
         hint = "; the file has box embeddings: use a config with use_boxes=True"
     elif mismatched or missing:
         hint = "; is the model config right? (cfg=None infers it from the file)"
-    return CheckpointError(path, "does not fit the model: " + "; ".join(parts) + hint)
+    return CheckpointError(path, "does not fit the model: " + describe_fit(missing, unexpected, mismatched) + hint)
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -394,7 +473,8 @@ def official_state_dict(model: SamMed3D, drop_boxes: bool = False) -> "OrderedDi
 
 
 def save_model_dir(model: SamMed3D, out_dir: "str | os.PathLike", meta: Optional[dict] = None) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` into ``out_dir`` (each atomically).
+    """Write ``model.safetensors`` and ``config.json`` into ``out_dir``
+    (:func:`~sam_l1dfl.io_utils.atomic_dir`: a new directory appears whole or not at all).
 
     ``meta`` holds the run's other config.json fields (``input_mode``, ``preprocess``,
     ``prompt_types``, ``loss``, ``training``...); ``format``, ``version`` and ``model`` are set
@@ -405,15 +485,14 @@ def save_model_dir(model: SamMed3D, out_dir: "str | os.PathLike", meta: Optional
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise CheckpointError(out, "exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
     cfg: SamMed3DConfig = model.config
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(out / MODEL_FILE) as tmp:
-        save_file(sd, str(tmp), metadata={"format": DIR_FORMAT, META_CONFIG_KEY: json.dumps(cfg.to_dict())})
     doc = {"format": DIR_FORMAT, "version": 1}
     doc.update({k: v for k, v in (meta or {}).items() if k not in ("format", "version", "model")})
     doc["model"] = cfg.to_dict()
-    write_json_atomic(out / CONFIG_FILE, doc)
+    with atomic_dir(out) as tmp:
+        save_file(sd, str(tmp / MODEL_FILE), metadata={"format": DIR_FORMAT, META_CONFIG_KEY: json.dumps(cfg.to_dict())})
+        write_json_atomic(tmp / CONFIG_FILE, doc)
     return out
 
 

@@ -6,7 +6,9 @@ reading and writing files (of either kind, with validation) is :mod:`sam_l1dfl.p
 The image path is stored relative to the prompt file's folder when it can be, and resolved
 relative to it on load.  Voxel indices in the file are recomputed from the world positions and
 the grid (of the ``image`` given, else the one recorded in the file); a file whose indices
-disagree with its world positions by more than 0.01 voxel is rejected.
+disagree with its world positions (on its recorded grid) by more than 0.01 voxel is rejected,
+with or without an image (e.g. RAS world values under the ``LPS`` label).  A box must have
+positive sizes (:func:`~sam_l1dfl.prompts.types.placed_box`, shared with Slicer ROIs).
 """
 
 from __future__ import annotations
@@ -21,13 +23,12 @@ from sam_l1dfl.errors import PromptError
 from sam_l1dfl.prompts.types import (
     FORMAT,
     VERSION,
-    BoxPrompt,
     CasePrompts,
     ImageRef,
     LesionPrompts,
     PointPrompt,
-    box_index_envelope,
     image_ref_from_dict,
+    placed_box,
     relative_path,
 )
 
@@ -79,26 +80,18 @@ def from_document(doc: dict[str, Any], path, image=None) -> CasePrompts:
                 if len(world) != 3:
                     bad(f"lesion {lid}: a point needs 3 world coordinates")
                 idx = tuple(float(v) for v in ref.world_to_index(world))
-                if "index" in p and p["index"] is not None and image is None:
-                    if not np.allclose(idx, [float(v) for v in p["index"]], atol=0.01, rtol=0):
-                        bad(f"lesion {lid}: point index {p['index']} disagrees with its world position {list(world)}")
+                if "index" in p and p["index"] is not None:  # the file's index is on the grid it records
+                    if not np.allclose(stored.world_to_index(world), [float(v) for v in p["index"]], atol=0.01, rtol=0):
+                        bad(f"lesion {lid}: point index {p['index']} disagrees with its world position {list(world)} "
+                            "(check the coordinate system: world positions are LPS mm)")
                 points.append(PointPrompt(world=world, index=idx, label=label, kind=str(p.get("kind", ""))))
             boxes = []
             for b in les.get("boxes", []):
-                box = BoxPrompt(
-                    center=tuple(float(v) for v in b["center"]),
-                    size=tuple(float(v) for v in b["size"]),
-                    orientation=tuple(float(v) for v in b.get("orientation", ref.direction)),
-                    index_min=(0.0, 0.0, 0.0),
-                    index_max=(0.0, 0.0, 0.0),
-                    kind=str(b.get("kind", "")),
-                )
-                if len(box.center) != 3 or len(box.size) != 3 or len(box.orientation) != 9:
-                    bad(f"lesion {lid}: a box needs center[3], size[3], orientation[9]")
-                if min(box.size) <= 0:
-                    bad(f"lesion {lid}: box size must be positive, got {list(box.size)}")
-                lo, hi = box_index_envelope(ref, box)
-                boxes.append(BoxPrompt(box.center, box.size, box.orientation, lo, hi, box.kind))
+                try:
+                    boxes.append(placed_box(ref, b["center"], b["size"], b.get("orientation", ref.direction),
+                                            str(b.get("kind", ""))))
+                except ValueError as exc:
+                    bad(f"lesion {lid}: {exc}")
         except PromptError:
             raise
         except (KeyError, TypeError, ValueError) as exc:

@@ -18,7 +18,9 @@ Import accepts what Slicer writes: any number of ``Fiducial`` and ``ROI`` markup
 or label says ``negative``/``neg``, or its label has the ``L<id>-<n>`` form, or its markup is
 named ``negative``; otherwise positive.  Its lesion is ``L<id>`` in the label, ``lesion <id>`` in
 the description or markup name, else lesion 1.  Undefined control points
-(``positionStatus`` != ``defined``) are skipped.
+(``positionStatus`` != ``defined``) are skipped.  An ROI must have positive sizes, as a box of our
+JSON (:func:`~sam_l1dfl.prompts.types.placed_box`).  The grid of ``image_path`` is read by
+:func:`sam_l1dfl.data.io.read_image_info`.
 """
 
 from __future__ import annotations
@@ -30,18 +32,18 @@ from typing import Any
 
 import numpy as np
 
-from sam_l1dfl.errors import PromptError
+from sam_l1dfl.data.io import read_image_info
+from sam_l1dfl.errors import InputError, PromptError
 from sam_l1dfl.io_utils import dumps_compact, write_text_atomic
 from sam_l1dfl.prompts.types import (
     NEGATIVE,
     POSITIVE,
-    BoxPrompt,
     CasePrompts,
     ImageRef,
     LesionPrompts,
     PointPrompt,
-    box_index_envelope,
     image_ref_from_dict,
+    placed_box,
     relative_path,
 )
 
@@ -311,16 +313,10 @@ def markups_to_prompts(doc: dict, path, image=None, image_path=None) -> CaseProm
             cps = mk.get("controlPoints") or [{}]
             mm = _LESION_RE.search(name) or _LESION_RE.search(str(cps[0].get("description", "")))
             lid = int(mm.group(1)) if mm else 1
-            box = BoxPrompt(
-                center=tuple(float(v) for v in center),
-                size=tuple(float(v) for v in size),
-                orientation=tuple(float(v) for v in orient.ravel()),
-                index_min=(0.0,) * 3,
-                index_max=(0.0,) * 3,
-                kind=_box_kind(cps[0]),
-            )
-            lo, hi = box_index_envelope(ref, box)
-            lesion(lid).boxes.append(BoxPrompt(box.center, box.size, box.orientation, lo, hi, box.kind))
+            try:
+                lesion(lid).boxes.append(placed_box(ref, center, size, orient.ravel(), _box_kind(cps[0])))
+            except ValueError as exc:
+                raise PromptError(path, f"ROI {name!r}: {exc}") from None
     case_id = str(meta.get("case_id") or Path(path).name.split(".")[0])
     lesions = [by_lesion[k] for k in sorted(by_lesion)]
     return CasePrompts(case_id=case_id, image=ref, lesions=lesions, generator=dict(meta.get("generator", {}) or {}))
@@ -351,14 +347,10 @@ def _grid(meta: dict, path, image, image_path) -> ImageRef:
             sha256=stored.sha256 if stored else None,
         )
     if image_path is not None:
-        import SimpleITK as sitk
-
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(os.fspath(image_path))
         try:
-            reader.ReadImageInformation()
-        except RuntimeError:
-            raise PromptError(path, f"cannot read the image header of {image_path}") from None
+            reader = read_image_info(image_path)
+        except InputError as exc:
+            raise PromptError(path, f"cannot read the image header of {image_path} ({exc.problem})") from None
         return ImageRef(
             size=reader.GetSize(),
             spacing=reader.GetSpacing(),

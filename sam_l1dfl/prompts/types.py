@@ -201,6 +201,22 @@ def box_index_envelope(image: ImageRef, box: BoxPrompt) -> tuple[tuple[float, ..
     return tuple(float(v) for v in idx.min(0)), tuple(float(v) for v in idx.max(0))
 
 
+def placed_box(image: ImageRef, center, size, orientation, kind: str) -> BoxPrompt:
+    """A box read from a file (our JSON or a Slicer ROI), with its index envelope on ``image``.
+
+    Raises ``ValueError`` (the caller names the file) unless it has center[3], size[3] and
+    orientation[9] and every size is a positive finite number.
+    """
+    c, sz, o = (tuple(float(v) for v in x) for x in (center, size, orientation))
+    if len(c) != 3 or len(sz) != 3 or len(o) != 9:
+        raise ValueError("a box needs center[3], size[3], orientation[9]")
+    if not all(np.isfinite(sz)) or min(sz) <= 0:
+        raise ValueError(f"box size must be positive, got {list(sz)}")
+    box = BoxPrompt(c, sz, o, (0.0,) * 3, (0.0,) * 3, kind)
+    lo, hi = box_index_envelope(image, box)
+    return BoxPrompt(c, sz, o, lo, hi, kind)
+
+
 # -- the image reference as stored in a file (our JSON, or the "sam_l1dfl" block of a markups file):
 #    the image path is written relative to the file's folder when it can be, and resolved on load
 def relative_path(path: str, folder) -> str:

@@ -67,7 +67,7 @@ def collate(items: list[dict]) -> dict:
 
 
 class TrainState(Progress):
-    """Progress counters saved with every state (``register_for_checkpointing``)."""
+    """Progress counters saved with every state (``run_state.json``)."""
 
     defaults = {**Progress.defaults, "batch_in_epoch": 0, "best_dice1": -1.0, "best_step": -1, "dice_before": None}
 
@@ -304,9 +304,14 @@ class FinetuneTrainer(Trainer):
                            val_history=st.val_history, losses=self.losses, metrics=metrics)
 
 
-def train(cfg: FinetuneConfig, resume: bool = False, accelerator=None, progress: bool = True) -> TrainResult:
-    """Fine-tune per ``cfg``; returns the run directory and Dice before/after (1, 3, 5 clicks)."""
-    return FinetuneTrainer(cfg, resume=resume, accelerator=accelerator, progress=progress).run()
+def train(cfg: FinetuneConfig, resume: bool = False, accelerator=None, progress: bool = True,
+          trust: bool = False) -> TrainResult:
+    """Fine-tune per ``cfg``; returns the run directory and Dice before/after (1, 3, 5 clicks).
+
+    ``trust``: with ``resume``, load a saved state even if its pickles need more than tensors
+    and plain values (:func:`~sam_l1dfl.training.runtime.check_state`); that can run code.
+    """
+    return FinetuneTrainer(cfg, resume=resume, accelerator=accelerator, progress=progress, trust=trust).run()
 
 
 __all__ = ["FinetuneTrainer", "SeededCrops", "TrainResult", "TrainState", "lr_lambda", "train"]

@@ -15,7 +15,11 @@ A training config is a tree of dataclasses whose root derives from :class:`RunCo
   share :class:`TrainConfig` with different defaults); frozen sections (the ``preprocess``
   :class:`~sam_l1dfl.data.preprocess.IntensityConfig`) are validated as they are built.
 * :meth:`RunConfig.validate_run` holds the checks both trainers share; each config's
-  ``validate()`` calls it, then checks its own sections.
+  ``validate()`` calls it, then checks its own sections.  :meth:`RunConfig.check_outputs` is
+  the run's output preflight (the run directory can be created, is not in a data folder, and
+  writes over no input).
+* A problem with a value set by a ``key=value`` override is blamed on the override
+  (:func:`blame_override`: ``command line: train.batch_size=0: ...``), not on the YAML file.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from typing import Any, ClassVar, Optional, TypeVar
 import yaml
 
 from sam_l1dfl.errors import ConfigError
+from sam_l1dfl.formats import METRICS_FILE
+from sam_l1dfl.io_utils import check_output_path, refuse_inside, refuse_overwrite
 from sam_l1dfl.losses import normalize_loss_name
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -157,6 +163,21 @@ class RunConfig:
     def validate(self):  # pragma: no cover - each config overrides it
         self.validate_run()
         return self
+
+    def check_outputs(self, inputs: "list | tuple" = ()) -> Path:
+        """Before any work: the run directory can be created, is not the data folder or inside
+        it, and nothing the run writes (``config.yaml`` with other contents, ``metrics.json``,
+        ``train_log.jsonl``, ``best/``, ``last/``, ``states/``) is one of ``inputs``."""
+        run = check_output_path(self.run_dir, folder=True)
+        for key in ("root", "val_root"):
+            refuse_inside(run, getattr(self.data, key, None), f"the data folder data.{key} =",
+                          "choose another output_dir or name")
+        cfg_file = run / "config.yaml"
+        same = cfg_file.is_file() and cfg_file.read_text() == self.to_yaml()
+        refuse_overwrite([run / METRICS_FILE, run / "train_log.jsonl"] + ([] if same else [cfg_file]), inputs,
+                         within=[run / "best", run / "last", run / "states"],
+                         hint="choose another output_dir or name, or copy the input out of the run directory")
+        return run
 
 
 def _plain(x: Any) -> Any:
@@ -306,12 +327,35 @@ def read_yaml_mapping(path: "str | os.PathLike") -> dict:
     return data
 
 
+def blame_override(exc: ConfigError, overrides: "list[str] | None") -> ConfigError:
+    """``exc`` as ``command line: <override>: <problem>`` when its key was set by an override
+    (the value checked is the override's, not the file's); ``exc`` unchanged otherwise."""
+    items = {}
+    for item in overrides or []:
+        key = item.split("=", 1)[0].strip().lstrip("-")
+        items[key] = item
+    problem = exc.problem
+    for key in sorted(items, key=len, reverse=True):
+        if problem.startswith(f"{key}:"):
+            return ConfigError("command line", f"{items[key]}:{problem[len(key) + 1:]}")
+        if problem.startswith(f"{key}[") or f"'{key}'" in problem:
+            return ConfigError("command line", f"{items[key]}: {problem}")
+    return exc
+
+
 def load_yaml(cls: "type[C]", path: "str | os.PathLike | None", overrides: "list[str] | None" = None) -> C:
-    """Read a YAML config of type ``cls`` (its defaults if ``path`` is None), apply overrides, validate."""
+    """Read a YAML config of type ``cls`` (its defaults if ``path`` is None), apply overrides, validate.
+
+    A problem with a value an override set names the override (``command line:
+    train.batch_size=0: must be >= 1, got 0``), not the file.
+    """
     data = read_yaml_mapping(path) if path is not None else {}
     data = merge(data, parse_overrides(overrides))
-    return config_from_mapping(cls, data, None if path is None else os.fspath(path))
+    try:
+        return config_from_mapping(cls, data, None if path is None else os.fspath(path))
+    except ConfigError as exc:
+        raise blame_override(exc, overrides) from None
 
 
-__all__ = ["DataSplitConfig", "LossConfig", "MIXED_PRECISION", "RunConfig", "TrainConfig", "config_from_mapping",
-           "from_mapping", "load_yaml", "merge", "parse_overrides", "read_yaml_mapping"]
+__all__ = ["DataSplitConfig", "LossConfig", "MIXED_PRECISION", "RunConfig", "TrainConfig", "blame_override",
+           "config_from_mapping", "from_mapping", "load_yaml", "merge", "parse_overrides", "read_yaml_mapping"]

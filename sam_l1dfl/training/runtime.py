@@ -4,8 +4,9 @@ SAM-Med3D fine-tuning (:mod:`sam_l1dfl.training.loop`) and the CNNs (:mod:`sam_l
 are two :class:`Trainer` subclasses.  The run directory ``<output_dir>/<name>/`` is the same::
 
     config.yaml            the resolved config (written when the run starts)
-    states/step_NNNNNNNN/  accelerator.save_state (model, optimizer, scheduler, RNG, progress);
-                           written to states/.tmp-… by every process, then renamed; last K kept
+    states/step_NNNNNNNN/  accelerator.save_state (model.safetensors, optimizer.bin, RNG states)
+                           + run_state.json (LR scheduler, progress counters); written to
+                           states/.tmp-… by every process, then renamed; last K kept
     best/  last/           the trainer's model directory (weights + config.json)
     metrics.json           the run's summary
     train_log.jsonl        one line per logged step and per validation
@@ -23,6 +24,15 @@ keep the last K states as ``checkpoints/checkpoint_<i>`` written in place, so
 :func:`save_run_state` keeps ``states/step_<N>`` (named by optimizer step) and writes it
 atomically instead.  :func:`~sam_l1dfl.seeding.seed_of` (re-exported here) seeds everything
 that must not depend on the process split or a resume.
+
+**Resuming runs no code from the run directory.**  Run directories get shared like
+checkpoints, and Accelerate unpickles registered objects with ``weights_only=False``; so
+nothing is registered with it: the scheduler and progress go to ``run_state.json``, and before
+``accelerator.load_state`` touches a state, :func:`check_state` vets every file in it
+(``torch.load(weights_only=True)`` of each pickle, the safetensors header, the JSON).  A state
+that needs more is refused in one line unless ``trust`` (``--trust``).  States written before
+``run_state.json`` (scheduler and progress as ``custom_checkpoint_{0,1}.pkl``) still resume:
+vetted the same way, then loaded as the registered objects they were.
 """
 
 from __future__ import annotations
@@ -42,9 +52,10 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from sam_l1dfl.data.discovery import discover_cases
-from sam_l1dfl.errors import ConfigError, InputError
-from sam_l1dfl.formats import METRICS_FILE
-from sam_l1dfl.io_utils import write_json_atomic, write_text_atomic
+from sam_l1dfl.errors import CheckpointError, ConfigError, InputError
+from sam_l1dfl.formats import METRICS_FILE, RUN_STATE_FILE
+from sam_l1dfl.io_utils import set_output_modes, write_json_atomic, write_text_atomic
+from sam_l1dfl.model.weights import read_safetensors, torch_load
 from sam_l1dfl.seeding import seed_of
 from sam_l1dfl.training.distributed import make_accelerator
 
@@ -123,9 +134,10 @@ def latest_state(states_dir: Path) -> Optional[Path]:
     return done[-1] if done else None
 
 
-def save_run_state(acc, states_dir: Path, step: int, keep_last: int) -> Path:
+def save_run_state(acc, states_dir: Path, step: int, keep_last: int, run_state: dict) -> Path:
     """``accelerator.save_state`` by every process (RNG states per process) into
-    ``states/.tmp-step_N``, renamed by the main process; keeps the last ``keep_last``."""
+    ``states/.tmp-step_N``, plus ``run_state`` as ``run_state.json``, renamed by the main
+    process; keeps the last ``keep_last``."""
     final = states_dir / f"{STATE_PREFIX}{step:08d}"
     tmp = states_dir / f".tmp-{final.name}"
     if acc.is_main_process:
@@ -135,6 +147,8 @@ def save_run_state(acc, states_dir: Path, step: int, keep_last: int) -> Path:
     acc.save_state(str(tmp))
     acc.wait_for_everyone()
     if acc.is_main_process:
+        write_json_atomic(tmp / RUN_STATE_FILE, run_state)
+        set_output_modes(tmp)  # safetensors writes model.safetensors 0600
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -144,8 +158,51 @@ def save_run_state(acc, states_dir: Path, step: int, keep_last: int) -> Path:
     return final
 
 
+_PICKLE_SUFFIXES = (".pkl", ".bin", ".pt", ".pth")
+LEGACY_STATE = "custom_checkpoint_*.pkl"  # scheduler and progress before run_state.json
+
+
+def check_state(state_dir: Path, trust: bool = False) -> None:
+    """Vet every file of a saved state that Accelerate or :meth:`Trainer.restore` would read,
+    before anything is unpickled: pickles must load with ``torch.load(weights_only=True)`` and
+    the allowlist of :func:`sam_l1dfl.model.weights.safe_globals` (with ``trust``: only be
+    ``torch.save`` files), safetensors files must have a readable header, JSON must parse.
+    Raises a one-line :class:`CheckpointError` naming the file."""
+    if not (state_dir / RUN_STATE_FILE).is_file() and not any(state_dir.glob(LEGACY_STATE)):
+        raise CheckpointError(state_dir, f"incomplete training state: no {RUN_STATE_FILE}")
+    for f in sorted(state_dir.iterdir()):
+        if f.suffix == ".safetensors":
+            read_safetensors(f, keys_only=True)
+        elif f.suffix == ".json":
+            _read_json(f)
+        elif f.suffix in _PICKLE_SUFFIXES:
+            if not f.is_file():
+                raise CheckpointError(f, "not a regular file")
+            torch_load(f, trust=trust, what="training state file", check_only=True)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(path, f"not valid JSON ({exc})") from None
+
+
+def _same_layout(a: Any, b: Any) -> bool:
+    """``a`` has the structure of ``b``: the same keys, list lengths, and kinds of leaves."""
+    if isinstance(b, dict):
+        return isinstance(a, dict) and a.keys() == b.keys() and all(_same_layout(a[k], b[k]) for k in b)
+    if isinstance(b, (list, tuple)):
+        return isinstance(a, (list, tuple)) and len(a) == len(b) and all(map(_same_layout, a, b))
+    if isinstance(b, bool) or b is None or isinstance(a, bool):
+        return type(a) is type(b)
+    if isinstance(b, (int, float)):
+        return isinstance(a, (int, float))
+    return type(a) is type(b)
+
+
 class Progress:
-    """Counters saved with every state (``register_for_checkpointing``); subclasses extend
+    """Counters saved with every state (in ``run_state.json``); subclasses extend
     ``defaults``.  Numbers are stored as they are, anything else as JSON text."""
 
     defaults: dict[str, Any] = {"global_step": 0, "epoch": 0, "val_history": []}
@@ -262,13 +319,14 @@ class Trainer:
     val_scalars: tuple[str, ...] = ("dice",)
     best_fields = ("best_dice", "best_epoch", "epoch")  # (score, where, counter it is taken from)
 
-    def __init__(self, cfg, resume: bool = False, accelerator=None, progress: bool = True):
+    def __init__(self, cfg, resume: bool = False, accelerator=None, progress: bool = True, trust: bool = False):
         cfg.validate()
-        self.cfg, self.resume, self.progress = cfg, bool(resume), progress
+        self.cfg, self.resume, self.progress, self.trust = cfg, bool(resume), progress, bool(trust)
         self.acc = accelerator or make_accelerator(cfg)
         self.main = self.acc.is_main_process
+        self.states_dir = cfg.run_dir / "states"
+        self.to_restore = self.state_to_resume()  # before anything is written or built
         self.run_dir = open_run(cfg, self.acc, self.resume)
-        self.states_dir = self.run_dir / "states"
         set_seed(cfg.seed)
         self.t_start = time.perf_counter()
         self.state = self.progress_type()
@@ -333,25 +391,50 @@ class Trainer:
 
     # -------------------------------------------------------------- shared steps
     def prepare(self, *objs):
-        """Register scheduler + progress for checkpointing, then ``accelerator.prepare(*objs)``."""
-        self.acc.register_for_checkpointing(self.scheduler, self.state)
+        """``accelerator.prepare(*objs)``; the scheduler and progress are saved by :meth:`save_state`."""
         return self.acc.prepare(*objs)
 
-    def restore(self) -> None:
-        """With ``resume``: load the newest state (or say that there is none)."""
+    def state_to_resume(self) -> Optional[Path]:
+        """With ``resume``: the newest state, vetted by :func:`check_state` (None: start fresh)."""
         if not self.resume:
-            return
+            return None
         latest = latest_state(self.states_dir)
         if latest is None:
             self.say(f"--resume: no saved state in {self.states_dir}; starting fresh")
+            return None
+        check_state(latest, self.trust)
+        return latest
+
+    def restore(self, latest: Optional[Path]) -> None:
+        """Load the state ``latest`` (from :meth:`state_to_resume`) into the prepared objects."""
+        if latest is None:
             return
-        self.acc.load_state(str(latest))
+        if any(latest.glob(LEGACY_STATE)):  # vetted above: tensors and plain values only
+            self.acc.register_for_checkpointing(self.scheduler, self.state)
+        self.acc.load_state(str(latest), **({"load_kwargs": {"weights_only": False}} if self.trust else {}))
+        if (latest / RUN_STATE_FILE).is_file():
+            self.load_run_state(latest / RUN_STATE_FILE)
         self.resumed_from = str(latest)
         self.last_saved = self.state.global_step
         self.acc.print(f"resumed from {latest} (step {self.state.global_step}, epoch {self.state.epoch})")
 
+    def run_state(self) -> dict:
+        """What ``run_state.json`` holds: the LR scheduler's and the progress counters' state dicts."""
+        return {"scheduler": self.scheduler.state_dict(), "progress": self.state.state_dict()}
+
+    def load_run_state(self, path: Path) -> None:
+        doc = _read_json(path)
+        problem = "does not hold this run's scheduler and progress state (another run or another sam-l1dfl version?)"
+        if not _same_layout(doc, self.run_state()):
+            raise CheckpointError(path, problem)
+        try:
+            self.scheduler.load_state_dict(doc["scheduler"])
+            self.state.load_state_dict(doc["progress"])
+        except (TypeError, ValueError, KeyError) as exc:
+            raise CheckpointError(path, f"{problem}: {exc}") from None
+
     def save_state(self) -> None:
-        save_run_state(self.acc, self.states_dir, self.state.global_step, self.cfg.train.keep_last)
+        save_run_state(self.acc, self.states_dir, self.state.global_step, self.cfg.train.keep_last, self.run_state())
         self.last_saved = self.state.global_step
         self.t_log = time.perf_counter()
 
@@ -437,14 +520,14 @@ class Trainer:
         return self.result(metrics, final)
 
     def run(self):
-        """setup → restore → on_train_start → fit → finish."""
+        """setup → restore (the state vetted when the trainer was made) → on_train_start → fit → finish."""
         self.setup()
-        self.restore()
+        self.restore(self.to_restore)
         self.log = RunLog(self.acc, self.run_dir, purge_step=self.state.global_step if self.resumed_from else None)
         self.on_train_start()
         self.fit()
         return self.finish()
 
 
-__all__ = ["EpochSampler", "Progress", "RunLog", "RunResult", "RunningMeans", "STATE_PREFIX", "Trainer", "latest_state",
-           "open_run", "peak_memory_mb", "save_run_state", "seed_of", "split_cases"]
+__all__ = ["EpochSampler", "Progress", "RunLog", "RunResult", "RunningMeans", "STATE_PREFIX", "Trainer", "check_state",
+           "latest_state", "open_run", "peak_memory_mb", "save_run_state", "seed_of", "split_cases"]
