@@ -9,7 +9,9 @@ Public API
 * :func:`make_loss` -- build ``l1dfl`` or a MONAI baseline (``dice``, ``dicefocal``, ``dicece``,
   ``focal``) by name.
 * :func:`make_training_loss` -- the same with the training-safe defaults both trainers use
-  (``mode="sigmoid"`` for SAM-Med3D's single logit, ``"softmax"`` for the 2-class CNNs).
+  (``mode="sigmoid"`` for SAM-Med3D's single logit, ``"softmax"`` for the 2-class CNNs);
+  :func:`loss_arguments` and :func:`training_loss_params` say which constructor arguments
+  those two pass (the comparison's ``--plan`` prints them).
 * :func:`normalize_loss_name` -- ``"Dice-Focal"`` → ``"dicefocal"``; the one spelling rule of the
   configs, the comparison and the factories.
 
@@ -71,8 +73,8 @@ from torch.nn.modules.loss import _Loss
 
 from sam_l1dfl.errors import ConfigError
 
-__all__ = ["L1DFLoss", "L1Histogram", "l1_bin_layout", "l1_histogram", "l1_voxel_weights", "make_loss",
-           "make_training_loss", "normalize_loss_name", "LOSS_NAMES"]
+__all__ = ["L1DFLoss", "L1Histogram", "l1_bin_layout", "l1_histogram", "l1_voxel_weights", "loss_arguments",
+           "make_loss", "make_training_loss", "normalize_loss_name", "training_loss_params", "LOSS_NAMES"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -476,6 +478,21 @@ def _defaults(name: str, mode: str) -> dict[str, Any]:
     return {"use_softmax": not sig, **onehot}
 
 
+def loss_arguments(name: str, mode: str = "sigmoid", **kwargs: Any) -> dict[str, Any]:
+    """The constructor arguments :func:`make_loss` passes for ``name`` in ``mode``: the mode's
+    defaults with ``kwargs`` over them (names checked against the class; values are not)."""
+    key = normalize_loss_name(name)
+    if mode not in ("sigmoid", "softmax"):
+        raise ConfigError(None, f"loss {key}: unknown mode {mode!r}; choose 'sigmoid' or 'softmax'")
+    accepted = [p for p in inspect.signature(_loss_class(key).__init__).parameters if p != "self"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            None, f"loss {key}: unknown option(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}"
+        )
+    return {**_defaults(key, mode), **kwargs}
+
+
 def make_loss(name: str, mode: str = "sigmoid", **kwargs: Any) -> torch.nn.Module:
     """Build a segmentation loss by name, as the fine-tuning configuration selects it.
 
@@ -488,7 +505,9 @@ def make_loss(name: str, mode: str = "sigmoid", **kwargs: Any) -> torch.nn.Modul
     ``(B, 1, ...)``) sets ``sigmoid=True`` (``use_softmax=False`` for focal); ``"softmax"`` (a
     2-class or multi-class CNN with a ``(B, 1, ...)`` label map) sets ``softmax=True``,
     ``to_onehot_y=True`` (``use_softmax=True`` for focal).  ``dice``, ``dicefocal`` and
-    ``dicece`` default to ``squared_pred=True`` (as SAM-Med3D's ``DiceCELoss`` and L1DFL's Dice).
+    ``dicece`` default to ``squared_pred=True`` (as SAM-Med3D's ``DiceCELoss`` and L1DFL's Dice);
+    the authors' baselines are MONAI's defaults, ``squared_pred=False``, which the comparison's
+    paper preset passes (``loss_params.dice.squared_pred=false``).
     Note that MONAI 1.6's ``DiceFocalLoss`` uses the *sigmoid* focal term even with
     ``softmax=True``.
 
@@ -499,18 +518,9 @@ def make_loss(name: str, mode: str = "sigmoid", **kwargs: Any) -> torch.nn.Modul
     :class:`sam_l1dfl.errors.ConfigError` (a ``ValueError``) naming them.
     """
     key = normalize_loss_name(name)
-    if mode not in ("sigmoid", "softmax"):
-        raise ConfigError(None, f"loss {key}: unknown mode {mode!r}; choose 'sigmoid' or 'softmax'")
-    cls = _loss_class(key)
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise ConfigError(
-            None, f"loss {key}: unknown option(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}"
-        )
-    args = {**_defaults(key, mode), **kwargs}
+    args = loss_arguments(key, mode, **kwargs)
     try:
-        return cls(**args)
+        return _loss_class(key)(**args)
     except (TypeError, ValueError) as exc:
         raise ConfigError(None, f"loss {key}: invalid option value: {exc}") from exc
 
@@ -527,10 +537,17 @@ def make_training_loss(name: str, params: "dict[str, Any] | None" = None, mode: 
     * ``batch=False``: per-sample Dice averaged over the local batch, so DDP's gradient average
       over processes equals the single-process mean over the global batch.
     """
-    kw = dict(params or {})
     key = normalize_loss_name(name)
-    if key == "l1dfl":
+    return make_loss(key, mode=mode, **training_loss_params(key, params))
+
+
+def training_loss_params(name: str, params: "dict[str, Any] | None" = None) -> dict[str, Any]:
+    """``params`` with the training-safe defaults of :func:`make_training_loss` added (``l1dfl``
+    only); ``loss_arguments(name, mode, **training_loss_params(name, params))`` is what the
+    trainers' loss is built with (the comparison's ``--plan`` prints it)."""
+    kw = dict(params or {})
+    if normalize_loss_name(name) == "l1dfl":
         kw.setdefault("sync_histogram", True)
         kw.setdefault("validate", False)
         kw.setdefault("batch", False)
-    return make_loss(key, mode=mode, **kw)
+    return kw

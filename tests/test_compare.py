@@ -91,7 +91,10 @@ def test_runner_end_to_end_and_resume(tmp_path):
     assert len(sp["train"]) == len(sp["val"]) == len(sp["test"]) == 1
     assert not set(sp["test"]) & set(sp["train"] + sp["val"])
     rows = list(csv.DictReader(open(out / "table.csv")))
-    assert [(r["model"], r["loss"]) for r in rows] == [("unet", "dice"), ("unet", "l1dfl")]
+    # the SUV-threshold baselines follow the trained rows (issue 15)
+    assert [(r["model"], r["loss"]) for r in rows] == [("unet", "dice"), ("unet", "l1dfl"), ("threshold", "SUV>=4"),
+                                                     ("threshold", "SUV>=3"), ("threshold", "41% SUVmax")]
+    rows = [r for r in rows if r["baseline"] == "False"]
     for r in rows:
         assert 0.0 <= float(r["dice_mean"]) <= 1.0 and float(r["fp_c1_mean"]) >= 0 and int(r["n_test_cases"]) == 1
         assert float(r["wall_seconds_mean"]) > 0 and float(r["peak_rss_mb_max"]) > 50

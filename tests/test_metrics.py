@@ -351,3 +351,122 @@ def test_evaluate_case_rows_and_world_positions():
     fp = res.lesions[2]
     assert fp["fp_c1"] is True and (fp["x_mm"], fp["y_mm"], fp["z_mm"]) == (70.0, 70.0, 70.0)
     assert res.lesions[0]["x_mm"] == pytest.approx(15.0)
+
+
+# ------------------------------------------------------------------ issue 15: paper's scoring, strata, calibration
+
+
+def test_lesion_free_dice_rules():
+    from sam_l1dfl.metrics.volume import empty_reference_dice
+
+    ref, clean, fp = z(), z(), z()
+    fp[5, 5, 5] = True
+    assert nan(dice(fp, ref)) and nan(dice(clean, ref))  # ours: undefined
+    assert dice(fp, ref, empty_ref="authors") == 0.0  # the authors': any false-positive voxel -> 0
+    assert dice(clean, ref, empty_ref="authors") == 1.0  # nothing predicted -> 1
+    les = z()
+    les[1:3, 1:3, 1:3] = True
+    assert dice(les, les, empty_ref="authors") == 1.0 and dice(fp, les, empty_ref="authors") == 0.0
+    assert empty_reference_dice(3, "authors") == 0.0 and nan(empty_reference_dice(0, "nan"))
+    with pytest.raises(ValueError, match="empty_ref"):
+        dice(fp, ref, empty_ref="zero")
+
+
+def _c3_case():
+    """Two lesions with a PET peak each; the prediction holds A's SUVmax voxel, touches B away from
+    its SUVmax voxel, and adds a blob far from both."""
+    ref, pred = z(), z()
+    pet = np.ones(SHAPE, dtype=np.float32)
+    ref[1:4, 1:4, 1:4] = True  # A (27 mL)
+    pet[2, 2, 2] = 9.0  # A's SUVmax
+    ref[6:9, 6:9, 6:9] = True  # B (27 mL)
+    pet[8, 8, 8] = 7.0  # B's SUVmax
+    pred[1:3, 1:3, 1:3] = True  # covers A's SUVmax voxel (IoU 8/27 < 0.5)
+    pred[6, 6, 6] = True  # touches B, not its SUVmax
+    pred[0, 9, 0] = True  # blob
+    return pred, ref, pet
+
+
+def test_c3_counting_per_reference_lesion():
+    pred, ref, pet = _c3_case()
+    m = match_lesions(pred, ref, SP, pet=pet)
+    assert m.counts["c1"] == {**m.counts["c1"], "tp": 2, "fp": 1, "fn": 0}
+    assert m.counts["c2"] == {**m.counts["c2"], "tp": 0, "fp": 3, "fn": 2}
+    # C3: A is a TP (its SUVmax voxel is predicted); the piece on B misses B's SUVmax voxel, so B is an
+    # FN and that piece an FP, as is the blob
+    c3 = m.counts["c3"]
+    assert (c3["tp"], c3["fp"], c3["fn"]) == (1, 2, 1)
+    assert c3["f1"] == pytest.approx(2 / (2 + 2 + 1))
+    assert [r["detected_c3"] for r in m.ref] == [True, False]
+    assert [r["suvmax_index"] for r in m.ref] == [(2, 2, 2), (8, 8, 8)]
+
+
+def test_new_strata_and_dissemination():
+    from sam_l1dfl.metrics.detection import row_stratum, stratum_of, SUVMAX_STRATA, TLU_STRATA
+    from sam_l1dfl.metrics.quantify import dissemination_mm
+
+    pred, ref, pet = _c3_case()
+    m = match_lesions(pred, ref, SP, pet=pet)
+    # A: SUVmax 9 -> 5-10; TLU = mean(26·1 + 9)/27 · 27 mL = 35 -> >=20.  B: SUVmax 7, TLU 33
+    assert [row_stratum(r, "suv_max") for r in m.ref] == ["SUVmax 5-10", "SUVmax 5-10"]
+    assert m.ref[0]["tlu"] == pytest.approx(35.0) and row_stratum(m.ref[0], "tlu") == "TLU >=20"
+    assert stratum_of(10.0, SUVMAX_STRATA) == "SUVmax >=10" and stratum_of(4.999, SUVMAX_STRATA) == "SUVmax <5"
+    assert stratum_of(5.0, TLU_STRATA) == "TLU 5-20" and stratum_of(float("nan"), TLU_STRATA) is None
+    s = strata_summary(m.ref, criteria=["c1", "c3"], by="suv_max")
+    assert s["SUVmax 5-10"]["n_lesions"] == 2 and s["SUVmax 5-10"]["recall_c3"] == pytest.approx(0.5)
+    assert s["SUVmax >=10"]["n_lesions"] == 0 and nan(s["SUVmax >=10"]["recall_c1"])
+    # scan-level strata: the value of the scan attached to each row
+    assert row_stratum({"scan_lesion_count": 0}, "lesion_count") == "0 lesions"
+    assert row_stratum({"scan_lesion_count": 2}, "lesion_count") == "2-4 lesions"
+    assert row_stratum({"scan_lesion_count": 5}, "lesion_count") == ">=5 lesions"
+    assert row_stratum({"scan_lesion_count": 0, "scan_dmax_mm": 0.0}, "spread") == "lesion-free"
+    assert row_stratum({"scan_lesion_count": 1, "scan_dmax_mm": 0.0}, "spread") == "Dmax <50 mm"
+    assert row_stratum({"scan_lesion_count": 3, "scan_dmax_mm": 200.0}, "spread") == "Dmax >=200 mm"
+    # Dmax: from voxel (1,1,1) to (8,8,8) at 10 mm = 70·sqrt(3) mm; anisotropic spacing is honoured
+    assert dissemination_mm(ref, SP) == pytest.approx(70 * math.sqrt(3))
+    one = z()
+    one[2, 3, 4] = True
+    one[2, 3, 9] = True
+    assert dissemination_mm(one, (1.0, 2.0, 3.0)) == pytest.approx(15.0)
+    assert dissemination_mm(z(), SP) == 0.0
+    # the convex-hull path gives the brute-force answer
+    rng = np.random.default_rng(0)
+    big = rng.random((30, 30, 30)) < 0.3
+    pts = np.argwhere(big) * np.array([1.0, 2.0, 1.5])
+    brute = max(np.sqrt(((pts[i] - pts) ** 2).sum(1)).max() for i in range(len(pts)))
+    assert dissemination_mm(big, (1.0, 2.0, 1.5), max_points=100) == pytest.approx(brute)
+
+
+def test_ece_and_mid_share_by_hand():
+    from sam_l1dfl.metrics.calibration import (case_calibration, expected_calibration_error, lesion_margin,
+                                               mid_share, reliability_bins)
+
+    # 10 bins. Probabilities and labels:
+    #   bin 0 [0, .1):  0.05, 0.05, 0.05, 0.05 ; labels 0,0,0,1  -> |1/4 - 0.05| · 4 = 0.8
+    #   bin 5 [.5, .6): 0.55, 0.55            ; labels 1,1        -> |1 - 0.55| · 2 = 0.9
+    #   bin 9 [.9, 1]:  0.95, 1.0, 0.95, 0.9  ; labels 1,1,1,0    -> |3/4 - 0.95| · 4 = 0.8
+    # ECE = (0.8 + 0.9 + 0.8) / 10 = 0.25
+    p = np.array([0.05, 0.05, 0.05, 0.05, 0.55, 0.55, 0.95, 1.0, 0.95, 0.9])
+    t = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1, 0])
+    b = reliability_bins(p, t, 10)
+    assert b["count"].tolist() == [4, 0, 0, 0, 0, 2, 0, 0, 0, 4]
+    assert expected_calibration_error(**b) == pytest.approx(0.25)
+    assert mid_share(p) == pytest.approx(0.2)  # the two 0.55
+    assert mid_share(np.array([0.1, 0.9, 0.0999])) == pytest.approx(1 / 3)  # [0.1, 0.9)
+    assert nan(expected_calibration_error([0, 0], [0, 0], [0, 0]))
+    # the margin: 10 mm voxels, margin 10 mm -> the lesion voxel and its 6 face neighbours
+    ref = z()
+    ref[5, 5, 5] = True
+    mg = lesion_margin(ref, z(), SP, 10.0)
+    assert mg.sum() == 7 and mg[5, 5, 4] and not mg[5, 4, 4]
+    assert lesion_margin(ref, z(), SP, 15.0).sum() == 19  # + the 12 edge neighbours (14.1 mm)
+    prob = np.zeros(SHAPE, np.float32)
+    prob[5, 5, 5] = 0.55
+    prob[5, 5, 4] = 0.3
+    c = case_calibration(prob, prob > 0.5, ref, SP, margin_mm=10.0, n_bins=10)
+    # 7 voxels: 0.55 (lesion), 0.3 (background), five 0.0 (background)
+    # ECE = (5·0 + 1·0.3 + 1·|1 - 0.55|) / 7
+    assert c["n_margin_voxels"] == 7 and c["ece"] == pytest.approx((0.3 + 0.45) / 7)
+    assert c["mid_share"] == pytest.approx(2 / 7)
+    assert sum(c["correct"]) == 7 and sum(c["incorrect"]) == 0
+    assert nan(case_calibration(prob * 0, prob * 0 > 1, z(), SP)["ece"])

@@ -12,8 +12,10 @@ and ``last/`` hold ``model.safetensors`` + ``config.json`` (``"format": "sam-l1d
 the epoch with the highest validation Dice (sliding window on the network grid);
 ``metrics.json`` has the validation history, best epoch, wall time and peak memory.
 
-Each training item is one volume → ``num_samples`` crops from MONAI ``RandCropByPosNegLabeld``
-(``pos``/``neg``) followed by ``RandAffined``; the transform's random state is seeded from
+Each training item is one volume → cropped to the body (``CropForegroundd`` on CT > ``body_hu``)
+→ ``num_samples`` crops from MONAI ``RandCropByPosNegLabeld`` (``pos``/``neg``; centres where
+PET > ``crop_pet_threshold``, so negatives sit in tissue with uptake, as the authors') followed by
+``RandAffined`` (reflection padding); the transform's random state is seeded from
 ``(seed, epoch, volume index)`` so runs are reproducible and resumable (at epoch boundaries)
 independently of the process split.
 
@@ -40,7 +42,7 @@ from tqdm import tqdm
 from sam_l1dfl.cnn.config import CnnConfig
 from sam_l1dfl.cnn.infer import FORMAT, sliding_probability
 from sam_l1dfl.cnn.networks import build_network, count_parameters, network_kwargs
-from sam_l1dfl.cnn.volumes import load_volume
+from sam_l1dfl.cnn.volumes import body_mask, load_volume
 from sam_l1dfl.errors import InputError
 from sam_l1dfl.formats import CONFIG_FILE, MODEL_FILE
 from sam_l1dfl.io_utils import atomic_dir, write_json_atomic
@@ -52,20 +54,27 @@ from sam_l1dfl.training.runtime import EpochSampler, Progress, RunResult, Traine
 
 # ---------------------------------------------------------------------- pieces
 def train_transform(cfg: CnnConfig):
-    """SpatialPadd to the crop size, RandCropByPosNegLabeld, RandAffined (MONAI, arrays in (x, y, z))."""
-    from monai.transforms import Compose, RandAffined, RandCropByPosNegLabeld, SpatialPadd
+    """MONAI, arrays in (x, y, z), on ``{"image", "label", "pet", "body"}`` (:meth:`CropDataset.__getitem__`):
+    CropForegroundd to the body (``augment.body_hu``), SpatialPadd to the crop size,
+    RandCropByPosNegLabeld with crop centres where PET > ``augment.crop_pet_threshold``, RandAffined
+    with ``augment.padding_mode`` (the authors' pipeline, ``initialize_train.py``)."""
+    from monai.transforms import Compose, CropForegroundd, RandAffined, RandCropByPosNegLabeld, SpatialPadd
 
     a = cfg.augment
     c = (int(a.crop_size),) * 3
     rot = [0.0, 0.0, 0.0]
     rot[a.rotate_axis] = float(a.rotate_range)
-    return Compose([
-        SpatialPadd(keys=("image", "label"), spatial_size=c, mode="constant"),
+    keys = ("image", "label", "pet")
+    pet_thr = a.crop_pet_threshold
+    body = [CropForegroundd(keys=keys, source_key="body", allow_smaller=True)] if a.body_hu is not None else []
+    return Compose(body + [
+        SpatialPadd(keys=keys, spatial_size=c, mode="constant"),
         RandCropByPosNegLabeld(keys=("image", "label"), label_key="label", spatial_size=c, pos=a.pos, neg=a.neg,
-                               num_samples=a.num_samples, image_key="image", image_threshold=-1.0),
+                               num_samples=a.num_samples, image_key="pet" if pet_thr is not None else "image",
+                               image_threshold=float(pet_thr) if pet_thr is not None else -1.0),
         RandAffined(keys=("image", "label"), prob=a.affine_prob, rotate_range=rot,
                     scale_range=(a.scale_range,) * 3, translate_range=(a.translate_range,) * 3,
-                    mode=("bilinear", "nearest"), padding_mode="zeros", spatial_size=c, cache_grid=True),
+                    mode=("bilinear", "nearest"), padding_mode=a.padding_mode, spatial_size=c, cache_grid=True),
     ])
 
 
@@ -75,6 +84,7 @@ class CropDataset(torch.utils.data.Dataset):
     def __init__(self, volumes: list[dict], cfg: CnnConfig, seed: int):
         self.volumes, self.seed, self.epoch = volumes, int(seed), 0
         self.transform = train_transform(cfg)
+        self.body_hu, self.pre = cfg.augment.body_hu, cfg.preprocess
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -87,8 +97,11 @@ class CropDataset(torch.utils.data.Dataset):
         self.transform.set_random_state(seed=seed_of("crops", self.seed, self.epoch, i))
         with warnings.catch_warnings():  # lesion-free volumes: MONAI warns that it falls back to negatives
             warnings.simplefilter("ignore")
-            out = self.transform({"image": torch.from_numpy(v["image"]),
-                                  "label": torch.from_numpy(v["label"].astype(np.uint8))})
+            item = {"image": torch.from_numpy(v["image"]), "label": torch.from_numpy(v["label"].astype(np.uint8)),
+                    "pet": torch.from_numpy(v["image"][1:2])}
+            if self.body_hu is not None:
+                item["body"] = torch.from_numpy(body_mask(v, self.body_hu, self.pre))
+            out = self.transform(item)
         img = torch.stack([torch.as_tensor(o["image"]).as_subclass(torch.Tensor) for o in out]).float()
         lab = torch.stack([torch.as_tensor(o["label"]).as_subclass(torch.Tensor) for o in out])
         return {"image": img, "label": (lab > 0.5).to(torch.uint8)}

@@ -11,6 +11,9 @@ Channels: ``[CT, PET]``.  CT min-max scaled to [0, 1] per image (computed on the
 padding included as -1024 HU), PET in SUV, unnormalised (the paper's setting).  The label uses
 :func:`~sam_l1dfl.data.preprocess.crop_mask` (nearest neighbour, small lesions kept).
 
+:func:`body_mask` (CT > a HU threshold, from the scaled CT channel and the volume's
+``ct_range``) is the body the training crops are cut from (``augment.body_hu``).
+
 Resampled volumes are cached as ``.npz`` under ``cache_dir`` keyed by the files' identity (path,
 size, mtime) and the preprocessing, so every run of a comparison reads each scan once.
 """
@@ -37,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from sam_l1dfl.cnn.config import CnnPreprocessConfig
     from sam_l1dfl.data.io import Case, CaseRecord
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: + ct_range
 
 
 def whole_image_geometry(image: "sitk.Image", spacing: float) -> CropGeometry:
@@ -65,15 +68,36 @@ def minmax(a: np.ndarray) -> np.ndarray:
     return ((a - lo) / (hi - lo)).astype(np.float32)
 
 
-def network_channels(case: "Case", geom: CropGeometry, pre: "CnnPreprocessConfig") -> np.ndarray:
-    """``(2, X, Y, Z)`` float32: CT (min-max [0, 1] or HU) and PET (SUV) on ``geom``."""
+def channels_and_ct_range(case: "Case", geom: CropGeometry,
+                          pre: "CnnPreprocessConfig") -> tuple[np.ndarray, tuple[float, float]]:
+    """:func:`network_channels` and the (min, max) HU of the resampled CT (what min-max scaled)."""
     if case.ct_native is None:
         raise InputError(getattr(case.record, "pet", None), f"case {case.case_id} has no CT; the CNNs take CT + PET")
     pet = resample_to_crop(case.pet, geom, "linear", 0.0)
     ct = resample_to_crop(case.ct_native, geom, "linear", pre.ct_pad_hu)
+    ct_range = (float(ct.min()), float(ct.max()))
     if pre.ct_normalization == "minmax":
         ct = minmax(ct)
-    return np.stack([ct, pet]).astype(np.float32, copy=False)
+    return np.stack([ct, pet]).astype(np.float32, copy=False), ct_range
+
+
+def network_channels(case: "Case", geom: CropGeometry, pre: "CnnPreprocessConfig") -> np.ndarray:
+    """``(2, X, Y, Z)`` float32: CT (min-max [0, 1] or HU) and PET (SUV) on ``geom``."""
+    return channels_and_ct_range(case, geom, pre)[0]
+
+
+def body_mask(volume: dict, hu: float, pre: "CnnPreprocessConfig") -> np.ndarray:
+    """``(1, X, Y, Z)`` bool: CT > ``hu`` (HU) on a volume of :func:`load_volume`, read from its
+    CT channel (min-max scaled back through ``ct_range``); all True when nothing exceeds ``hu``
+    (a crop to the body then keeps the whole volume)."""
+    ct = volume["image"][:1]
+    if pre.ct_normalization == "minmax":
+        lo, hi = (float(x) for x in volume["ct_range"])
+        thr = (hu - lo) / (hi - lo) if hi > lo else (0.0 if hu < lo else 1.0)
+    else:
+        thr = hu
+    m = ct > thr
+    return m if m.any() else np.ones_like(m)
 
 
 def _file_id(p: "Path | None") -> Any:
@@ -93,7 +117,8 @@ def cache_key(rec: "CaseRecord", pre: "CnnPreprocessConfig") -> str:
 
 def load_volume(rec: "CaseRecord", pre: "CnnPreprocessConfig", cache_dir: "Path | None" = None,
                 with_label: bool = True) -> dict[str, Any]:
-    """``{"image": (2, X, Y, Z) float32, "label": (1, X, Y, Z) uint8 | None, "geom": CropGeometry, "case_id"}``."""
+    """``{"image": (2, X, Y, Z) float32, "label": (1, X, Y, Z) uint8 | None, "geom": CropGeometry, "case_id",
+    "ct_range": (min, max) HU of the CT before scaling}``."""
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"{rec.case_id}-{cache_key(rec, pre)}.npz"
@@ -102,25 +127,26 @@ def load_volume(rec: "CaseRecord", pre: "CnnPreprocessConfig", cache_dir: "Path 
                 z = np.load(path)
                 geom = CropGeometry.from_arrays(z["origin_lps"], z["spacing"], z["size"])
                 lab = z["label"] if ("label" in z.files and with_label) else None
-                return {"image": z["image"], "label": lab, "geom": geom, "case_id": rec.case_id}
+                return {"image": z["image"], "label": lab, "geom": geom, "case_id": rec.case_id,
+                        "ct_range": tuple(float(x) for x in z["ct_range"])}
             except Exception:  # a damaged cache entry is recomputed
                 pass
     case = load_case(rec, load_label=with_label)
     geom = whole_image_geometry(case.pet, pre.spacing)
-    image = network_channels(case, geom, pre)
+    image, ct_range = channels_and_ct_range(case, geom, pre)
     label = None
     if with_label and case.label is not None:
         label = crop_mask(case.label, geom)[None]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"image": image, "origin_lps": np.asarray(geom.origin_lps), "spacing": np.asarray(geom.spacing),
-                  "size": np.asarray(geom.size)}
+                  "size": np.asarray(geom.size), "ct_range": np.asarray(ct_range)}
         if label is not None:
             arrays["label"] = label
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
-    return {"image": image, "label": label, "geom": geom, "case_id": rec.case_id}
+    return {"image": image, "label": label, "geom": geom, "case_id": rec.case_id, "ct_range": ct_range}
 
 
 def n_windows(size, roi: int, overlap: float) -> int:
@@ -129,4 +155,5 @@ def n_windows(size, roi: int, overlap: float) -> int:
     return int(np.prod([1 if n <= roi else math.ceil((n - roi) / step) + 1 for n in size]))
 
 
-__all__ = ["cache_key", "load_volume", "minmax", "network_channels", "n_windows", "whole_image_geometry"]
+__all__ = ["body_mask", "cache_key", "channels_and_ct_range", "load_volume", "minmax", "network_channels", "n_windows",
+           "whole_image_geometry"]

@@ -1,11 +1,14 @@
 """The paper's experiment: Dice vs Dice-Focal vs L1DFL across MONAI CNNs and SAM-Med3D.
 
-    run_comparison(data, out, models, losses, seeds, budget)   # sam_l1dfl.compare.runner
+    plan_comparison(...), describe_plan(plan)                  # sam_l1dfl.compare.runner (--plan)
+    run_comparison(data, out, models, losses, seeds, budget, folds=K)
+    make_folds, majority_vote, vote_share                      # sam_l1dfl.compare.folds
     wilcoxon_paired, rank_biserial, bonferroni                 # sam_l1dfl.compare.stats
     write_report(out, results, splits, meta)                   # sam_l1dfl.compare.report
 
-Entry point: ``python scripts/compare_losses.py --data DIR --models ... --losses ... --seeds N
---budget small|paper --out results/``; see docs/reproducing-the-paper.md.
+Entry point: ``python scripts/compare_losses.py --data DIR --models ... --losses ...
+--budget small|paper [--folds K | --seeds N] [--plan] [cnn.KEY=V sam.KEY=V loss_params.LOSS.OPT=V]
+--out results/``; see docs/reproducing-the-paper.md.
 """
 
 __all__ = ["bonferroni", "rank_biserial", "run_comparison", "wilcoxon_paired"]

@@ -29,6 +29,15 @@ also covers a neighbour lowers the Dice of both lesions.
 
 **Size strata** use the reference lesion volume: ``<1.5 mL``, ``1.5-4 mL`` (1.5 ≤ v < 4),
 ``>=4 mL``.  False-positive components are stratified by their own volume.
+
+**Other strata** (:data:`STRATIFIERS`, for the loss comparison; :func:`stratum_of`,
+:func:`strata_summary` with ``by=``): per lesion by its **SUVmax** (``<5``, ``5-10``, ``>=10``)
+and its **TLU** = SUVmean × volume (``<5``, ``5-20``, ``>=20`` SUV·mL), false-positive components
+again by their own value; per scan (every lesion and component of the scan falls in the scan's
+stratum) by the **number of reference lesions** (``0``, ``1``, ``2-4``, ``>=5``) and by the
+**spread**, the authors' dissemination Dmax of the reference mask
+(:func:`sam_l1dfl.metrics.quantify.dissemination_mm`: ``lesion-free``, ``<50 mm``, ``50-200 mm``,
+``>=200 mm``).  Boundaries are fixed (not quantiles), so every loss is stratified alike.
 """
 
 from __future__ import annotations
@@ -51,13 +60,56 @@ STRATA: tuple[tuple[str, float, float], ...] = (
 )
 
 
-def size_stratum(volume_ml: float) -> str:
-    """Name of the size stratum of a lesion volume in mL (boundaries rounded at 1e-9 mL)."""
-    v = round(float(volume_ml), 9)
-    for name, lo, hi in STRATA:
+INF = float("inf")
+SUVMAX_STRATA = (("SUVmax <5", -INF, 5.0), ("SUVmax 5-10", 5.0, 10.0), ("SUVmax >=10", 10.0, INF))
+TLU_STRATA = (("TLU <5", -INF, 5.0), ("TLU 5-20", 5.0, 20.0), ("TLU >=20", 20.0, INF))
+COUNT_STRATA = (("0 lesions", 0, 1), ("1 lesion", 1, 2), ("2-4 lesions", 2, 5), (">=5 lesions", 5, INF))
+#: the first spread stratum holds the scans without reference lesions (no value matches its bounds)
+SPREAD_STRATA = (("lesion-free", float("nan"), float("nan")), ("Dmax <50 mm", 0.0, 50.0), ("Dmax 50-200 mm", 50.0, 200.0),
+                 ("Dmax >=200 mm", 200.0, INF))
+#: name -> (level, key of the value in a lesion row, strata); ``level="scan"``: the value is the
+#: scan's and is attached to each lesion row by the caller (``scan_lesion_count``, ``scan_dmax_mm``).
+STRATIFIERS: dict[str, tuple[str, str, tuple]] = {
+    "size": ("lesion", "volume_ml", STRATA),
+    "suv_max": ("lesion", "suv_max", SUVMAX_STRATA),
+    "tlu": ("lesion", "tlu", TLU_STRATA),
+    "lesion_count": ("scan", "scan_lesion_count", COUNT_STRATA),
+    "spread": ("scan", "scan_dmax_mm", SPREAD_STRATA),
+}
+
+
+def stratum_of(value: float, strata: Sequence[tuple[str, float, float]]) -> "str | None":
+    """Name of the stratum ``lo <= value < hi`` (value rounded at 1e-9); None for a missing or
+    NaN value or one outside every stratum."""
+    try:
+        v = round(float(value), 9)
+    except (TypeError, ValueError):
+        return None
+    if not np.isfinite(v):
+        return None
+    for name, lo, hi in strata:
         if lo <= v < hi:
             return name
-    raise ValueError(f"invalid lesion volume {volume_ml!r}")
+    return None
+
+
+def size_stratum(volume_ml: float) -> str:
+    """Name of the size stratum of a lesion volume in mL (boundaries rounded at 1e-9 mL)."""
+    name = stratum_of(volume_ml, STRATA)
+    if name is None:
+        raise ValueError(f"invalid lesion volume {volume_ml!r}")
+    return name
+
+
+def row_stratum(row: dict[str, Any], by: str = "size") -> "str | None":
+    """The ``by`` stratum (a key of :data:`STRATIFIERS`) of a lesion or component row (spread: a
+    row with ``scan_lesion_count == 0`` is ``lesion-free``)."""
+    if by == "size" and "stratum" in row:
+        return row["stratum"]
+    if by == "spread" and row.get("scan_lesion_count") == 0:
+        return SPREAD_STRATA[0][0]
+    _, key, strata = STRATIFIERS[by]
+    return stratum_of(row.get(key), strata)
 
 
 def ratios(tp: float, fp: float, fn: float) -> dict[str, float]:
@@ -221,11 +273,13 @@ def match_lesions(
     return LesionMatching(ref_rows, pred_rows, counts, criteria, ov)
 
 
-def strata_summary(ref_rows: Sequence[dict[str, Any]], criteria: Sequence[str] = CRITERIA[:2]) -> dict[str, dict[str, float]]:
-    """Per size stratum: number of reference lesions, mean/median per-lesion Dice, recall per criterion."""
+def strata_summary(ref_rows: Sequence[dict[str, Any]], criteria: Sequence[str] = CRITERIA[:2],
+                   by: str = "size") -> dict[str, dict[str, float]]:
+    """Per stratum (``by``: a key of :data:`STRATIFIERS`, default the size strata): number of
+    reference lesions, mean/median per-lesion Dice, recall per criterion."""
     out: dict[str, dict[str, float]] = {}
-    for name, _, _ in STRATA:
-        rows = [r for r in ref_rows if r["stratum"] == name]
+    for name, _, _ in STRATIFIERS[by][2]:
+        rows = [r for r in ref_rows if row_stratum(r, by) == name]
         d = np.array([r["dice"] for r in rows], dtype=float)
         entry: dict[str, float] = {
             "n_lesions": len(rows),

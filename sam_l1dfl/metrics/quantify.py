@@ -8,6 +8,11 @@ Per mask (reference or prediction) of one case:
   mask or without PET);
 * ``tlu``: total lesion uptake = SUVmean × TMTV (SUV·mL; 0 for an empty mask).
 
+Not part of the per-case read-out (``QUANTITIES``) but used by the loss comparison's strata:
+:func:`dissemination_mm`, the authors' tumour dissemination **Dmax** (``metrics/metrics.py:
+calculate_patient_level_dissemination`` in ObedDzik/pca_segment): the largest distance between the
+centres of any two foreground voxels of a scan, in mm (the authors report cm), 0 for an empty mask.
+
 Agreement between predicted and reference values over cases (:func:`agreement`): Pearson r,
 Spearman ρ, and the Bland–Altman mean difference (prediction − reference) with 95 % limits
 of agreement (mean ± 1.96 SD of the differences, SD with ddof=1).
@@ -54,6 +59,25 @@ def quantify(
     mean = float(vals.mean())
     out.update(suv_max=float(vals.max()), suv_mean=mean, tlu=mean * tmtv)
     return out
+
+
+def dissemination_mm(mask: np.ndarray, spacing: Sequence[float], max_points: int = 4096) -> float:
+    """Dmax: the largest distance (mm) between two foreground voxel centres of ``mask`` (``spacing``
+    in array axis order); 0 for an empty mask.  Exact: the farthest pair lies on the convex hull, so
+    only hull vertices are compared when there are many voxels."""
+    voxel_volume_ml(spacing)  # validates the spacing
+    pts = np.argwhere(np.asarray(mask) > 0).astype(np.float64) * np.asarray(spacing, dtype=np.float64)
+    if len(pts) < 2:
+        return 0.0
+    if len(pts) > max_points:
+        from scipy.spatial import ConvexHull
+
+        pts = pts[ConvexHull(pts, qhull_options="QJ").vertices]
+    best = 0.0
+    for i in range(0, len(pts), 256):
+        d2 = ((pts[i:i + 256, None, :] - pts[None, :, :]) ** 2).sum(-1)
+        best = max(best, float(d2.max()))
+    return float(np.sqrt(best))
 
 
 def agreement(pred: Sequence[float], ref: Sequence[float]) -> dict[str, float]:

@@ -5,7 +5,9 @@
   negative cases are measured by FPV instead.  These are the semantics of
   ``monai.metrics.compute_dice(..., include_background=True, ignore_empty=True)``; we compute
   it in numpy on boolean arrays to avoid float tensor copies of whole-body volumes (a test
-  checks that both agree).
+  checks that both agree).  ``dice(..., empty_ref="authors")`` applies instead the rule of the
+  paper's released code for a lesion-free scan: Dice 1 when the prediction is empty too, 0 when it
+  has any voxel (:func:`empty_reference_dice`; the loss comparison offers both rules).
 * **FPV** (false positive volume, mL) = volume of the predicted 18-connected components that
   share no voxel with the reference.
 * **FNV** (false negative volume, mL) = volume of the reference 18-connected components that
@@ -33,13 +35,28 @@ def voxel_volume_ml(spacing: Sequence[float]) -> float:
     return float(np.prod(sp)) / 1000.0
 
 
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Foreground Dice of two masks (> 0 is foreground); NaN when ``ref`` is empty."""
+#: Rules for the Dice of a lesion-free scan: ``"nan"`` (ours, autoPET: undefined, left out of
+#: means) and ``"authors"`` (Dzikunu et al.'s code: 1 if nothing is predicted, else 0).
+EMPTY_REF_RULES = ("nan", "authors")
+
+
+def empty_reference_dice(pred_voxels: float, rule: str = "nan") -> float:
+    """Dice of a scan whose reference is empty, given the number of predicted voxels (or lesions)."""
+    if rule not in EMPTY_REF_RULES:
+        raise ValueError(f"empty_ref must be one of {EMPTY_REF_RULES}, got {rule!r}")
+    if rule == "nan":
+        return float("nan")
+    return 0.0 if pred_voxels > 0 else 1.0
+
+
+def dice(pred: np.ndarray, ref: np.ndarray, empty_ref: str = "nan") -> float:
+    """Foreground Dice of two masks (> 0 is foreground).  When ``ref`` is empty: NaN
+    (``empty_ref="nan"``) or the authors' rule (``"authors"``: 1 if ``pred`` is empty, else 0)."""
     p = np.asarray(pred) > 0
     r = np.asarray(ref) > 0
     nr = int(np.count_nonzero(r))
     if nr == 0:
-        return float("nan")
+        return empty_reference_dice(int(np.count_nonzero(p)), empty_ref)
     return float(dice_from_counts(int(np.count_nonzero(p & r)), int(np.count_nonzero(p)), nr))
 
 
