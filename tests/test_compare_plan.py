@@ -108,9 +108,10 @@ def test_loss_params_reach_the_loss_and_the_run_config(tmp_path):
     assert run_config(specs["sam-med3d-dicefocal-s0"]).loss.params == {"lambda_focal": 2.0}
     # small keeps the existing squared_pred=True default; the paper preset the authors' MONAI defaults
     assert specs["unet-dice-s0"]["loss_arguments"]["squared_pred"] is True
-    paper = plan_comparison(data, tmp_path / "o", models=["unet"], losses=["dice", "dicefocal", "l1dfl"],
+    paper = plan_comparison(data, tmp_path / "o", models=["unet"], losses=["dice", "dicefocal", "dicece", "l1dfl"],
                             budget="paper", folds=2, write=False)
     pspecs = {s["name"]: s for s in paper["specs"]}
+    assert run_config(pspecs["unet-dicece-f0"]).loss.params == {"squared_pred": False}
     for loss in ("dice", "dicefocal"):
         cfg = run_config(pspecs[f"unet-{loss}-f0"])
         assert cfg.loss.params == {"squared_pred": False}

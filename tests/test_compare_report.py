@@ -129,3 +129,12 @@ def test_small_budget_keeps_c1_and_nan_rule(tmp_path):
     assert [r["metric"] for r in s["stats"]] == ["dice", "f1_c2", "fp_c2"]
     with pytest.raises(ValueError, match="lesion_free_dice"):
         write_report(tmp_path, results, SPLITS, meta("small"), lesion_free_dice="zero")
+
+
+def test_authors_lesion_free_rule_counts_predicted_volume_not_only_components():
+    from sam_l1dfl.compare.report import case_value
+
+    row = {"ref_lesion_count": 0, "pred_lesion_count": 0, "pred_tmtv_ml": 0.3, "fpv_ml": 0.3, "dice": "nan"}
+    assert case_value(row, "dice", "authors") == 0.0  # FP voxels, though no component was counted
+    assert case_value({**row, "pred_tmtv_ml": 0, "fpv_ml": 0}, "dice", "authors") == 1.0
+    assert math.isnan(case_value(row, "dice", "nan"))

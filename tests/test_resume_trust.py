@@ -149,6 +149,19 @@ def test_not_a_state_file(run, capsys):
             assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {target}: not a training state file"), err
 
 
+def test_a_sharded_state_folder_needs_trust(run, capsys):
+    """A sub-folder (FSDP/DeepSpeed shards, read with plain pickle) is refused; --trust lets it pass."""
+    rdir = copy_run(run, "sharded")
+    shard = rdir / STEP / "pytorch_model_fsdp_0"
+    shard.mkdir()
+    (shard / ".metadata").write_bytes(b"")
+    rc, err = finetune([*overrides(run, rdir.name, 2), "--resume"], capsys)
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {shard}: not a plain file"), err
+    rc, err = finetune([*overrides(run, rdir.name, 2), "--resume", "--trust"], capsys)
+    assert rc == 0, err  # the flag reaches train(): Accelerate ignores the stray folder
+    assert json.loads((rdir / "metrics.json").read_text())["steps"] == 2
+
+
 def test_clean_states_resume_in_both_layouts(run, capsys):
     """run_state.json and the layout before it (custom_checkpoint_{0,1}.pkl) give the same weights."""
     from safetensors.torch import load_file

@@ -49,7 +49,8 @@ def run(args) -> int:
     device = parse_device(args.device)
     cfg = load_config(args.config, collect_overrides(args))
     cfg.check_outputs(input_files(args.config, cfg.model.checkpoint))
-    res = train(cfg, resume=args.resume, accelerator=device_accelerator(cfg, device), progress=not args.quiet)
+    res = train(cfg, resume=args.resume, accelerator=device_accelerator(cfg, device), progress=not args.quiet,
+                trust=args.trust)
     b, a = res.dice_before, res.dice_after
     print(f"run: {res.run_dir}  steps: {res.steps}")
     print("validation Dice@1/3/5  before: " + " / ".join(f"{b[f'dice@{k}']:.3f}" for k in (1, 3, 5))

@@ -88,7 +88,10 @@ def _f(v: Any) -> float:
 def case_value(row: dict, metric: str, lesion_free_dice: str = "nan") -> float:
     """One case's value of ``metric``; Dice of a lesion-free scan by the ``lesion_free_dice`` rule."""
     if metric == "dice" and lesion_free_dice != "nan" and _f(row.get("ref_lesion_count")) == 0:
-        return empty_reference_dice(_f(row.get("pred_lesion_count")), lesion_free_dice)
+        # any predicted voxel counts: the volume (TMTV), not only the components that were counted
+        known = [v for v in (_f(row.get(k)) for k in ("pred_tmtv_ml", "fpv_ml", "pred_lesion_count"))
+                 if not math.isnan(v)]
+        return empty_reference_dice(max(known), lesion_free_dice) if known else float("nan")
     return _f(row.get(metric))
 
 

@@ -78,7 +78,8 @@ LOSSES = ("dice", "dicefocal", "l1dfl")
 CALIB_BINS = 20
 LESION_FREE_DICE = ("authors", "nan")
 #: The authors' baselines: MONAI's DiceLoss / DiceFocalLoss with their defaults (squared_pred=False).
-AUTHORS_LOSS_PARAMS = {"dice": {"squared_pred": False}, "dicefocal": {"squared_pred": False}}
+AUTHORS_LOSS_PARAMS = {"dice": {"squared_pred": False}, "dicefocal": {"squared_pred": False},
+                       "dicece": {"squared_pred": False}}
 
 #: Per budget: CNN config overrides (``cnn``; per network ``cnn_models``), SAM-Med3D config,
 #: per-loss parameters, split sizes, folds, the scoring rules, defaults for the command line.

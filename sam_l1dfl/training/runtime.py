@@ -171,6 +171,13 @@ def check_state(state_dir: Path, trust: bool = False) -> None:
     if not (state_dir / RUN_STATE_FILE).is_file() and not any(state_dir.glob(LEGACY_STATE)):
         raise CheckpointError(state_dir, f"incomplete training state: no {RUN_STATE_FILE}")
     for f in sorted(state_dir.iterdir()):
+        if not f.is_file():
+            # FSDP/DeepSpeed sub-folders hold torch.distributed checkpoints, whose metadata is
+            # read with plain pickle: nothing we can vet, so only with --trust
+            if trust:
+                continue
+            raise CheckpointError(f, "not a plain file of a training state (a sharded FSDP/DeepSpeed "
+                                     "state cannot be vetted; pass --trust only for a run you trust)")
         if f.suffix == ".safetensors":
             read_safetensors(f, keys_only=True)
         elif f.suffix == ".json":
