@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         from sam_l1dfl.compare.runner import BUDGETS, describe_plan, plan_comparison, run_comparison
-        from sam_l1dfl.io_utils import check_output_path, refuse_inside
+        from sam_l1dfl.io_utils import check_output_path, input_files, refuse_inside, refuse_overwrite
 
         b = BUDGETS[args.budget]
         st = settings(args.config, args.overrides)
@@ -103,6 +103,9 @@ def main(argv=None) -> int:
             return 0
         check_output_path(args.out, folder=True)  # before any work: a folder we can create, not the data
         refuse_inside(args.out, args.data, "the data folder", "choose another --out")
+        # the comparison writes runs/, pred/, table.* under --out: no input may live there
+        refuse_overwrite([args.out], input_files(args.config, args.sam_checkpoint),
+                         within=[args.out], hint="choose another --out")
         s = run_comparison(args.data, args.out, isolate=not args.in_process, force=args.force, **kw)
     except SamL1dflError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -218,6 +218,19 @@ def test_plan_errors(tmp_path, capsys):
 
 # ---------------------------------------------------------------------- folds end to end
 @pytest.mark.slow
+def test_out_holding_an_input_is_refused_before_any_work(tmp_path, capsys):
+    data = tiny_cases(tmp_path / "d", 4)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = out / "settings.yaml"
+    cfg.write_text("cnn:\n  train:\n    epochs: 1\n")
+    before = cfg.read_bytes()
+    rc = _script().main(["--data", str(data), "--out", str(out), "--config", str(cfg), "--quiet"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1 and "would overwrite the input" in err[0] and str(cfg) in err[0]
+    assert sorted(p.name for p in out.iterdir()) == ["settings.yaml"] and cfg.read_bytes() == before
+
+
 def test_folds_and_ensemble_end_to_end(tmp_path):
     import json
 
