@@ -31,3 +31,9 @@ ONNX_OPSET = 17
 
 #: ``sam-l1dfl export --format`` choices
 EXPORT_FORMATS = ("sam-med3d", "safetensors", "delta", "onnx")
+
+#: The published SAM-Med3D-turbo weights (``sam-l1dfl weights download``): Hugging Face
+#: repository, file name, and the folder they go into (also what ``make demo`` looks for).
+WEIGHTS_REPO = "blueyo0/SAM-Med3D"
+WEIGHTS_FILE = "sam_med3d_turbo.pth"
+WEIGHTS_DIR = "checkpoints"
