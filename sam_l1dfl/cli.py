@@ -2,9 +2,12 @@
 
 Subcommands are thin: each lives in ``sam_l1dfl/commands/<name>.py`` (listed in
 :data:`sam_l1dfl.commands.NAMES`) and exposes ``HELP`` (one line, read from there),
-``add_arguments(parser)`` and ``run(args) -> int``, calling the stage's Python API.  Command
+``add_arguments(parser)`` and ``run(args) -> int``, calling the stage's Python API, and may list
+``EXAMPLES`` (command lines shown under ``--help``; tests/test_help_examples.py runs them).  Command
 modules import their stage only when they run, so ``sam-l1dfl --help`` is fast.  User mistakes
-(:class:`~sam_l1dfl.errors.SamL1dflError`) print one line and exit 2.
+(:class:`~sam_l1dfl.errors.SamL1dflError`) print one line and exit 2; warnings print one line,
+``warning: <message>``.  ``KEY=VALUE`` overrides may come anywhere among a command's flags
+(:func:`~sam_l1dfl.commands.parse_args_with_overrides`).  ``python -m sam_l1dfl`` is this command.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import argparse
 import importlib
 import importlib.util
 import sys
+import warnings
 
 from sam_l1dfl import __version__
-from sam_l1dfl.commands import NAMES, module_of
+from sam_l1dfl.commands import NAMES, module_of, parse_args_with_overrides
 from sam_l1dfl.errors import SamL1dflError
 
 # name -> module.  Order is the data flow.
@@ -44,15 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name, mod in _available().items():
         module = importlib.import_module(mod)
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        examples = getattr(module, "EXAMPLES", ())
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP,
+                           epilog="examples:\n" + "\n".join(f"  {e}" for e in examples) if examples else None,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(_module=mod)
         module.add_arguments(p)
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: "list[str] | None" = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args_with_overrides(parser, argv)
+    warnings.formatwarning = _one_line_warning
     try:
         rc = importlib.import_module(args._module).run(args)
     except SamL1dflError as exc:

@@ -73,17 +73,19 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from sam_l1dfl.data.geometry import (CropGeometry, Grid, crop_to_image, grid_differences, image_world_to_index,
                                      images_overlap, resample_to_crop)
 from sam_l1dfl.data.io import Case, CaseRecord, load_case, mask_foreground, strip_suffix
 from sam_l1dfl.data.lesions import label_components
 from sam_l1dfl.data.preprocess import IntensityConfig, make_network_input
+from sam_l1dfl.data.suv_sanity import warn_if_not_suv
 from sam_l1dfl.errors import CheckpointError, InputError, PromptError, SamL1dflError
 from sam_l1dfl.io_utils import write_image_atomic, write_json_atomic
 from sam_l1dfl.model import load_sam_med3d, read_model_meta
+from sam_l1dfl.model.standin import weights_origin
 from sam_l1dfl.model.weights import resolve_model_path
+from sam_l1dfl.progress import progress as show_progress
 from sam_l1dfl.prompts import CasePrompts, generate_prompts, load_prompts
 from sam_l1dfl.prompts.clicks import simulate_clicks
 
@@ -143,8 +145,9 @@ def plan_windows(lo: np.ndarray, hi: np.ndarray, crop_size: int = 128, spacing: 
 # ---------------------------------------------------------------------------------- results
 @dataclass
 class InferenceReport:
-    """What one :meth:`Segmenter.segment` call did."""
+    """What one :meth:`Segmenter.segment` call did (``method``: where the masks came from)."""
 
+    method: str = "sam"
     n_lesions: int = 0
     encoder_passes: int = 0
     decoder_passes: int = 0
@@ -186,6 +189,27 @@ class SegmentationResult:
     lesions: list[dict[str, Any]]
     report: InferenceReport
 
+    @classmethod
+    def from_labels(cls, pet: "sitk.Image", labels: np.ndarray, lesions: list[dict[str, Any]],
+                    report: InferenceReport, probabilities: "dict[int, sitk.Image] | None" = None
+                    ) -> "SegmentationResult":
+        """The result of a uint16 ``(z, y, x)`` label array on ``pet``'s grid: each lesion record
+        (``lesion_id``, ``label``, ...) gets its ``voxels`` and ``volume_ml`` (an empty one a note in
+        the report), records sorted by label, the label map and the binary mask as images."""
+        counts = np.bincount(labels.ravel(), minlength=max([d["label"] for d in lesions] + [0]) + 1)
+        vml = float(np.prod(pet.GetSpacing())) / 1000.0
+        for d in lesions:
+            d["voxels"] = int(counts[d["label"]])
+            d["volume_ml"] = round(d["voxels"] * vml, 4)
+            if d["voxels"] == 0:
+                report.notes.append(f"lesion {d['lesion_id']}: empty prediction")
+        lesions.sort(key=lambda d: d["label"])
+        lab_img = sitk.GetImageFromArray(labels)
+        lab_img.CopyInformation(pet)
+        mask_img = sitk.GetImageFromArray((labels > 0).astype(np.uint8))
+        mask_img.CopyInformation(pet)
+        return cls(lab_img, mask_img, probabilities, lesions, report)
+
     def to_dict(self) -> dict:
         """JSON-able record (no images): lesions and the report."""
         return {"lesions": self.lesions, "report": self.report.to_dict()}
@@ -213,6 +237,8 @@ class DatasetSummary:
     clicks: int
     share_crops: bool
     out_dir: str
+    method: str = "sam"  # where the masks came from: "sam" or "threshold" (baselines.ThresholdSegmenter)
+    weights: "str | None" = None  # the model's weights origin (model.standin.weights_origin); None: no model
     segmented: list[str] = field(default_factory=list)  # case ids
     empty: list[str] = field(default_factory=list)  # "<case>: <why>" (an empty mask was written)
     failed: list[str] = field(default_factory=list)  # "<case>: <error>" (nothing written)
@@ -224,7 +250,8 @@ class DatasetSummary:
     def to_dict(self) -> dict:
         n_les, n_enc = self.lesions, self.encoder_passes
         return {
-            "checkpoint": self.checkpoint, "data": self.data, "cases": self.cases,
+            "method": self.method, "checkpoint": self.checkpoint, "weights": self.weights, "data": self.data,
+            "cases": self.cases,
             "segmented": self.segmented, "empty": self.empty, "failed": self.failed, "lesions": n_les,
             "encoder_passes": n_enc, "encoder_passes_per_lesion": round(n_enc / n_les, 4) if n_les else None,
             "clicks": self.clicks, "share_crops": self.share_crops,
@@ -357,6 +384,9 @@ class Segmenter:
     crop lies) replaces only that step.
     """
 
+    #: Where the masks come from, in every report (``baselines.ThresholdSegmenter``: ``"threshold"``).
+    method = "sam"
+
     def __init__(self, checkpoint: "str | os.PathLike | None" = None, device=None, *, batch_size: int = 2,
                  share_crops: bool = True, margin_vox: float = 16, threshold: float = 0.5,
                  autocast: bool = False, trust: bool = False, model=None,
@@ -375,13 +405,13 @@ class Segmenter:
         if model is None:
             if checkpoint is None:
                 raise InputError(None, "give a checkpoint (run directory, exported file or sam_med3d_turbo.pth)")
-            p = Path(checkpoint)
-            if not p.exists():
-                raise CheckpointError(p, "checkpoint not found")
+            p = resolve_model_path(checkpoint)  # also the word "standin"
             model = load_sam_med3d(p, map_location="cpu", trust=trust)
             cfg, self.meta, self.preprocess_source = checkpoint_preprocess(p, model.config)
+            self.weights = weights_origin(self.meta, p)
         else:
             cfg, self.meta, self.preprocess_source = preprocess or IntensityConfig(), {}, "given by the caller"
+            self.weights = "other"
         self.preprocess: IntensityConfig = preprocess or cfg
         mc = model.config
         where = self.checkpoint
@@ -402,13 +432,19 @@ class Segmenter:
     def input_mode(self) -> str:
         return self.preprocess.input_mode
 
+    @property
+    def uses_boxes(self) -> bool:
+        """Whether box prompts reach the segmentation (else they only place the crop)."""
+        return bool(self.model.config.use_boxes)
+
     def segment(self, pet: "sitk.Image", ct: "sitk.Image | None" = None,
                 prompts: "CasePrompts | str | os.PathLike | None" = None, *,
                 reference: "sitk.Image | None" = None, clicks: int = 0, probabilities: bool = False,
                 share_crops: bool | None = None, allow_checksum_mismatch: bool = False) -> SegmentationResult:
         """Segment every lesion prompt of ``prompts`` on ``pet``'s grid.
 
-        ``prompts``: a :class:`CasePrompts`, or a prompt file / Slicer ``.mrk.json`` path (checked
+        ``prompts``: a :class:`CasePrompts`, or a prompt file / Slicer ``.mrk.json`` path, a list of
+        Slicer files or a folder of them (one case, :func:`~sam_l1dfl.prompts.load_prompts`; checked
         against ``pet``).  None with ``reference``: prompts generated from the reference mask
         (:func:`~sam_l1dfl.prompts.generate_prompts`, defaults: one interior point per lesion).
         ``reference`` + ``clicks`` = N: evaluation mode, N simulated refinement clicks per lesion.
@@ -471,18 +507,6 @@ class Segmenter:
                                         "window_center_lps": [round(v, 3) for v in windows[gwi].center_lps],
                                         "n_points": npts, "iou_pred": round(float(iou), 4), "notes": les.notes})
         with _timer(rep, "map_back"):
-            counts = np.bincount(labels.ravel(), minlength=max(l.label for l in lesions) + 1)
-            vml = float(np.prod(pet.GetSpacing())) / 1000.0
-            for d in out_lesions:
-                d["voxels"] = int(counts[d["label"]])
-                d["volume_ml"] = round(d["voxels"] * vml, 4)
-                if d["voxels"] == 0:
-                    rep.notes.append(f"lesion {d['lesion_id']}: empty prediction")
-            out_lesions.sort(key=lambda d: d["label"])
-            lab_img = sitk.GetImageFromArray(labels)
-            lab_img.CopyInformation(pet)
-            mask_img = sitk.GetImageFromArray((labels > 0).astype(np.uint8))
-            mask_img.CopyInformation(pet)
             probs = None
             if probabilities:
                 probs = {}
@@ -490,7 +514,7 @@ class Segmenter:
                     im = sitk.GetImageFromArray(pm)
                     im.CopyInformation(pet)
                     probs[lid] = im
-        return SegmentationResult(lab_img, mask_img, probs, out_lesions, rep)
+            return SegmentationResult.from_labels(pet, labels, out_lesions, rep, probs)
 
     def segment_dataset(self, cases: "Sequence[CaseRecord]", out_dir: "str | os.PathLike", *,
                         prompts_dir: "str | os.PathLike | None" = None, from_mask: bool = False, clicks: int = 0,
@@ -501,7 +525,8 @@ class Segmenter:
         ``<case>.nii.gz`` (binary; what ``sam-l1dfl evaluate`` reads), ``lesions/<case>.nii.gz``,
         ``<case>.json``, ``probabilities/<case>/`` with ``probabilities``, and ``summary.json``.
 
-        Prompts: ``prompts_dir`` (``<case>.json`` or ``<case>.mrk.json``), or ``from_mask`` (each
+        Prompts: ``prompts_dir`` (``<case>.json``, ``<case>.mrk.json``, or a ``<case>/`` folder of
+        Slicer markups files), or ``from_mask`` (each
         case's label, optionally with ``clicks`` refinement clicks).  A case without a prompt file
         or without a reference lesion gets an empty mask; a case whose files are unusable is listed
         in ``failed`` with its one-line reason.  ``data`` names the source in the summary;
@@ -520,12 +545,13 @@ class Segmenter:
             raise InputError(pdir, "prompt folder does not exist")
         needs_ct = self.preprocess.needs_ct
         summary = DatasetSummary(self.checkpoint, None if data is None else str(data), len(cases), int(clicks),
-                                 self.share_crops, str(out))
+                                 self.share_crops, str(out), self.method, getattr(self, "weights", None))
         t0 = time.perf_counter()
-        bar = tqdm(cases, desc="infer", unit="case", disable=None if progress else True)
+        bar = show_progress(cases, desc="infer", unit="case", enabled=progress)
         for rec in bar:
             try:
                 case = load_case(rec, load_ct=needs_ct, load_label=from_mask)
+                warn_if_not_suv(sitk.GetArrayViewFromImage(case.pet), rec.pet)
                 if from_mask and case.label is None:
                     raise InputError(rec.pet, f"case {rec.case_id} has no label for --prompts-from-mask")
                 if needs_ct and case.ct_native is None:
@@ -533,13 +559,13 @@ class Segmenter:
                                               f"{self.input_mode!r}")
                 prompts = None
                 if pdir is not None:
-                    cands = [pdir / f"{rec.case_id}.json", pdir / f"{rec.case_id}.mrk.json"]
-                    prompts = next((c for c in cands if c.is_file()), None)
+                    cands = [pdir / f"{rec.case_id}.json", pdir / f"{rec.case_id}.mrk.json", pdir / rec.case_id]
+                    prompts = next((c for c in cands if c.is_file() or c.is_dir()), None)
                     why = "no prompt file"
                 else:
                     why = "no lesion in the reference mask"
                 if (pdir is not None and prompts is None) or (from_mask and not sitk.GetArrayViewFromImage(case.label).any()):
-                    _write_empty(case.pet, out, rec.case_id, why)
+                    _write_empty(case.pet, out, rec.case_id, why, self.method)
                     summary.empty.append(f"{rec.case_id}: {why}")
                     continue
                 res = self.segment(case.pet, case.ct_native if needs_ct else None, prompts=prompts,
@@ -551,7 +577,7 @@ class Segmenter:
             res.write(out / f"{rec.case_id}.nii.gz", out / "lesions" / f"{rec.case_id}.nii.gz",
                       out / f"{rec.case_id}.json", out / "probabilities" / rec.case_id if probabilities else None,
                       {"case_id": rec.case_id, "pet": str(rec.pet), "prompts": None if prompts is None else str(prompts),
-                       "checkpoint": self.checkpoint})
+                       "method": self.method, "checkpoint": self.checkpoint})
             r = res.report
             summary.lesions += r.n_lesions
             summary.encoder_passes += r.encoder_passes
@@ -599,11 +625,12 @@ class Segmenter:
             if reference is None:
                 raise PromptError(None, "no prompts: give a prompt file, CasePrompts, or a reference mask")
             return generate_prompts(reference, pet)
-        if isinstance(prompts, (str, os.PathLike)):
-            p = Path(prompts)
-            if not p.is_file():
-                raise PromptError(p, "prompt file not found")
-            return load_prompts(p, image=pet, allow_checksum_mismatch=allow_mismatch)
+        if isinstance(prompts, (str, os.PathLike, list, tuple)):  # a file, several, or a folder of markups
+            for p in [prompts] if isinstance(prompts, (str, os.PathLike)) else prompts:
+                if not Path(p).exists():
+                    raise PromptError(p, "prompt file not found")
+            return load_prompts(prompts, image=pet, allow_checksum_mismatch=allow_mismatch,
+                                crop_mm=(self.preprocess.crop_size - 1) * self.preprocess.spacing)
         if not isinstance(prompts, CasePrompts):
             raise PromptError(None, f"prompts must be CasePrompts or a file path, got {type(prompts).__name__}")
         if not prompts.lesions:
@@ -637,14 +664,14 @@ class Segmenter:
             notes = []
             if len(pos) == 0 and not boxes:
                 raise PromptError(where, f"lesion {lp.lesion_id} has no positive point and no box")
-            if len(pos) == 0 and not self.model.config.use_boxes:
+            if len(pos) == 0 and not self.uses_boxes:
                 c = np.mean([b.mean(0) for b in boxes], axis=0)
                 pos = c[None]
                 notes.append("model has no box embeddings: box centre used as a positive point")
                 rep.notes.append(f"lesion {lp.lesion_id}: " + notes[-1])
             ext = np.concatenate([pos] + boxes)
             out.append(_Lesion(int(lp.lesion_id), int(lp.lesion_id) if use_ids else n + 1, pos, neg,
-                               boxes if self.model.config.use_boxes else [], ext.min(0), ext.max(0), notes))
+                               boxes if self.uses_boxes else [], ext.min(0), ext.max(0), notes))
         return out
 
     def _reference_components(self, reference, lesions: list[_Lesion], rep: InferenceReport):
@@ -755,13 +782,14 @@ class Segmenter:
         return results
 
 
-def _write_empty(pet: sitk.Image, out: Path, case_id: str, why: str) -> None:
+def _write_empty(pet: sitk.Image, out: Path, case_id: str, why: str, method: str) -> None:
     """The outputs of a case with nothing to segment: empty mask and label map, and a JSON note."""
     z = sitk.Image(pet.GetSize(), sitk.sitkUInt8)
     z.CopyInformation(pet)
     write_image_atomic(z, out / f"{case_id}.nii.gz")
     write_image_atomic(sitk.Cast(z, sitk.sitkUInt16), out / "lesions" / f"{case_id}.nii.gz")
-    write_json_atomic(out / f"{case_id}.json", {"case_id": case_id, "lesions": [], "note": f"{why}: empty prediction"})
+    write_json_atomic(out / f"{case_id}.json", {"case_id": case_id, "method": method, "lesions": [],
+                                                "note": f"{why}: empty prediction"})
 
 
 def _crop_instance(inst: "sitk.Image", geom: CropGeometry) -> np.ndarray:

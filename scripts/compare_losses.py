@@ -56,6 +56,7 @@ def settings(config: "str | None", overrides: "list[str]") -> dict:
 
 
 def main(argv=None) -> int:
+    from sam_l1dfl.commands import add_output_flags, parse_args_with_overrides
     from sam_l1dfl.errors import SamL1dflError
 
     p = argparse.ArgumentParser(prog="compare_losses.py", description=__doc__.split("\n\n")[0],
@@ -82,10 +83,10 @@ def main(argv=None) -> int:
     p.add_argument("--in-process", action="store_true", help="run everything in this process (no subprocess per run)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run")
     p.add_argument("--force", action="store_true", help="rerun finished runs")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_output_flags(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="cnn.<key>=V, sam.<key>=V, loss_params.<loss>.<option>=V")
-    args = p.parse_args(argv)
+    args = parse_args_with_overrides(p, argv)  # key=value anywhere among the flags
     try:
         from sam_l1dfl.compare.runner import BUDGETS, describe_plan, plan_comparison, run_comparison
         from sam_l1dfl.io_utils import check_output_path, input_files, refuse_inside, refuse_overwrite

@@ -19,11 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 def main(argv=None) -> int:
     from sam_l1dfl.commands import finetune as cmd
+    from sam_l1dfl.commands import parse_args_with_overrides
     from sam_l1dfl.errors import SamL1dflError
 
     parser = argparse.ArgumentParser(prog="finetune.py", description=__doc__.split("\n\n")[0])
     cmd.add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse_args_with_overrides(parser, argv)  # key=value anywhere among the flags
     try:
         return cmd.run(args)
     except SamL1dflError as exc:

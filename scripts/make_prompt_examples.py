@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         generate_dataset(data, args.n_cases, seed=args.seed, progress=False)
         work = Path(tmp) / "prompts"
         rc = cli(["prompts", "--data", str(data), "--out", str(work), "--n-neg", "2", "--boxes", "--slicer",
-                  "--seed", str(args.seed), "--no-progress"])
+                  "--seed", str(args.seed), "--quiet"])
         if rc != 0:
             return rc
         files = sorted(work.glob("*.json"))

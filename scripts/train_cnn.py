@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 
 def main(argv=None) -> int:
+    from sam_l1dfl.commands import add_output_flags, parse_args_with_overrides
     from sam_l1dfl.errors import SamL1dflError
 
     parser = argparse.ArgumentParser(prog="train_cnn.py", description=__doc__.split("\n\n")[0])
@@ -29,8 +30,8 @@ def main(argv=None) -> int:
                         help="with --resume: load a saved state even if its pickles hold more than tensors and "
                              "plain values (that can run code: only for run directories you trust)")
     parser.add_argument("--name", default=None, help="run name; same as name=...")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    add_output_flags(parser)
+    args = parse_args_with_overrides(parser, argv)  # key=value anywhere among the flags
     try:
         from sam_l1dfl.cnn.config import load_cnn_config
         from sam_l1dfl.cnn.train import train_cnn
@@ -43,8 +44,9 @@ def main(argv=None) -> int:
     except SamL1dflError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"run: {res.run_dir}  steps: {res.steps}  epochs: {res.epochs}  "
-          f"best validation Dice {res.best_val_dice:.4f} at epoch {res.best_epoch}")
+    if res.main_process:  # one summary, not one per process
+        print(f"run: {res.run_dir}  steps: {res.steps}  epochs: {res.epochs}  "
+              f"best validation Dice {res.best_val_dice:.4f} at epoch {res.best_epoch}")
     return 0
 
 

@@ -86,7 +86,7 @@ def test_config_files_and_errors(tmp_path):
         load_cnn_config(None, ["network.name=vnet"])
     with pytest.raises(ConfigError, match="multiple of 32"):
         load_cnn_config(None, ["augment.crop_size=48"])
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['network.widht'\]"):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) 'network.widht'; known: network\."):
         load_cnn_config(None, ["network.widht=2"])
     with pytest.raises(ConfigError, match="UNet does not take"):
         load_cnn_config(None, ["network.overrides={foo: 1}"])

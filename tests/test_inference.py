@@ -198,7 +198,7 @@ def test_bad_inputs_one_line_errors(model_dir, cases, tmp_path):
     save_model_dir(build_sam_med3d(SamMed3DConfig.preset("tiny")), d3, {"input_mode": "pet+ct"})
     with pytest.raises(CheckpointError, match="channel"):
         Segmenter(d3, device="cpu")
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(CheckpointError, match="no such file or directory"):
         Segmenter(tmp_path / "nope", device="cpu")
     for e in (PromptError, InputError, CheckpointError):
         assert issubclass(e, ValueError)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import jsonschema
 import numpy as np
@@ -216,3 +217,152 @@ def test_unreadable_image_path_is_one_line(tmp_path):
     with pytest.raises(PromptError, match="cannot read the image header") as e:
         load_prompts(path, image_path=text)
     assert ".cxx" not in str(e.value) and "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------------- a 3D Slicer round trip (#16 §5)
+def _two_lesions(boxes=True):
+    """A 120 mm cube at 2 mm with lesion 1 near (40, 40, 40) mm and lesion 2 near (80, 80, 40) mm."""
+    a = np.zeros((60, 60, 60), np.uint8)
+    a[18:23, 18:23, 18:23] = 1
+    a[18:23, 38:43, 38:43] = 1
+    lab = sitk.GetImageFromArray(a)
+    lab.SetSpacing((2.0, 2.0, 2.0))
+    pet = sitk.GetImageFromArray((a * 8.0 + 1.0).astype(np.float32))
+    pet.CopyInformation(lab)
+    cfg = PromptConfig(n_pos=1, n_neg=1, boxes=boxes, seed=0)
+    return generate_prompts(lab, pet, cfg, case_id="c1"), pet
+
+
+def _slicer_saves(cp, folder):
+    """What Slicer writes on "Save": one file per node, named after it, without our ``sam_l1dfl`` block."""
+    folder.mkdir()
+    doc = prompts_to_markups(cp)
+    for mk in doc["markups"]:
+        (folder / f"{mk['name']}.mrk.json").write_text(json.dumps({"@schema": MARKUPS_SCHEMA, "markups": [mk]}))
+    return doc
+
+
+def _click(folder, node, world, label):
+    """A control point added in Slicer: default label, no description."""
+    path = folder / f"{node}.mrk.json"
+    doc = json.loads(path.read_text())
+    doc["markups"][0]["controlPoints"].append({"id": "9", "label": label, "description": "",
+                                               "position": list(world), "positionStatus": "defined"})
+    path.write_text(json.dumps(doc))
+
+
+def test_export_names_nodes_per_case_and_leaves_them_unlocked():
+    cp, _ = _two_lesions()
+    doc = prompts_to_markups(cp)
+    jsonschema.validate(doc, MARKUPS_V103_SUBSET)
+    assert [m["name"] for m in doc["markups"]] == ["c1 positive", "c1 negative", "c1 lesion 1 box", "c1 lesion 2 box"]
+    assert not any(m["locked"] for m in doc["markups"])
+    assert not any(c["locked"] for m in doc["markups"] for c in m["controlPoints"])
+
+
+def test_files_written_before_the_case_prefix_still_load(tmp_path):
+    cp, pet = _two_lesions()
+    doc = prompts_to_markups(cp)
+    for mk in doc["markups"]:  # the names and locks of the earlier export
+        mk["name"] = mk["name"].removeprefix("c1 ")
+        mk["locked"] = True
+    path = tmp_path / "old.mrk.json"
+    path.write_text(json.dumps(doc))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say about a complete file
+        back = load_prompts(path, image=pet)
+    assert back.equivalent(cp, tol_mm=1e-6) and back.case_id == "c1"
+
+
+def test_a_new_click_far_from_every_box_is_a_new_lesion_and_one_in_a_box_joins_it(tmp_path):
+    cp, pet = _two_lesions()
+    c1 = np.asarray(cp.lesions[0].positive_points[0].world)
+    box2 = cp.lesions[1].boxes[0]
+    far = c1 + np.array([0.0, 0.0, 50.0])  # 50 mm from lesion 1, outside both boxes
+    assert not any(_inside(b, far) for les in cp.lesions for b in les.boxes)
+    near2 = np.asarray(box2.center) + np.asarray(box2.size) * 0.3  # inside lesion 2's box, off its click
+    folder = tmp_path / "saved"
+    _slicer_saves(cp, folder)
+    _click(folder, "c1 positive", far, "c1 positive-3")
+    _click(folder, "c1 positive", near2, "c1 positive-4")
+    with pytest.warns(UserWarning) as rec:
+        got = load_prompts(folder, image=pet)
+    notes = [str(w.message) for w in rec]
+    assert [l.lesion_id for l in got.lesions] == [1, 2, 3]
+    np.testing.assert_allclose(got.lesions[2].points[0].world, far)
+    assert [len(l.positive_points) for l in got.lesions] == [1, 2, 1]
+    np.testing.assert_allclose(got.lesions[1].positive_points[1].world, near2)
+    assert got.case_id == "c1" and [len(l.boxes) for l in got.lesions] == [1, 1, 0]
+    assert len(notes) == 2 and all("\n" not in n for n in notes)
+    assert "c1 positive-3" in notes[0] and "new lesion 3" in notes[0]
+    assert "c1 positive-4" in notes[1] and "joined lesion 2 (inside its box" in notes[1]
+
+
+def test_without_boxes_the_crop_places_the_click_and_says_so(tmp_path):
+    cp, pet = _two_lesions(boxes=False)
+    c1 = np.asarray(cp.lesions[0].positive_points[0].world)
+    folder = tmp_path / "saved"
+    _slicer_saves(cp, folder)
+    _click(folder, "c1 positive", c1 + [0.0, 0.0, 30.0], "c1 positive-3")
+    with pytest.warns(UserWarning, match="joined lesion 1 .inside its 190.5 mm crop"):
+        got = load_prompts(folder, image=pet)
+    assert len(got.lesions) == 2 and len(got.lesions[0].positive_points) == 2
+    with pytest.warns(UserWarning, match="new lesion 3"):  # a 48 mm crop does not reach 30 mm off its centre
+        got = load_prompts(folder, image=pet, crop_mm=48.0)
+    assert len(got.lesions) == 3
+
+
+def test_several_files_or_a_folder_make_one_case_and_a_lonely_node_is_named(tmp_path):
+    cp, pet = _two_lesions()
+    folder = tmp_path / "saved"
+    _slicer_saves(cp, folder)
+    files = sorted(folder.iterdir())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        whole = load_prompts(folder, image=pet)
+        listed = load_prompts(files, image=pet)
+    assert whole.equivalent(cp, tol_mm=1e-6) and listed.equivalent(cp, tol_mm=1e-6)
+    # the negatives alone: every lesion they name lacks a positive point
+    with pytest.warns(UserWarning, match=r"node 'c1 negative' refers to lesion\(s\) 1, 2 with no positive point"):
+        load_prompts(folder / "c1 negative.mrk.json", image=pet)
+    # a prompt file of ours cannot be merged with markups
+    save_prompts(cp, tmp_path / "c1.json")
+    with pytest.raises(PromptError, match="only Slicer markups files"):
+        load_prompts([tmp_path / "c1.json", files[0]], image=pet)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(PromptError, match="no Slicer markups file"):
+        load_prompts(empty, image=pet)
+
+
+def test_markups_of_two_cases_are_not_merged(tmp_path):
+    cp, pet = _two_lesions()
+    save_prompts(cp, tmp_path / "a.mrk.json")
+    cp.case_id = "c2"
+    save_prompts(cp, tmp_path / "b.mrk.json")
+    with pytest.raises(PromptError, match="case 'c2'"):
+        load_prompts([tmp_path / "a.mrk.json", tmp_path / "b.mrk.json"], image=pet)
+
+
+@pytest.mark.parametrize("what", ["origin", "direction"])
+def test_grid_mismatch_names_what_differs_and_the_image(tmp_path, what):
+    cp, pet = _two_lesions()
+    pet_path = tmp_path / "SUV.nii.gz"
+    sitk.WriteImage(pet, str(pet_path))
+    cp.image = type(cp.image).from_image(pet, path=str(pet_path))
+    other = sitk.Image(pet)
+    if what == "origin":
+        other.SetOrigin((0.0, 0.0, 5.0))
+    else:
+        other.SetDirection((1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, -1.0))
+    for name in ("c1.json", "c1.mrk.json"):
+        save_prompts(cp, tmp_path / name)
+        with pytest.raises(PromptError) as e:
+            load_prompts(tmp_path / name, image=other, verify_sha=False)
+        msg = str(e.value)
+        assert what in msg and "SUV.nii.gz" in msg and "size" not in msg and "spacing" not in msg, msg
+
+
+def _inside(box, w):
+    r = np.asarray(box.orientation).reshape(3, 3)
+    return bool(np.all(np.abs(r.T @ (np.asarray(w) - box.center)) <= np.asarray(box.size) / 2))

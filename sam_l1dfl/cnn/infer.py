@@ -24,7 +24,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from sam_l1dfl.cnn.config import cnn_config_from_dict
 from sam_l1dfl.cnn.networks import build_network
@@ -35,6 +34,7 @@ from sam_l1dfl.errors import CheckpointError, InputError, SamL1dflError
 from sam_l1dfl.formats import CONFIG_FILE, MODEL_FILE
 from sam_l1dfl.io_utils import write_image_atomic, write_json_atomic
 from sam_l1dfl.model.weights import compare_state_dicts, describe_fit
+from sam_l1dfl.progress import progress as show_progress
 
 FORMAT = "sam-l1dfl-cnn"  # the "format" of a CNN model directory's config.json
 
@@ -188,7 +188,7 @@ class AutoSegmenter:
         """
         out = Path(out_dir)
         summary = AutoDatasetSummary(self.checkpoint, self.cfg.to_dict(), str(out))
-        for rec in tqdm(cases, desc="infer-auto", unit="case", disable=not progress):
+        for rec in show_progress(cases, desc="infer-auto", unit="case", enabled=progress):
             try:
                 case = load_case(rec, load_label=False)
                 res = self.segment(case.pet, case.ct_native)

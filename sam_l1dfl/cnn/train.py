@@ -37,7 +37,6 @@ from typing import Optional
 import numpy as np
 import torch
 from accelerate.utils import gather_object
-from tqdm import tqdm
 
 from sam_l1dfl.cnn.config import CnnConfig
 from sam_l1dfl.cnn.infer import FORMAT, sliding_probability
@@ -48,6 +47,7 @@ from sam_l1dfl.formats import CONFIG_FILE, MODEL_FILE
 from sam_l1dfl.io_utils import atomic_dir, write_json_atomic
 from sam_l1dfl.losses import make_training_loss
 from sam_l1dfl.metrics.volume import dice_batch
+from sam_l1dfl.progress import progress as show_progress
 from sam_l1dfl.seeding import seed_of
 from sam_l1dfl.training.runtime import EpochSampler, Progress, RunResult, Trainer, peak_memory_mb, split_cases
 
@@ -163,11 +163,11 @@ class CnnTrainer(Trainer):
             torch.cuda.reset_peak_memory_stats(acc.device)
         self.train_recs, self.val_recs = split_cases(cfg)
         with acc.main_process_first():
-            bar_kw = dict(unit="case", disable=not (self.progress and acc.is_local_main_process), leave=False)
+            bar_kw = dict(unit="case", enabled=self.progress and acc.is_local_main_process, leave=False)
             train_vols = [load_volume(r, cfg.preprocess, cfg.cache_dir)
-                          for r in tqdm(self.train_recs, desc="volumes (train)", **bar_kw)]
+                          for r in show_progress(self.train_recs, desc="volumes (train)", **bar_kw)]
             self.val_vols = [load_volume(r, cfg.preprocess, cfg.cache_dir)
-                             for r in tqdm(self.val_recs, desc="volumes (val)", **bar_kw)]
+                             for r in show_progress(self.val_recs, desc="volumes (val)", **bar_kw)]
         if not self.val_vols:
             raise InputError(cfg.data.val_root or cfg.data.root,
                              "no validation cases (set data.val_fraction or data.val_cases)")
@@ -244,7 +244,8 @@ class CnnTrainer(Trainer):
     def save_model(self, which: str, res: Optional[dict]) -> None:
         st = self.state
         meta = model_meta(self.cfg, {"which": which, "epoch": st.epoch, "step": st.global_step,
-                                     "val_dice": None if res is None else res["dice"]})
+                                     "val_dice": None if res is None else res["dice"],
+                                     "best_is_initial": which == "best" and self.best_is_initial})
         save_cnn_dir(self.acc.unwrap_model(self.net), self.run_dir / which, meta)
 
     def summary(self, final: Optional[dict]) -> dict:

@@ -7,7 +7,13 @@ least one problem, so the command can gate a script.
 
 from __future__ import annotations
 
+from sam_l1dfl.commands import add_output_flags
+
 HELP = "discover cases in a data folder and report problems"
+#: Shown by ``--help``; each one runs (or parses) in tests/test_help_examples.py.
+EXAMPLES = (
+    "sam-l1dfl data data/psma --check full",
+)
 
 
 def add_arguments(parser) -> None:
@@ -16,6 +22,7 @@ def add_arguments(parser) -> None:
                         help="headers: read every header and compare label/PET grids (default); "
                              "full: also read every voxel (NaN/inf, corrupt data); none: file names only")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the report as JSON (atomically)")
+    add_output_flags(parser)
 
 
 def run(args) -> int:
@@ -28,17 +35,20 @@ def run(args) -> int:
     report = discover_cases(args.path, check_headers=args.check in ("headers", "full"))
     check_outputs([args.json], inputs=case_inputs(report.cases, args.path), hint="choose another --json")
     if args.check == "full" and report.cases:
-        from tqdm import tqdm
+        import SimpleITK as sitk
 
         from sam_l1dfl.data.io import load_case
+        from sam_l1dfl.data.suv_sanity import warn_if_not_suv
+        from sam_l1dfl.progress import progress
 
         keep = []
-        for rec in tqdm(report.cases, desc="reading cases", unit="case"):
+        for rec in progress(report.cases, desc="reading cases", unit="case", enabled=not args.quiet):
             try:
-                load_case(rec)
+                case = load_case(rec)
             except InputError as exc:
                 report.problems.append(CaseProblem(rec.case_id, str(exc)))
                 continue
+            warn_if_not_suv(sitk.GetArrayViewFromImage(case.pet), rec.pet)
             keep.append(rec)
         report.cases = keep
     print(report.summary())

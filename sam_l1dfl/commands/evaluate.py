@@ -15,7 +15,13 @@ from __future__ import annotations
 
 import argparse
 
+from sam_l1dfl.commands import add_output_flags
+
 HELP = "Dice, FPV/FNV and lesion-wise detection metrics"
+#: Shown by ``--help``; each one runs (or parses) in tests/test_help_examples.py.
+EXAMPLES = (
+    "sam-l1dfl evaluate --pred-dir pred/ --gt-dir data/psma --out report/ --n-boot 200",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--no-mips", action="store_true", help="leave the pictures out of the report")
     parser.add_argument("--max-mip-cases", type=int, metavar="N", help="draw MIPs for at most N cases")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import argparse
 
+from sam_l1dfl.commands import add_output_flags
 from sam_l1dfl.errors import ConfigError
 from sam_l1dfl.formats import EXPORT_FORMATS as FORMATS
 from sam_l1dfl.formats import ONNX_OPSET
 
 HELP = "export checkpoints (sam-med3d, safetensors, delta, onnx)"
+#: Shown by ``--help``; each one runs (or parses) in tests/test_help_examples.py.
+EXAMPLES = (
+    "sam-l1dfl export --checkpoint runs/psma_l1dfl --format safetensors --out psma_model/",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-verify", action="store_true", help="onnx: skip the onnxruntime comparison")
     parser.add_argument("--trust", action="store_true",
                         help="allow arbitrary unpickling of the inputs (only for files from a source you trust)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     result = E.export_checkpoint(
         source, fmt, args.out, base=base, drop_boxes=args.drop_boxes, trust=args.trust,
         data_description=args.data_description, verify=not args.no_verify, opset=args.opset,
-        progress=not args.no_progress,
+        progress=not args.quiet,
     )
     print(result.summary())
     return 0

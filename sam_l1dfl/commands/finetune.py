@@ -9,15 +9,20 @@ For several GPUs/nodes use ``accelerate launch scripts/finetune.py`` with the sa
 
 from __future__ import annotations
 
-from sam_l1dfl.commands import DEVICE_HELP
+from sam_l1dfl.commands import DEVICE_HELP, add_output_flags
 
 HELP = "fine-tune the mask decoder (single process)"
+#: Shown by ``--help``; each one runs (or parses) in tests/test_help_examples.py.
+EXAMPLES = (
+    "sam-l1dfl finetune --config configs/demo.yaml --device cpu --max-steps 20 optim.lr=3e-4",
+    "sam-l1dfl finetune --config configs/demo.yaml --resume",
+)
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, metavar="YAML", help="fine-tuning config (see configs/)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. train.lr=3e-4 prompts.boxes=true")
+                        help="config overrides, anywhere among the flags, e.g. optim.lr=3e-4 prompts.boxes=true")
     parser.add_argument("--resume", action="store_true", help="continue from the latest saved state of the run")
     parser.add_argument("--trust", action="store_true",
                         help="with --resume: load a saved state even if its pickles hold more than tensors and "
@@ -26,7 +31,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--output-dir", default=None, help="parent of the run directory; same as output_dir=...")
     parser.add_argument("--max-steps", type=int, default=None, help="same as train.max_steps=...")
     parser.add_argument("--device", default=None, help=DEVICE_HELP + "; one process only (not with accelerate launch)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_output_flags(parser)
 
 
 def collect_overrides(args) -> list[str]:
@@ -51,6 +56,8 @@ def run(args) -> int:
     cfg.check_outputs(input_files(args.config, cfg.model.checkpoint))
     res = train(cfg, resume=args.resume, accelerator=device_accelerator(cfg, device), progress=not args.quiet,
                 trust=args.trust)
+    if not res.main_process:  # one summary, not one per process
+        return 0
     b, a = res.dice_before, res.dice_after
     print(f"run: {res.run_dir}  steps: {res.steps}")
     print("validation Dice@1/3/5  before: " + " / ".join(f"{b[f'dice@{k}']:.3f}" for k in (1, 3, 5))

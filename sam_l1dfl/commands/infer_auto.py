@@ -23,9 +23,13 @@ from __future__ import annotations
 
 import argparse
 
-from sam_l1dfl.commands import DATA_HELP, DEVICE_HELP, PET_HELP, case_inputs, image_output
+from sam_l1dfl.commands import DATA_HELP, DEVICE_HELP, PET_HELP, add_output_flags, case_inputs, image_output
 
 HELP = "automatic whole-scan segmentation with a trained MONAI CNN (sliding window)"
+#: Shown by ``--help``; each one runs (or parses) in tests/test_help_examples.py.
+EXAMPLES = (
+    "sam-l1dfl infer-auto --data data/psma --checkpoint runs/cnn/unet/best --out-dir pred_cnn/",
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: the model's, 0.25)")
     o.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass")
     o.add_argument("--probabilities", action="store_true", help="also write the lesion probability maps")
-    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_flags(p)
 
 
 def run(args) -> int:
@@ -91,7 +95,7 @@ def run(args) -> int:
         print(f"{out}: {res.lesion_voxels} lesion voxels ({res.seconds['network']:.1f} s network)")
         return 0
 
-    s = seg.segment_dataset(rep.cases, args.out_dir, probabilities=args.probabilities, progress=not args.no_progress)
+    s = seg.segment_dataset(rep.cases, args.out_dir, probabilities=args.probabilities, progress=not args.quiet)
     print(f"{s.out_dir}: {len(s.cases)} case(s) segmented, {len(s.failed)} failed")
     for f in s.failed:  # one line per unusable case, like `sam-l1dfl prompts`
         print(f"error: {f['case']}: {f['reason']}", file=sys.stderr)

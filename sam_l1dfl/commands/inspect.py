@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from sam_l1dfl.commands import add_output_flags
+
 HELP = "load a checkpoint and report its keys and SHA-256"
+#: Shown by ``--help``; each one runs (or parses) in tests/test_help_examples.py.
+EXAMPLES = (
+    "sam-l1dfl inspect checkpoints/sam_med3d_turbo.pth",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="allow arbitrary unpickling (only for files from a source you trust)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_output_flags(parser, verbose="list every missing, unexpected and mismatched key")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,9 +75,10 @@ def run(args: argparse.Namespace) -> int:
         print("keys: all fit the model")
     else:
         if missing:
-            print(f"missing: {len(missing)}: {summarise_keys(missing)}")
+            print(f"missing: {len(missing)}: {', '.join(missing) if args.verbose else summarise_keys(missing)}")
         if unexpected:
-            print(f"unexpected: {len(unexpected)}: {summarise_keys(unexpected)}")
-        for line in report["shape_mismatches"][:10]:
+            print(f"unexpected: {len(unexpected)}: "
+                  + (", ".join(unexpected) if args.verbose else summarise_keys(unexpected)))
+        for line in report["shape_mismatches"] if args.verbose else report["shape_mismatches"][:10]:
             print(f"shape mismatch: {line}")
     return 0

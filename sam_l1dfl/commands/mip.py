@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from sam_l1dfl.commands import add_output_flags
+
 HELP = "render PET maximum-intensity projections with masks"
+#: Shown by ``--help``; each one runs (or parses) in tests/test_help_examples.py.
+EXAMPLES = (
+    "sam-l1dfl mip --pet SUV.nii.gz --mask SEG.nii.gz --out fig.png",
+)
 
 
 def add_arguments(parser) -> None:
@@ -15,6 +21,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--vmax", type=float, default=10.0, help="SUV at full black (default 10)")
     parser.add_argument("--title", default=None, help="picture title (default: the PET file name)")
     parser.add_argument("--out", required=True, metavar="FIG.png", help="PNG to write (atomically)")
+    add_output_flags(parser, verbose="also print the masks drawn")
 
 
 def run(args) -> int:
@@ -45,5 +52,7 @@ def run(args) -> int:
     title = args.title if args.title is not None else Path(args.pet).name
     panels = [Panel(pet=pet, masks=masks, axis=a, title=f"{title} ({a})") for a in axes]
     save_mip_figure(out, panels, vmax=args.vmax)
+    for name in masks if args.verbose else []:
+        print(f"mask: {name}")
     print(f"wrote {out}")
     return 0

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 
-from sam_l1dfl.commands import DATA_HELP, case_inputs
+from sam_l1dfl.commands import DATA_HELP, add_output_flags, case_inputs
 
 HELP = "generate point/box prompts from lesion masks"
+#: Shown by ``--help``; each one runs (or parses) in tests/test_help_examples.py.
+EXAMPLES = (
+    "sam-l1dfl prompts --data data/psma --out prompts/psma --n-neg 2 --boxes --slicer",
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,19 +34,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="lesion connectivity (default 18, as in autoPET)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--slicer", action="store_true", help="also write <case>.mrk.json (3D Slicer markups)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_flags(p, verbose="also list the cases written")
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from tqdm import tqdm
-
     from sam_l1dfl.data.discovery import discover_cases
     from sam_l1dfl.data.io import load_case
     from sam_l1dfl.errors import InputError, PromptError, SamL1dflError
     from sam_l1dfl.io_utils import check_output_path, check_outputs
+    from sam_l1dfl.progress import progress
     from sam_l1dfl.prompts import PromptConfig, generate_prompts, save_prompts
 
     cfg = PromptConfig(
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                   hint="choose another --out")
 
     written, skipped, failed = [], [], []
-    for rec in tqdm(cases, desc="prompts", unit="case", disable=args.no_progress or None):
+    for rec in progress(cases, desc="prompts", unit="case", enabled=not args.quiet):
         try:
             case = load_case(rec, load_ct=False)
             prompts = generate_prompts(case.label, case.pet, cfg, image_path=rec.pet, case_id=rec.case_id)
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{out}: wrote prompts for {len(written)} case(s)"
           + (" (+ Slicer markups)" if args.slicer and written else "")
           + f", skipped {len(skipped)} without lesion, {len(failed)} failed")
-    for line in written:
+    for line in written if args.verbose else []:
         print(f"  {line}")
     for line in skipped:
         print(f"  skipped {line}")

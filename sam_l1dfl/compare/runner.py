@@ -67,6 +67,7 @@ from sam_l1dfl.losses import LOSS_NAMES, loss_arguments, normalize_loss_name, tr
 from sam_l1dfl.metrics.calibration import add_calibration, case_calibration
 from sam_l1dfl.metrics.dataset import evaluate_case
 from sam_l1dfl.metrics.quantify import dissemination_mm
+from sam_l1dfl.progress import progress as show_progress
 from sam_l1dfl.training.config import config_from_dict
 from sam_l1dfl.training.loop import train
 from sam_l1dfl.training.runconfig import merge
@@ -336,10 +337,8 @@ def _tag(spec: dict) -> dict:
 
 def _evaluate_test(spec: dict, predict) -> dict:
     """Predict and evaluate every test case; ``predict(case) -> (mask zyx uint8, prob zyx float32)``."""
-    from tqdm import tqdm
-
     scores = TestScores(_tag(spec), Path(spec["pred_dir"]))
-    for cid in tqdm(spec["test"], desc=f"test {spec['name']}", unit="case", disable=not spec.get("progress", True)):
+    for cid in show_progress(spec["test"], desc=f"test {spec['name']}", unit="case", enabled=spec.get("progress", True)):
         case = load_case(CaseRecord.coerce(spec["records"][cid]))
         mask, prob = predict(case)
         scores.add(cid, case, mask, prob)
@@ -407,7 +406,6 @@ def run_baselines(out: Path, splits: dict, force: bool = False, progress: bool =
     """The classical SUV-threshold segmenters (:mod:`sam_l1dfl.baselines`) on the test cases, scored
     like a run (masks in ``pred/threshold/<method>/``); cached in ``baselines/<method>/result.json``
     until the test set changes.  Their results carry ``"baseline": True`` and no calibration."""
-    from tqdm import tqdm
     import SimpleITK as sitk
 
     results = []
@@ -423,7 +421,7 @@ def run_baselines(out: Path, splits: dict, force: bool = False, progress: bool =
         with PeakMemory() as mem:
             scores = TestScores({"model": "threshold", "loss": BASELINE_LABELS[method], "seed": 0},
                                 Path(out) / "pred" / "threshold" / method)
-            for cid in tqdm(splits["test"], desc=f"baseline {method}", unit="case", disable=not progress):
+            for cid in show_progress(splits["test"], desc=f"baseline {method}", unit="case", enabled=progress):
                 case = load_case(CaseRecord.coerce(splits["records"][cid]))
                 ct = sitk.GetArrayFromImage(case.ct) if case.ct is not None else None
                 mask = threshold_segment(sitk.GetArrayFromImage(case.pet), ct, method)
@@ -447,8 +445,6 @@ def run_ensemble(out: Path, fold_specs: Sequence[dict], fold_results: Sequence[d
     """The majority vote of the fold runs' test masks (> K/2 of K) per test case, written to
     ``pred/<model>/<loss>/ensemble/`` and scored like a run (the calibration histogram uses the
     vote share as the probability); cached in its ``result.json`` until a fold changes."""
-    from tqdm import tqdm
-
     first = fold_specs[0]
     model, loss, k = first["model"], first["loss"], len(fold_specs)
     d = ensemble_dir(out, model, loss)
@@ -460,7 +456,7 @@ def run_ensemble(out: Path, fold_specs: Sequence[dict], fold_results: Sequence[d
             return prev
     t0 = time.perf_counter()
     scores = TestScores({"model": model, "loss": loss, "seed": 0, "fold": "ensemble"}, d)
-    for cid in tqdm(first["test"], desc=f"ensemble {model}-{loss}", unit="case", disable=not progress):
+    for cid in show_progress(first["test"], desc=f"ensemble {model}-{loss}", unit="case", enabled=progress):
         case = load_case(CaseRecord.coerce(first["records"][cid]))
         masks = [read_mask(Path(s["pred_dir"]) / f"{cid}.nii.gz", "prediction")[1] for s in fold_specs]
         scores.add(cid, case, majority_vote(masks), vote_share(masks))

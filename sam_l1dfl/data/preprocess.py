@@ -94,7 +94,7 @@ class IntensityConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(None, f"unknown preprocess setting(s) {unknown}; known: {sorted(known)}")
+            raise ConfigError(None, f"unknown preprocess setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         kw = dict(d)
         if "ct_clip" in kw:
             kw["ct_clip"] = tuple(kw["ct_clip"])

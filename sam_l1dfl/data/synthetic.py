@@ -51,6 +51,7 @@ from scipy import ndimage
 
 from sam_l1dfl.data.geometry import Grid
 from sam_l1dfl.io_utils import write_image_atomic, write_json_atomic
+from sam_l1dfl.progress import progress as show_progress
 
 GENERATOR_VERSION = "1.0"
 FORMAT = "sam-l1dfl-synthetic"
@@ -809,11 +810,7 @@ def generate_dataset(out_dir: "str | Path", n_cases: int, seed: int = 0, full_si
     dirs = dataset_directions(n_cases, n_oblique)
     records = []
     it = range(n_cases)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=n_cases, desc="synth", unit="case")
+    bar = show_progress(total=n_cases, desc="synth", unit="case", enabled=progress)
     t0 = time.perf_counter()
     for i in it:
         cid = f"synth_{i:03d}"
@@ -821,11 +818,9 @@ def generate_dataset(out_dir: "str | Path", n_cases: int, seed: int = 0, full_si
         case = generate_case(case_seed(seed, i), cid, full_size=full_size, direction=dirs[i], n_lesions=req)
         write_case(case, out)
         records.append(case_record(case, req))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(lesions=len(case.lesions))
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+        bar.set_postfix(lesions=len(case.lesions))
+    bar.close()
     all_les = [les for r in records for les in r["lesions"]]
     vols = np.array([les["volume_ml"] for les in all_les]) if all_les else np.zeros(0)
     meta = {

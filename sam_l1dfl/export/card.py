@@ -6,6 +6,7 @@ import json
 from typing import Any, Optional
 
 from sam_l1dfl.formats import METRICS_FILE
+from sam_l1dfl.model.standin import ORIGIN_WORDS
 
 NOT_FOR_CLINICAL_USE = (
     "**Not for clinical use.** This model is a research artefact. It has not been validated for "
@@ -87,7 +88,9 @@ def model_card(
     lines += ["## Training", ""]
     if start:
         lines.append(f"- started from: `{start.get('checkpoint')}`"
-                     + (f" (SHA-256 `{start['sha256']}`)" if start.get("sha256") else ""))
+                     + (f" (SHA-256 `{start['sha256']}`)" if start.get("sha256") else "")
+                     + (f"; weights: {ORIGIN_WORDS.get(start['weights_origin'], start['weights_origin'])}"
+                        if start.get("weights_origin") else ""))
     loss = meta.get("loss")
     if loss:
         params = ", ".join(f"{k}={v}" for k, v in loss.items() if k != "name")
@@ -102,6 +105,9 @@ def model_card(
                      + (f", at most {trn['max_steps']} steps" if trn.get("max_steps") else ""))
     if training.get("step") is not None:
         lines.append(f"- weights from optimizer step {training['step']}")
+    if training.get("best_is_initial"):
+        lines.append("- **WARNING: these are the starting weights.** No validation during training beat the "
+                     "one before training, so `best/` was never replaced: this model is not fine-tuned.")
     if not (start or loss or tcfg):
         lines.append("- not recorded with the weights")
     lines.append("")

@@ -21,6 +21,7 @@ from sam_l1dfl.export.card import model_card
 from sam_l1dfl.export.source import ExportResult, as_source, provenance
 from sam_l1dfl.formats import CARD_FILE, CONFIG_FILE, DECODER_ONNX, ENCODER_ONNX, ONNX_FORMAT, ONNX_OPSET
 from sam_l1dfl.io_utils import atomic_dir, refuse_overwrite, sha256_file, write_json_atomic, write_text_atomic
+from sam_l1dfl.progress import progress as show_progress
 
 ONNX_TOLERANCE = 1e-3
 
@@ -109,8 +110,6 @@ def export_onnx(
     Uses the TorchScript-based exporter (``dynamo=False``): torch 2.14's dynamo exporter fails
     to decompose the fast encoder's attention (a strided view inside SDPA's decomposition).
     """
-    from tqdm.auto import tqdm
-
     src = as_source(source, trust)
     out = Path(out_dir)
     refuse_overwrite([out] + [out / f for f in (ENCODER_ONNX, DECODER_ONNX, CONFIG_FILE, CARD_FILE)], src.inputs(),
@@ -119,7 +118,7 @@ def export_onnx(
         raise CheckpointError(out, "exists and is not a directory; the onnx format is a directory")
     model = src.model.float().cpu().eval()
     steps = ["image encoder", "prompt + mask decoder"] + (["verify (onnxruntime)"] if verify else [])
-    bar = tqdm(total=len(steps), desc="onnx export", disable=not progress, unit="step")
+    bar = show_progress(total=len(steps), desc="onnx export", enabled=progress, unit="step")
     info: dict = {"opset": opset, "exporter": "torch.onnx.export(dynamo=False)", "torch": torch.__version__}
     with atomic_dir(out) as tmp:  # a new directory appears whole or not at all
         _write_graphs(model, tmp, opset, verify, bar, steps, info)

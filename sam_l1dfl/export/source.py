@@ -116,6 +116,9 @@ def load_source(checkpoint: "str | os.PathLike", trust: bool = False) -> ExportS
     if not meta.get("preprocess"):
         meta = {**default_meta(model.config), **meta}
         notes.append("note: no preprocessing config stored with the weights; recorded the defaults")
+    if (meta.get("training") or {}).get("best_is_initial"):
+        notes.insert(0, f"WARNING: {weights} holds the STARTING weights, not a fine-tuned model (validation never "
+                        "beat the model before training); export the run's last/ or train again")
     metrics_path = find_metrics(weights)
     metrics = None
     if metrics_path is not None:

@@ -30,6 +30,7 @@ This module is the evaluation loop; the columns, definitions and run summaries c
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +38,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from tqdm.auto import tqdm
-
 from sam_l1dfl.data.geometry import Grid, grid_mismatches
 from sam_l1dfl.data.io import IMAGE_SUFFIXES, image_suffix, read_image, read_mask, strip_suffix
+from sam_l1dfl.data.suv_sanity import warn_if_not_suv
 from sam_l1dfl.errors import InputError
+from sam_l1dfl.model.standin import ORIGIN_WORDS
+from sam_l1dfl.progress import progress as show_progress
 
 from .components import AUTOPET_CONNECTIVITY, component_overlap
 from .detection import match_lesions
@@ -110,6 +112,21 @@ def find_pet(case: str, gt_path: Path, pet_dir: "str | Path | None") -> Path | N
         if cand is not None:
             return cand
     raise InputError(pet_dir, f"no PET for case {case!r} (looked for {case}/SUV.nii.gz and {case}.nii.gz)")
+
+
+def masks_origin(pred_dir: "str | Path") -> str:
+    """Where the masks in ``pred_dir`` came from, in words, from the ``summary.json`` that
+    ``sam-l1dfl infer`` writes beside them (method, checkpoint and its weights' origin)."""
+    try:
+        info = json.loads((Path(pred_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return "not recorded (no summary.json from sam-l1dfl infer)"
+    if not isinstance(info, dict) or "method" not in info:
+        return "not recorded"
+    if info["method"] != "sam":
+        return f"{info['method']} (no model)"
+    origin = info.get("weights") or "other"
+    return f"SAM-Med3D, checkpoint {info.get('checkpoint')}; weights: {ORIGIN_WORDS.get(origin, origin)}"
 
 
 def resolve_runs(
@@ -252,6 +269,7 @@ def read_evaluation_case(gt_path: Path, pred_path: Path | None, pet_path: Path |
         petimg = read_image(pet_path, "PET")
         check_grid(petimg, gt_img, pet_path, gt_path)
         pet = sitk.GetArrayFromImage(petimg).astype(np.float32, copy=False)
+        warn_if_not_suv(pet, pet_path)
     spacing = tuple(reversed(gt_img.GetSpacing()))
     return gt_img, pred, ref, pet, spacing
 
@@ -328,7 +346,7 @@ def evaluate_dataset(
         rows_run, les_run = [], []
         desc = "evaluate" + ("" if nclicks is None else f" ({nclicks} clicks)")
         failed: list[tuple[str, InputError]] = []
-        for case in tqdm(sorted(gt), desc=desc, unit="case", disable=not progress):
+        for case in show_progress(sorted(gt), desc=desc, unit="case", enabled=progress):
             try:
                 gt_img, pred, ref, pet, spacing = read_evaluation_case(gt[case], preds.get(case), pets[case])
             except InputError as exc:
@@ -361,6 +379,7 @@ def evaluate_dataset(
             "gt_dir": str(gt_dir),
             "pet_dir": None if pet_dir is None else str(pet_dir),
             "pred_dirs": {("all" if c is None else str(c)): str(f) for c, f in runs},
+            "masks_from": {("all" if c is None else str(c)): masks_origin(f) for c, f in runs},
             "n_cases": len(gt),
             "cases_with_pet": sum(1 for p in pets.values() if p is not None),
             "missing_predictions_counted_empty": {f: m for f, m in missing_all.items() if m},

@@ -263,6 +263,17 @@ th{background:#f1f1f1}td:first-child,th:first-child{text-align:left}.note{color:
 h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}dt{font-weight:bold;margin-top:.3em}"""
 
 
+def _words(v: Any) -> str:
+    """A summary value as plain words: no Python ``None``, ``{...}`` or ``[...]``."""
+    if v is None:
+        return "none"
+    if isinstance(v, dict):
+        return ", ".join(f"{str(k).replace('_', ' ')} {_words(x)}" for k, x in v.items()) or "none"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_words(x) for x in v) or "none"
+    return str(v)
+
+
 def render_html(summary: dict[str, Any], case_rows: Sequence[dict[str, Any]],
                 figures: dict[str, Any]) -> str:
     runs = summary["runs"]
@@ -271,8 +282,8 @@ def render_html(summary: dict[str, Any], case_rows: Sequence[dict[str, Any]],
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>sam-l1dfl evaluation</title>"
              f"<style>{CSS}</style></head><body><h1>Segmentation evaluation</h1>"]
     inp = summary["inputs"]
-    parts.append("<p class='note'>" + "<br>".join(html.escape(f"{k}: {v}") for k, v in inp.items()
-                                                  if k != "unmatched_predictions") + "</p>")
+    parts.append("<p class='note'>" + "<br>".join(html.escape(f"{k.replace('_', ' ')}: {_words(v)}")
+                                                  for k, v in inp.items() if k != "unmatched_predictions") + "</p>")
     if inp.get("unmatched_predictions"):
         parts.append(f"<p class='note'>Predictions without a reference (ignored): "
                      f"{html.escape(', '.join(inp['unmatched_predictions'][:20]))}</p>")

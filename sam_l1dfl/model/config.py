@@ -122,7 +122,7 @@ class SamMed3DConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ConfigError(source, f"unknown model config keys {unknown}; known: {sorted(names)}")
+            raise ConfigError(source, f"unknown model config keys {', '.join(unknown)}; known: {', '.join(sorted(names))}")
         try:
             return cls(**d)
         except TypeError as exc:  # pragma: no cover - dataclass signature errors

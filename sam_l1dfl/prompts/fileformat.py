@@ -7,7 +7,9 @@ The image path is stored relative to the prompt file's folder when it can be, an
 relative to it on load.  Voxel indices in the file are recomputed from the world positions and
 the grid (of the ``image`` given, else the one recorded in the file); a file whose indices
 disagree with its world positions (on its recorded grid) by more than 0.01 voxel is rejected,
-with or without an image (e.g. RAS world values under the ``LPS`` label).  A box must have
+with or without an image (e.g. RAS world values under the ``LPS`` label).  An image whose grid is
+not the recorded one is refused (:func:`check_same_grid`: the message names the image the prompts
+were made for and what differs, origin or direction included).  A box must have
 positive sizes (:func:`~sam_l1dfl.prompts.types.placed_box`, shared with Slicer ROIs).
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from sam_l1dfl.data.geometry import grid_differences
 from sam_l1dfl.errors import PromptError
 from sam_l1dfl.prompts.types import (
     FORMAT,
@@ -40,6 +43,17 @@ def to_document(prompts: CasePrompts, relative_to: "str | os.PathLike | None" = 
     return doc
 
 
+def check_same_grid(image: ImageRef, stored: ImageRef, path) -> None:
+    """Refuse prompts whose recorded grid is not the image's (:meth:`ImageRef.same_grid`), naming
+    the image they were made for and each of size, spacing, origin, direction that differs."""
+    if image.same_grid(stored):
+        return
+    diffs = grid_differences(stored, image, coord_tol=1e-3, dir_tol=1e-3)
+    made_for = f" ({stored.path})" if stored.path else ""
+    raise PromptError(path, f"the image is not the one the prompts were made for{made_for}: "
+                            + "; ".join(diffs) + " (image vs prompts)")
+
+
 def from_document(doc: dict[str, Any], path, image=None) -> CasePrompts:
     def bad(msg):
         raise PromptError(path, msg)
@@ -59,11 +73,7 @@ def from_document(doc: dict[str, Any], path, image=None) -> CasePrompts:
     ref = stored
     if image is not None:
         ref = ImageRef.from_image(image, path=stored.path, sha256=stored.sha256)
-        if not ref.same_grid(stored):
-            bad(
-                f"the image grid (size {ref.size}, spacing {ref.spacing}) differs from the grid recorded in the "
-                f"prompt file (size {stored.size}, spacing {stored.spacing})"
-            )
+        check_same_grid(ref, stored, path)
     lesions_doc = doc.get("lesions")
     if not isinstance(lesions_doc, list):
         bad("'lesions' must be a list")
@@ -105,4 +115,4 @@ def from_document(doc: dict[str, Any], path, image=None) -> CasePrompts:
     )
 
 
-__all__ = ["from_document", "to_document"]
+__all__ = ["check_same_grid", "from_document", "to_document"]

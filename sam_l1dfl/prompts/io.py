@@ -3,7 +3,9 @@
 ``save_prompts`` writes atomically, choosing the kind from the name (``.mrk.json`` -> Slicer
 markups, :mod:`sam_l1dfl.prompts.slicer`; anything else -> our JSON,
 :mod:`sam_l1dfl.prompts.fileformat`, schema ``prompts/schema.json``).  ``load_prompts`` reads
-either (a Slicer file is detected by name or content) and validates the result:
+either (a Slicer file is detected by name or content), or several Slicer files or a folder of them
+for one case (:func:`prompt_files`; Slicer saves each markups node to its own file), and
+validates the result:
 
 * wrong ``format``/``version`` or malformed content -> :class:`PromptError`;
 * an empty lesion list (or a lesion without any prompt) -> :class:`PromptError`;
@@ -18,11 +20,12 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 from sam_l1dfl.errors import PromptError
 from sam_l1dfl.io_utils import dumps_compact, sha256_file, write_text_atomic
 from sam_l1dfl.prompts.fileformat import from_document, to_document
-from sam_l1dfl.prompts.slicer import markups_to_prompts, save_slicer_markups
+from sam_l1dfl.prompts.slicer import CROP_MM, merge_markups, save_slicer_markups
 from sam_l1dfl.prompts.types import CasePrompts
 
 
@@ -38,19 +41,25 @@ def save_prompts(prompts: CasePrompts, path: "str | os.PathLike") -> Path:
     return write_text_atomic(path, dumps_compact(to_document(prompts, relative_to=path.parent)))
 
 
-def load_prompts(
-    path: "str | os.PathLike",
-    image=None,
-    image_path: "str | os.PathLike | None" = None,
-    verify_sha: bool = True,
-    allow_checksum_mismatch: bool = False,
-) -> CasePrompts:
-    """Read and validate a prompt file (our JSON or a Slicer ``.mrk.json``).
+def prompt_files(paths: "str | os.PathLike | Sequence[str | os.PathLike]") -> list[Path]:
+    """The files of one case's prompts: a file, several files, or a folder (its ``*.mrk.json``,
+    sorted: the nodes Slicer saves one per file)."""
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not items:
+        raise PromptError(None, "no prompt file given")
+    out: list[Path] = []
+    for p in map(Path, items):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and is_slicer_file(f))
+            if not found:
+                raise PromptError(p, "folder holds no Slicer markups file (*.mrk.json)")
+            out += found
+        else:
+            out.append(p)
+    return out
 
-    ``image`` (a SimpleITK image) supplies the grid to check against; ``image_path`` names the
-    image file to checksum (default: the path recorded in the file, if it exists).
-    """
-    path = Path(path)
+
+def _read_json(path: Path) -> dict:
     try:
         text = path.read_text()
     except OSError as exc:
@@ -61,13 +70,38 @@ def load_prompts(
         raise PromptError(path, f"not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(doc, dict):
         raise PromptError(path, "expected a JSON object at the top level")
+    return doc
 
-    if is_slicer_file(path) or "markups" in doc:
-        prompts = markups_to_prompts(doc, path, image=image, image_path=image_path)
+
+def load_prompts(
+    path: "str | os.PathLike | Sequence[str | os.PathLike]",
+    image=None,
+    image_path: "str | os.PathLike | None" = None,
+    verify_sha: bool = True,
+    allow_checksum_mismatch: bool = False,
+    crop_mm: float = CROP_MM,
+) -> CasePrompts:
+    """Read and validate one case's prompts: a prompt file (our JSON or a Slicer ``.mrk.json``),
+    or several Slicer markups files, or a folder of them (merged into one prompt set:
+    :func:`~sam_l1dfl.prompts.slicer.merge_markups`).
+
+    ``image`` (a SimpleITK image) supplies the grid to check against; ``image_path`` names the
+    image file to checksum (default: the path recorded in the file, if it exists).  ``crop_mm``:
+    the crop edge that places unlabelled Slicer points.
+    """
+    files = prompt_files(path)
+    docs = [(_read_json(f), f) for f in files]
+    where = Path(path) if isinstance(path, (str, os.PathLike)) else files[0]
+    if len(docs) == 1 and not (is_slicer_file(files[0]) or "markups" in docs[0][0]):
+        prompts = from_document(docs[0][0], files[0], image=image)
     else:
-        prompts = from_document(doc, path, image=image)
-    _check_checksum(prompts, path, image_path, verify_sha, allow_checksum_mismatch)
-    validate_prompts(prompts, path)
+        for doc, f in docs:
+            if not (is_slicer_file(f) or "markups" in doc):
+                raise PromptError(f, "only Slicer markups files (.mrk.json) can be combined into one case's prompts")
+        case_id = where.name if where.is_dir() else None
+        prompts = merge_markups(docs, image=image, image_path=image_path, crop_mm=crop_mm, case_id=case_id)
+    _check_checksum(prompts, where, image_path, verify_sha, allow_checksum_mismatch)
+    validate_prompts(prompts, where)
     return prompts
 
 
@@ -119,4 +153,4 @@ def _check_checksum(prompts: CasePrompts, path, image_path, verify_sha: bool, al
         warnings.warn(f"{path}: {msg}", UserWarning, stacklevel=3)
 
 
-__all__ = ["is_slicer_file", "load_prompts", "save_prompts", "validate_prompts"]
+__all__ = ["is_slicer_file", "load_prompts", "prompt_files", "save_prompts", "validate_prompts"]

@@ -2,39 +2,55 @@
 
 Export (one file per case, all markups in one ``markups`` array — Slicer loads each as a node):
 
-* positive points -> one ``Fiducial`` markup named ``positive`` (green), negative points -> one
-  named ``negative`` (red).  Every control point is labelled ``L<lesion>+<n>`` / ``L<lesion>-<n>``
-  and described ``positive; lesion <id>`` / ``negative; lesion <id>``.
-* each box -> one ``ROI`` markup named ``lesion <id> box`` with ``roiType`` ``Box``, ``center``,
-  ``size`` and ``orientation`` (columns = box axes; the image direction for lesion boxes).
+* positive points -> one ``Fiducial`` markup named ``<case> positive`` (green), negative points ->
+  one named ``<case> negative`` (red): the case id keeps the nodes of two open cases apart.  Every
+  control point is labelled ``L<lesion>+<n>`` / ``L<lesion>-<n>`` and described
+  ``positive; lesion <id>`` / ``negative; lesion <id>``.
+* each box -> one ``ROI`` markup named ``<case> lesion <id> box`` with ``roiType`` ``Box``,
+  ``center``, ``size`` and ``orientation`` (columns = box axes; the image direction for lesion boxes).
+* markups are written unlocked (``locked: false``), so a user can move points and boxes.
 * ``coordinateSystem`` ``LPS``, ``coordinateUnits`` ``mm``: positions are written unchanged.
 * the case id, image reference and generator settings ride along under a top-level
   ``"sam_l1dfl"`` key (the schema allows extra properties; Slicer ignores it), so our own
   export comes back identical.  A file saved again by Slicer loses it; pass ``image=`` /
   ``image_path=`` to :func:`sam_l1dfl.prompts.io.load_prompts` for such files.
 
-Import accepts what Slicer writes: any number of ``Fiducial`` and ``ROI`` markups, ``LPS`` or
-``RAS`` (converted to LPS), ``mm`` (or ``um``).  A control point is negative when its description
-or label says ``negative``/``neg``, or its label has the ``L<id>-<n>`` form, or its markup is
-named ``negative``; otherwise positive.  Its lesion is ``L<id>`` in the label, ``lesion <id>`` in
-the description or markup name, else lesion 1.  Undefined control points
-(``positionStatus`` != ``defined``) are skipped.  An ROI must have positive sizes, as a box of our
-JSON (:func:`~sam_l1dfl.prompts.types.placed_box`).  The grid of ``image_path`` is read by
-:func:`sam_l1dfl.data.io.read_image_info`.
+Import accepts what Slicer writes: any number of ``Fiducial`` and ``ROI`` markups, from one
+document or from several (Slicer saves each node to its own file: :func:`merge_markups`
+takes a list), ``LPS`` or ``RAS`` (converted to LPS), ``mm`` (or ``um``).  A markup name is read
+without its case prefix (``c1 positive`` -> ``positive``; files written before the prefix, named
+``positive``, read the same).  A control point is negative when its description or label says
+``negative``/``neg``, or its label has the ``L<id>-<n>`` form, or its markup is named
+``negative``; otherwise positive.  Its lesion is ``L<id>`` in the label, ``lesion <id>`` in the
+description or markup name.  A point with none of these (a click added in Slicer, labelled
+``positive-6``) is **unlabelled** and is placed by :func:`assign_unlabelled`: a positive point joins
+the lesion whose box contains it (for a lesion without a box: whose network crop, a cube of
+``crop_mm`` centred like :class:`sam_l1dfl.inference.Segmenter` centres it, contains it; the
+nearest such lesion), else it starts a new lesion; an unlabelled negative point joins the nearest
+lesion whose crop contains it, else it is dropped.  Each such decision is one ``UserWarning`` line,
+as is a node that refers only to lesions without a positive point (a ``negative`` or box file
+loaded without its ``positive`` file).  Undefined control points (``positionStatus`` !=
+``defined``) are skipped.  An ROI must have positive sizes, as a box of our JSON
+(:func:`~sam_l1dfl.prompts.types.placed_box`).  The grid of ``image_path`` is read by
+:func:`sam_l1dfl.data.io.read_image_info`; an ``image`` whose grid differs from the one recorded
+in the ``sam_l1dfl`` block is refused, naming what differs.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from sam_l1dfl.data.geometry import DEFAULT_SIZE, DEFAULT_SPACING
 from sam_l1dfl.data.io import read_image_info
 from sam_l1dfl.errors import InputError, PromptError
 from sam_l1dfl.io_utils import dumps_compact, write_text_atomic
+from sam_l1dfl.prompts.fileformat import check_same_grid
 from sam_l1dfl.prompts.types import (
     NEGATIVE,
     POSITIVE,
@@ -107,7 +123,7 @@ def _markup(kind: str, name: str, n_points: int) -> dict[str, Any]:
         "name": name,
         "coordinateSystem": "LPS",
         "coordinateUnits": "mm",
-        "locked": True,
+        "locked": False,
         "fixedNumberOfControlPoints": False,
         "labelFormat": "%N-%d",
         "lastUsedControlPointNumber": n_points,
@@ -137,13 +153,14 @@ def prompts_to_markups(prompts: CasePrompts) -> dict[str, Any]:
             else:
                 nneg += 1
                 neg.append(_control_point(len(neg) + 1, f"L{les.lesion_id}-{nneg}", f"negative; lesion {les.lesion_id}; {p.kind}", p.world))
+    case = f"{prompts.case_id} " if prompts.case_id else ""
     if pos:
-        markups.append(_fiducial("positive", _GREEN, pos))
+        markups.append(_fiducial(f"{case}positive", _GREEN, pos))
     if neg:
-        markups.append(_fiducial("negative", _RED, neg))
+        markups.append(_fiducial(f"{case}negative", _RED, neg))
     for les in prompts.lesions:
         for nb, b in enumerate(les.boxes, start=1):
-            name = f"lesion {les.lesion_id} box" + (f" {nb}" if len(les.boxes) > 1 else "")
+            name = f"{case}lesion {les.lesion_id} box" + (f" {nb}" if len(les.boxes) > 1 else "")
             markups.append(
                 {
                     **_markup("ROI", name, 1),
@@ -248,9 +265,21 @@ def _to_lps(v, mk) -> np.ndarray:
 _LABEL_RE = re.compile(r"^\s*L(\d+)\s*([+-])\s*\d*\s*$")
 _LESION_RE = re.compile(r"lesion[\s_-]*(\d+)", re.IGNORECASE)
 _NEG_RE = re.compile(r"\bneg(ative)?\b", re.IGNORECASE)
+_NODE_RE = re.compile(r"(?:^|\s)(positive|negative|lesion\s+\d+\s+box(?:\s+\d+)?)\s*$", re.IGNORECASE)
+
+#: Edge (mm) of the network crop that places an unlabelled point (voxel centres of the default
+#: 128³ crop at 1.5 mm, as :class:`sam_l1dfl.data.geometry.CropGeometry` lays it out).
+CROP_MM = (DEFAULT_SIZE - 1) * DEFAULT_SPACING
 
 
-def _classify(cp: dict, markup_name: str) -> tuple[int, int]:
+def node_role(name: str) -> str:
+    """A markup name without its case prefix: ``"c1 lesion 2 box"`` -> ``"lesion 2 box"``."""
+    m = _NODE_RE.search(name)
+    return m.group(1) if m else name
+
+
+def _classify(cp: dict, role: str) -> tuple[int | None, int]:
+    """``(lesion id or None when unlabelled, polarity)`` of a control point in node ``role``."""
     label = cp.get("label", "") or ""
     desc = cp.get("description", "") or ""
     m = _LABEL_RE.match(label)
@@ -260,65 +289,172 @@ def _classify(cp: dict, markup_name: str) -> tuple[int, int]:
         polarity = POSITIVE
     elif m:
         polarity = NEGATIVE if m.group(2) == "-" else POSITIVE
-    elif _NEG_RE.search(markup_name):
+    elif _NEG_RE.search(role):
         polarity = NEGATIVE
     else:
         polarity = POSITIVE
     if m:
-        lesion = int(m.group(1))
-    else:
-        mm = _LESION_RE.search(desc) or _LESION_RE.search(markup_name)
-        lesion = int(mm.group(1)) if mm else 1
-    return lesion, polarity
+        return int(m.group(1)), polarity
+    mm = _LESION_RE.search(desc) or _LESION_RE.search(role)
+    return (int(mm.group(1)) if mm else None), polarity
 
 
-def markups_to_prompts(doc: dict, path, image=None, image_path=None) -> CasePrompts:
+def _in_box(box, w: np.ndarray) -> bool:
+    r = np.asarray(box.orientation, dtype=np.float64).reshape(3, 3)
+    local = r.T @ (w - np.asarray(box.center))
+    return bool(np.all(np.abs(local) <= np.asarray(box.size) / 2.0 + 1e-6))
+
+
+def _crop_centre(les: LesionPrompts) -> "np.ndarray | None":
+    """Centre of a lesion's prompt extent (positive points and box corners), where its crop goes."""
+    ext = [np.asarray(p.world, dtype=np.float64)[None] for p in les.positive_points]
+    ext += [b.corners_world() for b in les.boxes]
+    if not ext:
+        return None
+    ext = np.concatenate(ext)
+    return (ext.min(0) + ext.max(0)) / 2.0
+
+
+def assign_unlabelled(lesions: dict[int, LesionPrompts], points: "list[tuple[str, PointPrompt]]",
+                      crop_mm: float = CROP_MM) -> list[str]:
+    """Place points that name no lesion (``(label, point)`` pairs, in file order) into ``lesions``
+    (changed in place); returns one note per point saying where it went.
+
+    A positive point joins the lesion whose box contains it; for lesions without a box, the one
+    whose crop (a cube of edge ``crop_mm`` around its prompt extent) contains it; the nearest
+    (crop centre) when several do.  Otherwise it starts a new lesion (id: one above the largest).
+    A negative point joins the nearest lesion whose crop contains it, else it is dropped.
+    """
+    notes = []
+    for label, pt in points:
+        w = np.asarray(pt.world, dtype=np.float64)
+        where = f"point {label or '(no label)'} at {_vec(w)} mm names no lesion"
+        found = []
+        for lid, les in lesions.items():
+            c = _crop_centre(les)
+            if c is None:
+                continue
+            if pt.positive and les.boxes:
+                inside, how = any(_in_box(b, w) for b in les.boxes), "inside its box"
+            else:
+                inside, how = bool(np.all(np.abs(w - c) <= crop_mm / 2.0)), f"inside its {crop_mm:g} mm crop"
+            if inside:
+                found.append((float(np.linalg.norm(w - c)), lid, how))
+        if found:
+            dist, lid, how = min(found)
+            lesions[lid].points.append(pt)
+            notes.append(f"{where}: joined lesion {lid} ({how}, {dist:.0f} mm from its centre)")
+        elif pt.positive:
+            lid = max(lesions, default=0) + 1
+            lesions[lid] = LesionPrompts(lesion_id=lid, points=[pt])
+            notes.append(f"{where}: made it new lesion {lid} (inside no lesion's box or crop)")
+        else:
+            notes.append(f"{where}: dropped (a negative point inside no lesion's crop)")
+    return notes
+
+
+def _vec(v) -> str:
+    return "(" + ", ".join(f"{float(x):.1f}" for x in v) + ")"
+
+
+def markups_to_prompts(doc: dict, path, image=None, image_path=None, crop_mm: float = CROP_MM) -> CasePrompts:
     """Prompts from a Slicer markups document; the grid comes from ``image``, ``image_path`` or
     the ``sam_l1dfl`` block of our own export (in that order)."""
-    validate_markups(doc, path)
-    meta = doc.get("sam_l1dfl") if isinstance(doc.get("sam_l1dfl"), dict) else {}
-    ref = _grid(meta, path, image, image_path)
+    return merge_markups([(doc, path)], image=image, image_path=image_path, crop_mm=crop_mm)
+
+
+def merge_markups(docs: "Sequence[tuple[dict, Any]]", image=None, image_path=None, crop_mm: float = CROP_MM,
+                  case_id: "str | None" = None) -> CasePrompts:
+    """One case's prompts from several markups documents (``(doc, path)`` pairs: the files Slicer
+    saves, one per node).  Each is validated and every error names its file; the ``sam_l1dfl``
+    blocks present must name the same case.  Unlabelled points are placed by
+    :func:`assign_unlabelled`; its notes, and nodes that refer only to lesions without a positive
+    point, are one ``UserWarning`` line each.  The case id is the one recorded in a ``sam_l1dfl``
+    block, else the case prefix of the node names, else ``case_id``, else the first file's name."""
+    meta, meta_path = {}, None
+    for doc, path in docs:
+        validate_markups(doc, path)
+        m = doc.get("sam_l1dfl")
+        if not isinstance(m, dict):
+            continue
+        if meta_path is None:
+            meta, meta_path = m, path
+        elif m.get("case_id") != meta.get("case_id"):
+            raise PromptError(path, f"markups of case {m.get('case_id')!r}, but {meta_path} is of case "
+                                    f"{meta.get('case_id')!r}")
+    first = docs[0][1]
+    ref = _grid(meta, meta_path if meta_path is not None else first, image, image_path)
     by_lesion: dict[int, LesionPrompts] = {}
+    unlabelled: list[tuple[str, PointPrompt]] = []
+    unlabelled_in: list[Any] = []  # the file of each unlabelled point
+    loose_boxes: list[tuple[Any, str, Any, set]] = []
+    nodes: list[tuple[Any, str, set]] = []  # (file, node name, lesion ids it names)
+    prefixes = set()
 
     def lesion(lid: int) -> LesionPrompts:
         return by_lesion.setdefault(lid, LesionPrompts(lesion_id=lid))
 
-    for mk in doc["markups"]:
-        name = str(mk.get("name", ""))
-        if mk["type"] == "Fiducial":
-            for cp in mk.get("controlPoints", []):
-                if cp.get("positionStatus", "defined") != "defined" or "position" not in cp:
-                    continue
-                lid, pol = _classify(cp, name)
-                w = _to_lps(cp["position"], mk)
-                lesion(lid).points.append(
-                    PointPrompt(
-                        world=tuple(float(v) for v in w),
-                        index=tuple(float(v) for v in ref.world_to_index(w)),
-                        label=pol,
-                        kind=_kind(cp, "slicer"),
-                    )
-                )
-        elif mk["type"] == "ROI":
-            if mk.get("roiType", "Box") != "Box":
-                raise PromptError(path, f"ROI {name!r}: roiType {mk.get('roiType')!r} is not supported (only 'Box')")
-            if "center" in mk and "size" in mk:
+    for doc, path in docs:
+        for mk in doc["markups"]:
+            name = str(mk.get("name", ""))
+            role = node_role(name)
+            if role != name:
+                prefixes.add(name[: len(name) - len(role)].strip())
+            named: set = set()
+            nodes.append((path, name, named))
+            if mk["type"] == "Fiducial":
+                for cp in mk.get("controlPoints", []):
+                    if cp.get("positionStatus", "defined") != "defined" or "position" not in cp:
+                        continue
+                    lid, pol = _classify(cp, role)
+                    w = _to_lps(cp["position"], mk)
+                    pt = PointPrompt(world=tuple(float(v) for v in w),
+                                     index=tuple(float(v) for v in ref.world_to_index(w)),
+                                     label=pol, kind=_kind(cp, "slicer"))
+                    if lid is None:
+                        unlabelled.append((str(cp.get("label", "")), pt))
+                        unlabelled_in.append(path)
+                    else:
+                        lesion(lid).points.append(pt)
+                        named.add(lid)
+            elif mk["type"] == "ROI":
+                if mk.get("roiType", "Box") != "Box":
+                    raise PromptError(path, f"ROI {name!r}: roiType {mk.get('roiType')!r} is not supported (only 'Box')")
+                if "center" not in mk or "size" not in mk:
+                    raise PromptError(path, f"ROI {name!r} needs 'center' and 'size'")
                 center = _to_lps(mk["center"], mk)
-            else:
-                raise PromptError(path, f"ROI {name!r} needs 'center' and 'size'")
-            size = np.asarray(mk["size"], dtype=np.float64) / (1000.0 if mk.get("coordinateUnits") == "um" else 1.0)
-            orient = np.asarray(mk.get("orientation", np.eye(3).ravel()), dtype=np.float64).reshape(3, 3)
-            if mk.get("coordinateSystem", "LPS") == "RAS":
-                orient = np.diag([-1.0, -1.0, 1.0]) @ orient
-            cps = mk.get("controlPoints") or [{}]
-            mm = _LESION_RE.search(name) or _LESION_RE.search(str(cps[0].get("description", "")))
-            lid = int(mm.group(1)) if mm else 1
-            try:
-                lesion(lid).boxes.append(placed_box(ref, center, size, orient.ravel(), _box_kind(cps[0])))
-            except ValueError as exc:
-                raise PromptError(path, f"ROI {name!r}: {exc}") from None
-    case_id = str(meta.get("case_id") or Path(path).name.split(".")[0])
+                size = np.asarray(mk["size"], dtype=np.float64) / (1000.0 if mk.get("coordinateUnits") == "um" else 1.0)
+                orient = np.asarray(mk.get("orientation", np.eye(3).ravel()), dtype=np.float64).reshape(3, 3)
+                if mk.get("coordinateSystem", "LPS") == "RAS":
+                    orient = np.diag([-1.0, -1.0, 1.0]) @ orient
+                cps = mk.get("controlPoints") or [{}]
+                mm = _LESION_RE.search(role) or _LESION_RE.search(str(cps[0].get("description", "")))
+                try:
+                    box = placed_box(ref, center, size, orient.ravel(), _box_kind(cps[0]))
+                except ValueError as exc:
+                    raise PromptError(path, f"ROI {name!r}: {exc}") from None
+                if mm:
+                    lesion(int(mm.group(1))).boxes.append(box)
+                    named.add(int(mm.group(1)))
+                else:
+                    loose_boxes.append((path, name, box, named))
+    for path, name, box, named in loose_boxes:  # after every labelled lesion, so that ids do not clash
+        lid = max(by_lesion, default=0) + 1
+        lesion(lid).boxes.append(box)
+        named.add(lid)
+        warnings.warn(f"{path}: ROI {name!r} names no lesion: made it new lesion {lid}", UserWarning, stacklevel=2)
+    for path, note in zip(unlabelled_in, assign_unlabelled(by_lesion, unlabelled, crop_mm)):
+        warnings.warn(f"{path}: {note}", UserWarning, stacklevel=2)
+    for path, name, named in nodes:
+        lonely = sorted(lid for lid in named if not by_lesion[lid].positive_points)
+        if lonely:
+            warnings.warn(f"{path}: node {name!r} refers to lesion(s) {', '.join(map(str, lonely))} with no positive "
+                          "point (give all the case's markups files, or their folder)", UserWarning, stacklevel=2)
+    case_id = str(meta.get("case_id") or (prefixes.pop() if len(prefixes) == 1 else None) or case_id
+                  or Path(first).name.split(".")[0])
     lesions = [by_lesion[k] for k in sorted(by_lesion)]
+    for les in lesions:  # positive points first, whichever file came first (a stable sort)
+        les.points.sort(key=lambda p: not p.positive)
     return CasePrompts(case_id=case_id, image=ref, lesions=lesions, generator=dict(meta.get("generator", {}) or {}))
 
 
@@ -341,11 +477,14 @@ def _grid(meta: dict, path, image, image_path) -> ImageRef:
         except (KeyError, TypeError, ValueError) as exc:
             raise PromptError(path, f"malformed 'sam_l1dfl.image' block ({exc})") from None
     if image is not None:
-        return ImageRef.from_image(
+        ref = ImageRef.from_image(
             image,
             path=stored.path if stored else (os.fspath(image_path) if image_path else None),
             sha256=stored.sha256 if stored else None,
         )
+        if stored is not None:
+            check_same_grid(ref, stored, path)
+        return ref
     if image_path is not None:
         try:
             reader = read_image_info(image_path)
@@ -366,4 +505,5 @@ def _grid(meta: dict, path, image, image_path) -> ImageRef:
     )
 
 
-__all__ = ["MARKUPS_SCHEMA", "markups_to_prompts", "prompts_to_markups", "save_slicer_markups", "validate_markups"]
+__all__ = ["CROP_MM", "MARKUPS_SCHEMA", "assign_unlabelled", "markups_to_prompts", "merge_markups", "node_role",
+           "prompts_to_markups", "save_slicer_markups", "validate_markups"]

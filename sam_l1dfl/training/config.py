@@ -34,6 +34,7 @@ from typing import Any, Optional
 from sam_l1dfl.data.preprocess import IntensityConfig
 from sam_l1dfl.errors import ConfigError
 from sam_l1dfl.model.config import SamMed3DConfig
+from sam_l1dfl.model.standin import STANDIN_NAME, standin_available
 from sam_l1dfl.training.runconfig import (DataSplitConfig, LossConfig, RunConfig, TrainConfig, config_from_mapping,
                                           load_yaml, merge, parse_overrides)
 
@@ -161,8 +162,12 @@ class FinetuneConfig(RunConfig):
             self.model_config()
         except ConfigError as exc:
             raise bad("model.overrides", exc.problem) from None
-        if self.model.checkpoint is not None and not Path(self.model.checkpoint).exists():
-            raise bad("model.checkpoint", f"{self.model.checkpoint} does not exist")
+        ck = self.model.checkpoint
+        if ck is not None and not Path(ck).exists():
+            if str(ck) != STANDIN_NAME:
+                raise bad("model.checkpoint", f"{ck} does not exist")
+            if not standin_available():
+                raise bad("model.checkpoint", "the stand-in model is not installed (scripts/pretrain_standin.py --install)")
         p = self.prompts
         if not (p.points or p.boxes):
             raise bad("prompts", "enable points and/or boxes")

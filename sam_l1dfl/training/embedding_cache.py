@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from sam_l1dfl.io_utils import atomic_path, sha256_file
+from sam_l1dfl.progress import progress as show_progress
 
 CACHE_VERSION = 1
 
@@ -92,10 +93,10 @@ class EmbeddingDataset(torch.utils.data.Dataset):
 
 def build_embedding_cache(dataset, image_encoder: torch.nn.Module, cache_root: Path, accelerator,
                           batch_size: int = 2, autocast_dtype: "torch.dtype | None" = None,
-                          desc: str = "caching embeddings") -> tuple[EmbeddingDataset, dict]:
-    """Encode every crop of ``dataset`` missing from the cache (split over processes) → dataset."""
+                          desc: str = "caching embeddings", progress: bool = True) -> tuple[EmbeddingDataset, dict]:
+    """Encode every crop of ``dataset`` missing from the cache (split over processes) → dataset.
+    ``progress``: show progress (:func:`sam_l1dfl.progress.progress`, local main process only)."""
     from safetensors.numpy import save_file
-    from tqdm import tqdm
 
     device = accelerator.device
     mkey = model_key(image_encoder, {"autocast": str(autocast_dtype)})
@@ -109,7 +110,8 @@ def build_embedding_cache(dataset, image_encoder: torch.nn.Module, cache_root: P
     if mine:
         was_training = image_encoder.training
         image_encoder.eval()
-        bar = tqdm(total=len(mine), desc=desc, unit="crop", disable=not accelerator.is_local_main_process)
+        bar = show_progress(total=len(mine), desc=desc, unit="crop",
+                            enabled=progress and accelerator.is_local_main_process)
         for s in range(0, len(mine), batch_size):
             chunk = mine[s:s + batch_size]
             items = [dataset[i] for i in chunk]

@@ -27,7 +27,9 @@ import torch
 from sam_l1dfl.data.dataset import LesionCropDataset
 from sam_l1dfl.errors import InputError
 from sam_l1dfl.losses import make_training_loss
-from sam_l1dfl.model import build_sam_med3d, load_sam_med3d, save_model_dir
+from sam_l1dfl.model import build_sam_med3d, load_sam_med3d, read_model_meta, save_model_dir
+from sam_l1dfl.model.standin import weights_origin
+from sam_l1dfl.model.weights import resolve_model_path
 from sam_l1dfl.prompts.clicks import click_uniforms, mask_only_iterations
 from sam_l1dfl.seeding import seed_of
 from sam_l1dfl.training.clickloop import ClickLoop, configure_trainable
@@ -167,18 +169,21 @@ class FinetuneTrainer(Trainer):
         if cfg.model.checkpoint:
             self.model = load_sam_med3d(cfg.model.checkpoint, cfg=mcfg, trust=cfg.model.trust_checkpoint)
             rep = self.model.load_report
+            path = resolve_model_path(cfg.model.checkpoint)
+            meta = read_model_meta(path) if path.is_dir() else {}
             self.start_from = {"checkpoint": str(cfg.model.checkpoint), "sha256": rep.sha256,
+                               "weights_origin": weights_origin(meta, path),
                                "newly_initialized": list(rep.newly_initialized)}
         else:
             torch.manual_seed(cfg.seed)
             self.model = build_sam_med3d(mcfg)
-            self.start_from = {"checkpoint": None}
+            self.start_from = {"checkpoint": None, "weights_origin": "random"}
             if self.main:
                 self.acc.print("WARNING: model.checkpoint is not set: training starts from RANDOM weights "
                                "(results say nothing about SAM-Med3D)")
         self.trainable = configure_trainable(self.model, cfg)
         self.say(f"trainable: {self.trainable['n_trainable']:,} of {self.trainable['n_total']:,} parameters; "
-                 f"frozen as unused: {self.trainable['frozen_unused']}")
+                 f"frozen as unused: {', '.join(self.trainable['frozen_unused']) or 'none'}")
 
     def build_inputs(self) -> None:
         """Cached image embeddings (frozen encoder) or the crops themselves."""
@@ -191,12 +196,16 @@ class FinetuneTrainer(Trainer):
         enc = self.model.image_encoder.to(acc.device)
         ac_dtype = torch.bfloat16 if (acc.device.type == "cuda" and cfg.train.mixed_precision == "bf16") else None
         self.train_ds, tstats = build_embedding_cache(self.train_crops, enc, cfg.cache_dir, acc,
-                                                      autocast_dtype=ac_dtype, desc="embeddings (train)")
+                                                      autocast_dtype=ac_dtype, desc="embeddings (train)",
+                                                      progress=self.progress)
         self.val_ds, vstats = build_embedding_cache(self.val_crops, enc, cfg.cache_dir, acc,
-                                                    autocast_dtype=ac_dtype, desc="embeddings (val)")
+                                                    autocast_dtype=ac_dtype, desc="embeddings (val)",
+                                                    progress=self.progress)
         self.cache_stats = {"train": tstats, "val": vstats}
         enc.to("cpu")
-        self.say(f"embedding cache: {self.cache_stats}")
+        self.say("embedding cache (" + str(cfg.cache_dir) + "): " + "; ".join(
+            f"{k} {s['crops']} crops ({s['computed']} encoded, {s['from_cache']} from the cache)"
+            for k, s in self.cache_stats.items()))
 
     # -------------------------------------------------------------- loop hooks
     def on_train_start(self) -> None:
@@ -282,6 +291,7 @@ class FinetuneTrainer(Trainer):
                 "prompt_types": [t for t, on in (("points", cfg.prompts.points), ("boxes", cfg.prompts.boxes)) if on],
                 "loss": {"name": cfg.loss.name, **cfg.loss.params},
                 "training": {"step": self.state.global_step, "val_dice": _summary(res or {}),
+                             "best_is_initial": which == "best" and self.best_is_initial,
                              "start_from": self.start_from, "config": cfg.to_dict()}}
         save_model_dir(self.model, self.run_dir / which, meta)
 

@@ -254,7 +254,8 @@ def from_mapping(cls: "type[C]", data: Any, source: "str | None" = None, prefix:
     unknown = sorted(set(data) - set(flds))
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(source, f"unknown key(s) {[where + k for k in unknown]}; known: {sorted(flds)}")
+        raise ConfigError(source, f"unknown key(s) {', '.join(repr(where + k) for k in unknown)}; known: "
+                                  + ", ".join(where + k for k in sorted(flds)))
     base = cls() if default is None else default
     kw = {}
     for name, value in data.items():

@@ -7,9 +7,11 @@ are two :class:`Trainer` subclasses.  The run directory ``<output_dir>/<name>/``
     states/step_NNNNNNNN/  accelerator.save_state (model.safetensors, optimizer.bin, RNG states)
                            + run_state.json (LR scheduler, progress counters); written to
                            states/.tmp-… by every process, then renamed; last K kept
-    best/  last/           the trainer's model directory (weights + config.json)
-    metrics.json           the run's summary
-    train_log.jsonl        one line per logged step and per validation
+    best/  last/           the trainer's model directory (weights + config.json; best/'s says
+                           best_is_initial when no validation beat the one before training)
+    metrics.json           the run's summary (with best_is_initial)
+    train_log.jsonl        one line per logged step (lr: the rate that step used) and per
+                           validation; on resume cut back to the resumed step
     tb/                    TensorBoard scalars (Accelerate's ``logging_dir``)
 
 :class:`Trainer` runs ``setup`` → ``on_train_start`` → the loop (``train_step`` per batch; every
@@ -49,13 +51,13 @@ from typing import Any, Iterable, Optional
 
 import torch
 from accelerate.utils import set_seed
-from tqdm import tqdm
 
 from sam_l1dfl.data.discovery import discover_cases
 from sam_l1dfl.errors import CheckpointError, ConfigError, InputError
 from sam_l1dfl.formats import METRICS_FILE, RUN_STATE_FILE
 from sam_l1dfl.io_utils import set_output_modes, write_json_atomic, write_text_atomic
 from sam_l1dfl.model.weights import read_safetensors, torch_load
+from sam_l1dfl.progress import progress as show_progress
 from sam_l1dfl.seeding import seed_of
 from sam_l1dfl.training.distributed import make_accelerator
 
@@ -230,19 +232,37 @@ class Progress:
 
 
 # ---------------------------------------------------------------------- logging
-class RunLog:
-    """``train_log.jsonl`` lines and TensorBoard scalars, written by the main process only."""
+def _logged_step(line: str) -> Optional[int]:
+    """The step of a ``train_log.jsonl`` line (0 without one); None for a blank line or one cut short
+    by a kill."""
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return None
 
-    def __init__(self, acc, run_dir: Path, purge_step: Optional[int] = None):
+
+class RunLog:
+    """``train_log.jsonl`` lines and TensorBoard scalars, written by the main process only.
+
+    ``resumed_at``: the step of the state a resumed run starts from.  What the interrupted run
+    logged after it is dropped, as the resumed run logs those steps again: ``train_log.jsonl`` keeps
+    its lines up to that step (rewritten atomically), and TensorBoard purges from the next step on
+    (``purge_step = resumed_at + 1``, the first step logged again; the step itself stays)."""
+
+    def __init__(self, acc, run_dir: Path, resumed_at: Optional[int] = None):
         self.main = acc.is_main_process
         self.path = run_dir / "train_log.jsonl"
         self.tb = None
         if self.main:
+            if resumed_at is not None and self.path.is_file():
+                steps = [(_logged_step(l), l) for l in self.path.read_text().splitlines()]
+                write_text_atomic(self.path, "".join(l + "\n" for k, l in steps if k is not None and k <= resumed_at))
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # pragma: no cover - tensorboard is a dependency
                 return
-            self.tb = SummaryWriter(str(getattr(acc, "logging_dir", None) or run_dir / "tb"), purge_step=purge_step)
+            self.tb = SummaryWriter(str(getattr(acc, "logging_dir", None) or run_dir / "tb"),
+                                    purge_step=None if resumed_at is None else resumed_at + 1)
 
     def line(self, rec: dict) -> None:
         if self.main:
@@ -303,6 +323,8 @@ class RunResult:
     """The logged training losses (one per ``log_every`` steps)."""
     metrics: dict = field(default_factory=dict)
     """The content of ``metrics.json``."""
+    main_process: bool = True
+    """Whether this process is the main one (only it prints a summary)."""
 
 
 # ---------------------------------------------------------------------- the loop skeleton
@@ -347,6 +369,7 @@ class Trainer:
         self.t_log = time.perf_counter()
         self.log: Optional[RunLog] = None
         self.optimizer = self.scheduler = None
+        self.step_lr = math.nan  # learning rate of the latest optimizer step (read before scheduler.step())
 
     def say(self, msg: str) -> None:
         if self.progress:
@@ -469,7 +492,7 @@ class Trainer:
         dt = now - self.t_log
         self.train_time += dt
         step = self.state.global_step
-        rec = {"type": "train", "step": step, "epoch": epoch, "lr": self.scheduler.get_last_lr()[0],
+        rec = {"type": "train", "step": step, "epoch": epoch, "lr": self.step_lr,
                **{k: round(v, 6) for k, v in means.items()}, **self.throughput(dt)}
         self.losses.append(rec["loss"])
         self.log.line(rec)
@@ -477,14 +500,20 @@ class Trainer:
         bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
         self.t_log = time.perf_counter()
 
+    @property
+    def best_is_initial(self) -> bool:
+        """Whether ``best/`` holds the starting weights: the best validation was the one before any
+        training step (position 0).  Recorded in ``metrics.json`` and the trainers' ``best/config.json``."""
+        return getattr(self.state, self.best_fields[1]) == 0
+
     def done(self) -> bool:
         return self.state.global_step >= self.total_steps or self.state.epoch >= self.n_epochs
 
     def fit(self) -> None:
         """The loop: batches until ``total_steps`` optimizer steps (or ``n_epochs``)."""
         st, acc = self.state, self.acc
-        bar = tqdm(total=self.total_steps, initial=st.global_step, desc=f"{self.desc} {self.cfg.name}", unit="step",
-                   disable=not (self.progress and acc.is_local_main_process), dynamic_ncols=True)
+        bar = show_progress(total=self.total_steps, initial=st.global_step, desc=f"{self.desc} {self.cfg.name}",
+                            unit="step", enabled=self.progress and acc.is_local_main_process)
         self.t_log = time.perf_counter()
         while not self.done():
             epoch = st.epoch
@@ -493,6 +522,7 @@ class Trainer:
                 self.running.add(self.train_step(batch, epoch))
                 if not acc.sync_gradients:
                     continue
+                self.step_lr = self.scheduler.get_last_lr()[0]  # the rate this optimizer step used
                 self.scheduler.step()
                 st.global_step += 1
                 bar.update(1)
@@ -519,18 +549,24 @@ class Trainer:
             self.save_state()
         if self.main:
             self.save_model("last", final)
-        metrics = self.summary(final)
+        metrics = {**self.summary(final), "best_is_initial": self.best_is_initial}
         if self.main:
             write_json_atomic(self.run_dir / METRICS_FILE, metrics)
         self.log.close()
+        if self.best_is_initial:
+            self.acc.print(f"WARNING: validation {self.score_key} never beat the starting weights: "
+                           f"{self.run_dir / 'best'} holds the model as it was BEFORE training (step 0); "
+                           "use last/, or check the learning rate and train longer")
         self.acc.wait_for_everyone()
-        return self.result(metrics, final)
+        res = self.result(metrics, final)
+        res.main_process = self.main
+        return res
 
     def run(self):
         """setup → restore (the state vetted when the trainer was made) → on_train_start → fit → finish."""
         self.setup()
         self.restore(self.to_restore)
-        self.log = RunLog(self.acc, self.run_dir, purge_step=self.state.global_step if self.resumed_from else None)
+        self.log = RunLog(self.acc, self.run_dir, resumed_at=self.state.global_step if self.resumed_from else None)
         self.on_train_start()
         self.fit()
         return self.finish()

@@ -1,0 +1,137 @@
+"""The synthetic-pretrained stand-in SAM-Med3D shipped with the package.
+
+``sam_l1dfl/resources/sam_med3d_standin/`` is an ordinary model directory (``model.safetensors``
++ ``config.json``, :func:`~sam_l1dfl.model.weights.save_model_dir`'s format) plus
+``MODEL_CARD.md``.  It is the ``tiny`` architecture (the geometry of the real model at small
+width: 128³ input, 16³ patches, 8³ token grid), pretrained from random weights by
+``scripts/pretrain_standin.py`` on a broad synthetic cohort (:mod:`sam_l1dfl.data.cohort`), the
+way the official SAM-Med3D trains.  It lets the whole path (zero-shot → fine-tune → better) run
+and be measured offline; it is **not** a model for real images.
+
+Anywhere a checkpoint is accepted, the word ``standin`` names it (:data:`STANDIN_NAME`,
+resolved by :func:`~sam_l1dfl.model.weights.resolve_model_path`).  Every ``config.json`` we write
+from it carries ``"weights_origin"`` (:func:`weights_origin`), so reports and model cards can say
+which weights a result came from: ``turbo``, ``standin``, ``random`` or ``other``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from sam_l1dfl.errors import CheckpointError
+from sam_l1dfl.formats import CONFIG_FILE, MODEL_FILE
+from sam_l1dfl.io_utils import atomic_dir, sha256_file
+
+STANDIN_NAME = "standin"
+STANDIN_DIR = Path(__file__).resolve().parents[1] / "resources" / "sam_med3d_standin"
+CARD_FILE = "MODEL_CARD.md"
+MAX_BYTES = 5_000_000
+#: What each weights origin means, in reports and model cards.
+ORIGIN_WORDS = {
+    "turbo": "the published SAM-Med3D-turbo weights",
+    "standin": "the synthetic-pretrained STAND-IN model (synthetic images only; not SAM-Med3D's weights)",
+    "random": "RANDOM initial weights (the numbers say nothing about SAM-Med3D)",
+    "other": "a checkpoint of unrecorded origin",
+}
+
+_CARD = """# Stand-in SAM-Med3D (synthetic-only)
+
+**What it is.** A SAM-Med3D model of the `tiny` architecture (our own classes; 128³ input,
+16³ patches, encoder width 64, depth 4, decoder width 48; {n_params:,} parameters), **pretrained
+from random weights on synthetic images only**, the way the official SAM-Med3D trains: the whole
+model, {clicks} simulated clicks per sample, DiceCE loss, AdamW lr {lr:g}, {steps} steps of batch
+{batch} ({samples:,} samples).
+
+**Not for real images.** It has never seen a real scan. It exists so that the whole path of this
+toolkit (zero-shot → fine-tune with L1DFL → better masks) runs, and can be measured, on any
+machine without downloading the published SAM-Med3D-turbo weights. Numbers obtained with it say
+how the *pipeline* behaves, not how SAM-Med3D behaves on patients.
+
+**Training data.** {cases} cases of the broad synthetic cohort (`sam_l1dfl.data.cohort`, seed
+{seed}): CT-like (HU), PET-like (PSF blur, activity-dependent noise) and MR-like (bias field,
+Rician-like noise) scans on 1.2–4.5 mm grids, with unlabelled organs and 2–6 labelled objects
+(ellipsoids, lobulated blobs, rounded boxes, 3–35 mm radius) of positive or negative contrast.
+It deliberately contains no PSMA PET phantom, so PSMA lesions are a domain shift for it, as they
+are for the turbo weights (mostly CT and MRI organs).
+
+**Validation** (held-out cohort crops, Dice after N simulated clicks): {val}.
+
+**Rebuild.** `python scripts/pretrain_standin.py --cases {cases} --seed {seed} --install`
+(seeded; resumable with `--resume`; `accelerate launch` for a GPU). Pretraining took
+{seconds:.0f} s on {machine}.
+
+**Use.** `--checkpoint standin` in any command, or `sam_l1dfl.model.load_sam_med3d("standin")`.
+Files: `model.safetensors` (float32, SHA-256 `{sha}`), `config.json` (architecture and the
+preprocessing: PET, SAM-Med3D's z-score over voxels > 0, 1.5 mm, 128³).
+"""
+
+
+def standin_available() -> bool:
+    return (STANDIN_DIR / MODEL_FILE).is_file() and (STANDIN_DIR / CONFIG_FILE).is_file()
+
+
+def weights_origin(meta: dict, path: "str | os.PathLike | None" = None) -> str:
+    """``turbo``, ``standin``, ``random`` or ``other``: where the weights of a model directory
+    (its config.json ``meta``; a fine-tuned model reports the origin it started from) or a file
+    ``path`` came from."""
+    meta = meta if isinstance(meta, dict) else {}
+    start = (meta.get("training") or {}).get("start_from") or {}
+    origin = meta.get("weights_origin") or start.get("weights_origin")  # a fine-tune keeps its start's origin
+    if origin:
+        return str(origin)
+    if start and start.get("checkpoint") is None and "checkpoint" in start:
+        return "random"
+    if path is not None:
+        p = Path(path).resolve()
+        if p == STANDIN_DIR or STANDIN_DIR in p.parents:
+            return "standin"
+        if "turbo" in p.name.lower():
+            return "turbo"
+    return "other"
+
+
+def install_standin(run_dir: "str | os.PathLike", *, cohort_cases: int, cohort_seed: int,
+                    dest: "str | os.PathLike" = STANDIN_DIR) -> Path:
+    """Copy ``run_dir/best`` into ``dest`` (atomically) with ``weights_origin: standin`` and the card."""
+    from safetensors.torch import load_file
+
+    run = Path(run_dir)
+    best = run / "best"
+    if not (best / MODEL_FILE).is_file():
+        raise CheckpointError(best, "no model.safetensors: the pretraining has not validated yet")
+    metrics = json.loads((run / "metrics.json").read_text())
+    meta = json.loads((best / CONFIG_FILE).read_text())
+    cfg = json.loads(json.dumps(meta.get("training", {})))
+    meta["weights_origin"] = STANDIN_NAME
+    meta["note"] = "synthetic-pretrained stand-in SAM-Med3D: not for real images (see MODEL_CARD.md)"
+    n_params = sum(int(t.numel()) for t in load_file(str(best / MODEL_FILE)).values())
+    size = (best / MODEL_FILE).stat().st_size
+    if size > MAX_BYTES:
+        raise CheckpointError(best / MODEL_FILE, f"{size} bytes: the stand-in must stay <= {MAX_BYTES}")
+    val = metrics.get("best") or {}
+    hist = {h["step"]: h for h in metrics.get("val_history", [])}
+    at_best = hist.get(val.get("step"), {})
+    val_txt = ", ".join(f"{k.replace('dice@', '')} click(s) {at_best[k]:.3f}" for k in ("dice@1", "dice@3", "dice@5")
+                        if k in at_best) + f" at step {val.get('step')}"
+    run_cfg = cfg.get("config", {}) if isinstance(cfg, dict) else {}
+    train_cfg = run_cfg.get("train", {})
+    card = _CARD.format(n_params=n_params, clicks=run_cfg.get("prompts", {}).get("clicks_per_sample", 11),
+                        lr=run_cfg.get("optim", {}).get("lr", 0.0), steps=metrics.get("steps"),
+                        batch=metrics.get("global_batch"),
+                        samples=int(metrics.get("steps", 0)) * int(metrics.get("global_batch", 0)),
+                        cases=cohort_cases, seed=cohort_seed, val=val_txt,
+                        seconds=float(metrics.get("train_seconds_logged", 0.0)),
+                        machine=os.environ.get("SAM_L1DFL_MACHINE", "the machine recorded in BENCHMARKS.md"),
+                        sha=sha256_file(best / MODEL_FILE))
+    with atomic_dir(Path(dest)) as tmp:
+        shutil.copyfile(best / MODEL_FILE, tmp / MODEL_FILE)
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / CARD_FILE).write_text(card)
+    return Path(dest)
+
+
+__all__ = ["CARD_FILE", "MAX_BYTES", "ORIGIN_WORDS", "STANDIN_DIR", "STANDIN_NAME", "install_standin", "standin_available",
+           "weights_origin"]
