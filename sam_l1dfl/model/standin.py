@@ -43,7 +43,7 @@ _CARD = """# Stand-in SAM-Med3D (synthetic-only)
 16³ patches, encoder width 64, depth 4, decoder width 48; {n_params:,} parameters), **pretrained
 from random weights on synthetic images only**, the way the official SAM-Med3D trains: the whole
 model, {clicks} simulated clicks per sample, DiceCE loss, AdamW lr {lr:g}, {steps} steps of batch
-{batch} ({samples:,} samples).
+{batch} ({samples:,} samples).  The weights are the best validated ones, from step {best_step}.
 
 **Not for real images.** It has never seen a real scan. It exists so that the whole path of this
 toolkit (zero-shot → fine-tune with L1DFL → better masks) runs, and can be measured, on any
@@ -122,7 +122,7 @@ def install_standin(run_dir: "str | os.PathLike", *, cohort_cases: int, cohort_s
                         lr=run_cfg.get("optim", {}).get("lr", 0.0), steps=metrics.get("steps"),
                         batch=metrics.get("global_batch"),
                         samples=int(metrics.get("steps", 0)) * int(metrics.get("global_batch", 0)),
-                        cases=cohort_cases, seed=cohort_seed, val=val_txt,
+                        cases=cohort_cases, seed=cohort_seed, val=val_txt, best_step=val.get("step"),
                         seconds=float(metrics.get("train_seconds_logged", 0.0)),
                         machine=os.environ.get("SAM_L1DFL_MACHINE", "the machine recorded in BENCHMARKS.md"),
                         sha=sha256_file(best / MODEL_FILE))

@@ -1,0 +1,72 @@
+"""Build the synthetic-pretrained stand-in SAM-Med3D shipped in ``sam_l1dfl/resources/``.
+
+    .venv/bin/python scripts/pretrain_standin.py [--out runs/standin] [--cases 96] [--seed 0]
+        [--resume] [--install] [key=value ...]
+    accelerate launch scripts/pretrain_standin.py ...      # GPU / several processes
+
+1. writes the broad synthetic cohort (:mod:`sam_l1dfl.data.cohort`: CT-, PET- and MR-like scans,
+   organs and blobs of both contrasts; never the PSMA task) to ``<out>/cohort``;
+2. pretrains the WHOLE tiny SAM-Med3D from random weights the way the official SAM-Med3D trains
+   (11 simulated clicks, DiceCE) with ``configs/standin_pretrain.yaml`` through the same
+   ``sam_l1dfl.training.train`` as fine-tuning (seeded, resumable with ``--resume``,
+   Accelerate: the GPU is used when there is one);
+3. with ``--install``, copies the best validated weights to
+   ``sam_l1dfl/resources/sam_med3d_standin/`` with a model card (``MODEL_CARD.md``) that says
+   what it is: synthetic-only, not for real images, and how to rebuild it.
+
+``--install`` alone (no training left to do) installs the finished run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/standin", help="work folder: cohort/ and runs/ (default runs/standin)")
+    ap.add_argument("--cases", type=int, default=96, help="cohort cases (default 96)")
+    ap.add_argument("--seed", type=int, default=0, help="cohort and training seed (default 0)")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "standin_pretrain.yaml"))
+    ap.add_argument("--resume", action="store_true", help="continue the run in <out>/runs")
+    ap.add_argument("--install", action="store_true",
+                    help="copy the best weights into sam_l1dfl/resources/sam_med3d_standin/ when done")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    args = ap.parse_args(argv)
+
+    from sam_l1dfl.data.cohort import generate_cohort
+    from sam_l1dfl.model.standin import install_standin
+    from sam_l1dfl.training import load_config, train
+
+    out = Path(args.out).resolve()
+    t0 = time.perf_counter()
+    generate_cohort(out / "cohort", args.cases, seed=args.seed)
+    t_cohort = time.perf_counter() - t0
+    print(f"cohort: {args.cases} cases in {t_cohort:.0f} s -> {out / 'cohort'}", flush=True)
+    cfg = load_config(args.config, [f"data.root={out / 'cohort'}", f"output_dir={out / 'runs'}",
+                                    f"seed={args.seed}"] + list(args.overrides))
+    run_dir = cfg.run_dir
+    done = (run_dir / "metrics.json").is_file() and not args.resume
+    if not done:
+        train(cfg, resume=args.resume, progress=not args.quiet)
+    print(f"pretraining: {time.perf_counter() - t0:.0f} s in all -> {run_dir}", flush=True)
+    if args.install:
+        dest = install_standin(run_dir, cohort_cases=args.cases, cohort_seed=args.seed)
+        print(f"installed the stand-in: {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    from sam_l1dfl.errors import SamL1dflError
+
+    try:
+        sys.exit(main())
+    except SamL1dflError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
