@@ -38,7 +38,12 @@ inside the shared window with ``margin_vox`` crop voxels to spare on every side.
 window is the unassigned lesion that can share with the most others; candidates join nearest
 first while the union of their extents still fits.  A window's centre is the centre of that union
 (for a single lesion: the centre of its own extent, which is where an unshared crop goes).  Each
-lesion still gets its own decoder pass.  ``share_crops=False`` gives one encoder pass per lesion.
+lesion still gets its own decoder pass.  ``share_crops=False`` (the default) gives one encoder
+pass per lesion, on a crop centred on that lesion's prompts.  Sharing is opt-in because SAM-Med3D
+is trained on crops centred on the target (the official crop is TorchIO's ``CropOrPad`` around
+the label; our fine-tuning and the stand-in's pretraining do the same), and a lesion far from
+the centre of a shared crop is segmented worse: the stand-in's zero-shot lesion Dice on 8 held-out
+synthetic cases was 0.072 with sharing and 0.305 without (BENCHMARKS.md, "Learning").
 
 **Labels.**  A lesion's label is its prompt ``lesion_id`` when all ids are in 1..65535 (prompt
 files and ``--prompts-from-mask`` ids are), else 1..n in prompt order; ``res.lesions`` has the
@@ -153,7 +158,7 @@ class InferenceReport:
     decoder_passes: int = 0
     clicks: int = 0
     batch_size: int = 1
-    share_crops: bool = True
+    share_crops: bool = False
     device: str = "cpu"
     seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
     notes: list[str] = field(default_factory=list)
@@ -388,7 +393,7 @@ class Segmenter:
     method = "sam"
 
     def __init__(self, checkpoint: "str | os.PathLike | None" = None, device=None, *, batch_size: int = 2,
-                 share_crops: bool = True, margin_vox: float = 16, threshold: float = 0.5,
+                 share_crops: bool = False, margin_vox: float = 16, threshold: float = 0.5,
                  autocast: bool = False, trust: bool = False, model=None,
                  preprocess: "IntensityConfig | None" = None, decoder: "Callable[..., tuple] | None" = None):
         if batch_size < 1:

@@ -57,8 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sam: the SAM-Med3D checkpoint (default); threshold: the classical 41%%-SUVmax region grown "
                         "from each click in its 128^3 crop at 1.5 mm (no model, PET only)")
     p.add_argument("--checkpoint",
-                   help="run/model directory (runs/<name>/best), exported file, or sam_med3d_turbo.pth "
-                        "(required with --method sam)")
+                   help="run/model directory (runs/<name>/best), exported file, sam_med3d_turbo.pth, or "
+                        "'standin' (the packaged synthetic-pretrained stand-in) (required with --method sam)")
     g = p.add_argument_group("one case")
     g.add_argument("--pet", help=PET_HELP)
     g.add_argument("--ct", help="CT image (for pet+ct or ct checkpoints)")
@@ -85,7 +85,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("options")
     o.add_argument("--device", default=None, help=DEVICE_HELP)
     o.add_argument("--batch-size", type=int, default=2, help="crops per encoder call (default 2)")
-    o.add_argument("--no-share", action="store_true", help="one encoder pass per lesion (no crop sharing)")
+    o.add_argument("--share-crops", action="store_true",
+                   help="one encoder pass for lesions close together (faster; lesions off the crop centre are "
+                        "segmented worse by models trained on centred crops; default: one centred crop per lesion)")
+    o.add_argument("--no-share", action="store_false", dest="share_crops", help=argparse.SUPPRESS)  # the old default
     o.add_argument("--margin", type=float, default=16,
                    help="crop sharing: crop voxels kept free around every lesion's prompts (default 16)")
     o.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
@@ -148,10 +151,13 @@ def run(args: argparse.Namespace) -> int:
         seg = ThresholdSegmenter()
     else:
         seg = Segmenter(args.checkpoint, device=device, batch_size=args.batch_size,
-                        share_crops=not args.no_share, margin_vox=args.margin, threshold=args.threshold,
+                        share_crops=args.share_crops, margin_vox=args.margin, threshold=args.threshold,
                         autocast=args.bf16, trust=args.trust)
-    if args.verbose and args.method == "sam":
-        print(f"checkpoint: {args.checkpoint} (input_mode {seg.input_mode}, preprocessing: {seg.preprocess_source})")
+    if args.method == "sam" and (args.verbose or seg.weights in ("standin", "random")):
+        from sam_l1dfl.model.standin import ORIGIN_WORDS
+
+        print(f"checkpoint: {args.checkpoint} (weights: {ORIGIN_WORDS.get(seg.weights, seg.weights)}"
+              + (f"; input_mode {seg.input_mode}, preprocessing: {seg.preprocess_source})" if args.verbose else ")"))
     if single:
         return _run_one(args, seg)
     return _run_dataset(args, seg, cases)

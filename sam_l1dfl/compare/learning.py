@@ -1,0 +1,159 @@
+"""Does fine-tuning help, and which loss helps most?  The rows of ``scripts/bench_learning.py``
+and of ``make demo``'s summary.
+
+Every row is scored the same way: masks on the original PET grid of a held-out synthetic PSMA
+test set, from the same prompts (one click per lesion from the reference mask, or a prompt
+folder), by :func:`~sam_l1dfl.metrics.evaluate_dataset` (``sam-l1dfl evaluate``'s metrics):
+
+* ``zero-shot``: the starting model (turbo or the stand-in) as it is;
+* ``l1dfl`` / ``dicefocal`` / ``dicece``: its mask decoder fine-tuned with that loss
+  (:func:`finetune`, the ordinary :func:`~sam_l1dfl.training.train`);
+* ``threshold``: the 41 %-SUVmax region grown from the click
+  (:class:`~sam_l1dfl.baselines.ThresholdSegmenter`), no training.
+
+Columns (:data:`COLUMNS`): lesion Dice, volume Dice, FPV and FNV (mL), F1 under the C3 criterion
+(the reference lesion's SUVmax voxel lies in a predicted component), seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from sam_l1dfl.baselines import ThresholdSegmenter
+from sam_l1dfl.data.discovery import discover_cases
+from sam_l1dfl.inference import Segmenter
+from sam_l1dfl.metrics.dataset import evaluate_dataset
+from sam_l1dfl.training import load_config, train
+
+LOSSES = ("l1dfl", "dicefocal", "dicece")
+#: The held-out synthetic PSMA test set of the benchmark and the demo (8 cases: 27 lesions); no
+#: training set uses this seed.
+TEST_SEED = 5000
+#: The training set of seed ``s`` is ``generate_dataset(seed=TRAIN_SEED_BASE + s)``.
+TRAIN_SEED_BASE = 100
+ROW_LABELS = {
+    "zero-shot": "zero-shot",
+    "l1dfl": "fine-tuned, L1DFL",
+    "dicefocal": "fine-tuned, DiceFocal",
+    "dicece": "fine-tuned, DiceCE (official)",
+    "threshold": "41% SUVmax from the click",
+}
+#: (key, header, format) of the table columns.
+COLUMNS = (("lesion_dice", "lesion Dice", ".3f"), ("dice", "volume Dice", ".3f"), ("fpv_ml", "FPV mL", ".2f"),
+           ("fnv_ml", "FNV mL", ".2f"), ("f1_c3", "F1 (C3)", ".3f"), ("seconds", "time s", ".0f"))
+
+
+@dataclass
+class Row:
+    """One method on one seed."""
+
+    name: str
+    seed: "int | None"
+    metrics: dict
+    seconds: float
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def score(pred_dir: "str | Path", test_root: "str | Path", out_dir: "str | Path | None" = None,
+          mips: bool = False) -> dict:
+    """The :data:`COLUMNS` metrics of ``pred_dir`` against the references under ``test_root``."""
+    res = evaluate_dataset(pred_dir, test_root, out_dir=out_dir, mips=mips, n_resamples=200, progress=False)
+    run = res.summary["runs"][-1]
+
+    def pick(*keys):
+        cur = run
+        for k in keys:
+            if not isinstance(cur, dict) or k not in cur:
+                return math.nan
+            cur = cur[k]
+        return float(cur) if cur is not None else math.nan
+
+    return {"lesion_dice": pick("lesion_dice", "mean"), "dice": pick("dice", "mean"),
+            "fpv_ml": pick("fpv_ml", "mean"), "fnv_ml": pick("fnv_ml", "mean"),
+            "f1_c3": pick("detection", "c3", "f1", "value")}
+
+
+def predict(source: str, test_root: "str | Path", out_dir: "str | Path", *,
+            prompts_dir: "str | Path | None" = None, device: str = "cpu") -> float:
+    """Segment every test case with ``source`` (a checkpoint, ``standin``, or ``"threshold"``);
+    prompts from ``prompts_dir``, else one click per lesion from the reference mask.  Seconds."""
+    t = time.perf_counter()
+    cases = discover_cases(test_root).cases
+    seg = ThresholdSegmenter() if source == "threshold" else Segmenter(source, device=device)
+    summary = seg.segment_dataset(cases, out_dir, prompts_dir=prompts_dir, from_mask=prompts_dir is None,
+                                  data=str(test_root), progress=False)
+    if summary.failed:
+        raise RuntimeError(f"{source}: cases failed: {summary.failed}")
+    return time.perf_counter() - t
+
+
+def finetune(init: str, train_root: "str | Path", out_root: "str | Path", loss: str, seed: int, *,
+             config: "str | Path", overrides: Sequence[str] = (), name: "str | None" = None,
+             progress: bool = False):
+    """Fine-tune ``init``'s decoder on ``train_root`` with ``loss`` (``config`` + overrides);
+    returns ``(TrainResult, seconds)``.  An earlier run of the same name is replaced."""
+    import shutil
+
+    name = name or f"{loss}_seed{seed}"
+    cfg = load_config(config, [f"data.root={train_root}", f"output_dir={out_root}", f"name={name}",
+                               f"model.checkpoint={init}", f"loss.name={loss}", f"seed={seed}", *overrides])
+    if cfg.run_dir.exists():
+        shutil.rmtree(cfg.run_dir)
+    t = time.perf_counter()
+    result = train(cfg, progress=progress)
+    return result, time.perf_counter() - t
+
+
+def aggregate(rows: Iterable[Row]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """``{name: {column: (mean, sd, n)}}`` over seeds (sample sd; 0 for one value)."""
+    by: dict[str, list[Row]] = {}
+    for r in rows:
+        by.setdefault(r.name, []).append(r)
+    out = {}
+    for name, rs in by.items():
+        cols = {}
+        for key, _h, _f in COLUMNS:
+            vals = [r.seconds if key == "seconds" else r.metrics.get(key, math.nan) for r in rs]
+            vals = [v for v in vals if v == v]
+            if not vals:
+                cols[key] = (math.nan, math.nan, 0)
+                continue
+            m = sum(vals) / len(vals)
+            sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+            cols[key] = (m, sd, len(vals))
+        out[name] = cols
+    return out
+
+
+def table(rows: Iterable[Row], markdown: bool = False) -> str:
+    """The rows as a text (or Markdown) table, mean ± sd over seeds."""
+    agg = aggregate(rows)
+    order = [n for n in ("zero-shot", *LOSSES, "threshold") if n in agg] + [n for n in agg if n not in ROW_LABELS]
+    head = ["method"] + [h for _k, h, _f in COLUMNS]
+    body = []
+    for name in order:
+        cells = [ROW_LABELS.get(name, name)]
+        for key, _h, fmt in COLUMNS:
+            m, sd, n = agg[name][key]
+            if m != m:
+                cells.append("n/a")
+            elif n > 1 and key != "seconds":
+                cells.append(f"{m:{fmt}} ± {sd:{fmt}}")
+            else:
+                cells.append(f"{m:{fmt}}")
+        body.append(cells)
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(c) + " |" for c in body]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
+    fmt_row = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([fmt_row(head)] + [fmt_row(r) for r in body])
+
+
+__all__ = ["COLUMNS", "LOSSES", "TEST_SEED", "TRAIN_SEED_BASE", "ROW_LABELS", "Row", "aggregate", "finetune", "predict", "score", "table"]
