@@ -51,3 +51,21 @@ def test_finetuning_the_standin_beats_zero_shot(tmp_path):
     before, after = res.dice_before["dice@1"], res.dice_after["dice@1"]
     assert res.dice_before["n_lesions"] >= 3
     assert after - before >= MARGIN, f"held-out 1-click Dice {before:.3f} -> {after:.3f}"
+
+
+def test_outputs_say_they_came_from_the_standin(tmp_path):
+    from sam_l1dfl.data.discovery import discover_cases
+    from sam_l1dfl.inference import Segmenter
+    from sam_l1dfl.metrics.dataset import evaluate_dataset
+
+    data = tmp_path / "data"
+    generate_dataset(data, 1, seed=5000, progress=False)  # one case, 5 lesions
+    seg = Segmenter("standin", device="cpu")
+    assert seg.weights == "standin"
+    summary = seg.segment_dataset(discover_cases(data).cases, tmp_path / "pred", from_mask=True, progress=False)
+    assert summary.to_dict()["weights"] == "standin"
+    res = evaluate_dataset(tmp_path / "pred", data, out_dir=tmp_path / "report", mips=False, n_resamples=10,
+                           progress=False)
+    said = res.summary["inputs"]["masks_from"]["all"]
+    assert "STAND-IN" in said and "standin" in said
+    assert "STAND-IN" in (tmp_path / "report" / "report.html").read_text()
