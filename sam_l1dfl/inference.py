@@ -42,8 +42,8 @@ lesion still gets its own decoder pass.  ``share_crops=False`` (the default) giv
 pass per lesion, on a crop centred on that lesion's prompts.  Sharing is opt-in because SAM-Med3D
 is trained on crops centred on the target (the official crop is TorchIO's ``CropOrPad`` around
 the label; our fine-tuning and the stand-in's pretraining do the same), and a lesion far from
-the centre of a shared crop is segmented worse: the stand-in's zero-shot lesion Dice on 8 held-out
-synthetic cases was 0.072 with sharing and 0.305 without (BENCHMARKS.md, "Learning").
+the centre of a shared crop is segmented worse: the stand-in's zero-shot lesion Dice on the 8
+held-out synthetic cases of BENCHMARKS.md ("Learning") was 0.072 with sharing and 0.305 without.
 
 **Labels.**  A lesion's label is its prompt ``lesion_id`` when all ids are in 1..65535 (prompt
 files and ``--prompts-from-mask`` ids are), else 1..n in prompt order; ``res.lesions`` has the

@@ -46,6 +46,7 @@ def main(argv=None) -> int:
 
     from sam_l1dfl.compare.learning import LOSSES, TEST_SEED, TRAIN_SEED_BASE, Row, finetune, predict, score, table
     from sam_l1dfl.data.synthetic import generate_dataset
+    from sam_l1dfl.io_utils import atomic_path, write_json_atomic
     from sam_l1dfl.training import load_config
 
     out = Path(args.out).resolve()
@@ -94,14 +95,21 @@ def main(argv=None) -> int:
             "reference mask; time = fine-tuning + inference seconds."]
     tab = table(rows, markdown=True)
     agg_json = {"rows": [r.__dict__ for r in rows], "head": head, "overrides": args.overrides}
-    (out / "learning.json").write_text(json.dumps(agg_json, indent=2, default=str))
+    write_json_atomic(out / "learning.json", json.loads(json.dumps(agg_json, default=str)))
     md = "\n".join(head) + "\n\n" + tab + "\n"
     print("\n" + table(rows))
     print("\n" + md)
     if args.markdown:
-        Path(args.markdown).write_text(md)
+        with atomic_path(Path(args.markdown)) as tmp:
+            Path(tmp).write_text(md)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from sam_l1dfl.errors import SamL1dflError
+
+    try:
+        sys.exit(main())
+    except SamL1dflError as exc:  # a user mistake: one line, non-zero exit
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

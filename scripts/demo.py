@@ -12,7 +12,7 @@ there (SAM-Med3D-turbo, vit_b_ori), else the packaged synthetic-pretrained stand
 from random weights of the tiny architecture (the numbers then say nothing); ``--init PATH``
 from any checkpoint.  The banner says which.
 
-    .venv/bin/python scripts/demo.py [--out demo_out] [--cases 8] [--test-cases 4] [--seed 0] [--init auto]
+    .venv/bin/python scripts/demo.py [--out demo_out] [--cases 8] [--test-cases 8] [--seed 0] [--init auto]
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ def main(argv=None) -> int:
     from sam_l1dfl.data.synthetic import generate_dataset
     from sam_l1dfl.data.io import read_image
     from sam_l1dfl.model import SamMed3DConfig, build_sam_med3d, save_model_dir
-    from sam_l1dfl.model.standin import ORIGIN_WORDS, STANDIN_NAME
+    from sam_l1dfl.model import read_model_meta
+    from sam_l1dfl.model.standin import ORIGIN_WORDS, STANDIN_NAME, weights_origin
+    from sam_l1dfl.model.weights import resolve_model_path
     from sam_l1dfl.training import load_config, train
     from sam_l1dfl.viz import Panel, save_mip_figure
 
@@ -112,12 +114,16 @@ def main(argv=None) -> int:
         init = str(Path(init_kind).resolve())
         overrides += [f"model.checkpoint={init}"]
         banner(f"starting from {init}")
-    origin = "random" if init_kind == "random" else init_kind if init_kind in ("turbo", "standin") else "other"
+    origin = weights_origin(read_model_meta(resolve_model_path(init)) if Path(resolve_model_path(init)).is_dir()
+                            else {}, resolve_model_path(init))
 
     # -- 1. data ---------------------------------------------------------------------------
     banner("1/7 synthetic PSMA PET/CT data (autoPET layout)")
     t = time.perf_counter()
     synth, test = out / "synth", out / "test"
+    for own in ("synth", "test", "prompts", "pred", "report"):  # the demo's own outputs of an earlier run
+        if (out / own).is_dir():
+            shutil.rmtree(out / own)
     # the benchmark's data: training set of seed --seed, its held-out test set (BENCHMARKS.md, "Learning")
     generate_dataset(synth, args.cases, seed=TRAIN_SEED_BASE + args.seed, n_oblique=1, progress=False)
     generate_dataset(test, args.test_cases, seed=TEST_SEED, n_oblique=1, progress=False)

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -53,11 +54,14 @@ def main(argv=None) -> int:
                                     f"seed={args.seed}"] + list(args.overrides))
     run_dir = cfg.run_dir
     done = (run_dir / "metrics.json").is_file() and not args.resume
-    if not done:
+    if done:
+        print(f"already trained: {run_dir} (delete it to train again, or --resume to continue it)")
+    else:
         train(cfg, resume=args.resume, progress=not args.quiet)
     print(f"pretraining: {time.perf_counter() - t0:.0f} s in all -> {run_dir}", flush=True)
     if args.install:
-        dest = install_standin(run_dir, cohort_cases=args.cases, cohort_seed=args.seed)
+        cohort = json.loads((out / "cohort" / "dataset.json").read_text())  # what the run trained on
+        dest = install_standin(run_dir, cohort_cases=len(cohort["cases"]), cohort_seed=cohort["seed"])
         print(f"installed the stand-in: {dest}")
     return 0
 

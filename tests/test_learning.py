@@ -71,3 +71,33 @@ def test_outputs_say_they_came_from_the_standin(tmp_path):
     said = res.summary["inputs"]["masks_from"]["all"]
     assert "STAND-IN" in said and "standin" in said
     assert "STAND-IN" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_exported_standin_card_says_what_it_is(tmp_path):
+    from sam_l1dfl.cli import main
+
+    assert main(["export", "--checkpoint", "standin", "--format", "safetensors", "--out", str(tmp_path / "x"),
+                 "--quiet"]) == 0
+    card = (tmp_path / "x" / "README.md").read_text()
+    assert card.startswith("# Stand-in SAM-Med3D (synthetic-only)")
+    assert "STAND-IN" in card and "RANDOM" not in card
+
+
+def test_standin_needs_the_tiny_preset(tmp_path):
+    from sam_l1dfl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.preset"):
+        load_config(ROOT / "configs" / "psma.yaml", ["model.checkpoint=standin"])
+
+
+def test_cohort_folder_holds_one_cohort(tmp_path):
+    import json
+
+    from sam_l1dfl.data.cohort import generate_cohort
+
+    generate_cohort(tmp_path, 2, seed=0)
+    first = (tmp_path / "pre_000" / "SUV.nii.gz").read_bytes()
+    generate_cohort(tmp_path, 1, seed=1)  # another cohort in the same folder: nothing of the old one is left
+    assert sorted(p.name for p in tmp_path.glob("pre_*")) == ["pre_000"]
+    assert (tmp_path / "pre_000" / "SUV.nii.gz").read_bytes() != first
+    assert json.loads((tmp_path / "dataset.json").read_text())["seed"] == 1

@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 
 from sam_l1dfl.baselines import ThresholdSegmenter
 from sam_l1dfl.data.discovery import discover_cases
+from sam_l1dfl.errors import InputError
 from sam_l1dfl.inference import Segmenter
 from sam_l1dfl.metrics.dataset import evaluate_dataset
 from sam_l1dfl.training import load_config, train
@@ -88,7 +89,7 @@ def predict(source: str, test_root: "str | Path", out_dir: "str | Path", *,
     summary = seg.segment_dataset(cases, out_dir, prompts_dir=prompts_dir, from_mask=prompts_dir is None,
                                   data=str(test_root), progress=False)
     if summary.failed:
-        raise RuntimeError(f"{source}: cases failed: {summary.failed}")
+        raise InputError(test_root, f"{len(summary.failed)} case(s) failed with {source}: {summary.failed[0]}")
     return time.perf_counter() - t
 
 

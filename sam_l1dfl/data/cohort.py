@@ -14,7 +14,7 @@ SAM-Med3D-turbo weights (mostly CT and MRI organs).  Each case of this cohort is
   sometimes a flipped direction.
 * **Anatomy-free structure**: a body ellipsoid, 2–5 large unlabelled "organs" (distractors)
   and smooth texture.
-* **Targets** (the label): 2–6 objects per case, ellipsoids, lobulated blobs (unions of
+* **Targets** (the label): up to 6 objects per case (2–6 attempted; placement can fail), ellipsoids, lobulated blobs (unions of
   ellipsoids) or rounded boxes, equivalent radius 3–35 mm (log-uniform), with *positive or
   negative* contrast against what surrounds them; about a third sit against an organ.  Targets
   never touch each other (one voxel of background between them, 26-neighbourhood), so every
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -183,8 +184,8 @@ def generate_cohort_case(seed: int, index: int) -> "tuple[sitk.Image, sitk.Image
 def generate_cohort(out_dir: "str | Path", n_cases: int, seed: int = 0) -> Path:
     """Write ``n_cases`` cohort cases ``pre_000 ...`` under ``out_dir`` and ``dataset.json``; return it.
 
-    Cases already written by an earlier call with the same seed are kept (the generator is
-    deterministic), so an interrupted generation resumes.
+    A folder already holding this cohort (same seed, version and size) is kept as it is; any other
+    ``pre_*`` content there is replaced, so no case of another cohort is left to be discovered.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,14 +199,16 @@ def generate_cohort(out_dir: "str | Path", n_cases: int, seed: int = 0) -> Path:
                 (FORMAT, COHORT_VERSION, seed, n_cases) and \
                 all((out / c["case_id"] / SEG_NAME).is_file() for c in old["cases"]):
             return index  # already written by an earlier call
+    for extra in out.glob("pre_*"):  # another seed, version or size: every case is written anew
+        if extra.is_dir() and not (extra.name[4:].isdigit() and int(extra.name[4:]) < n_cases):
+            shutil.rmtree(extra)
     records = []
     for i in range(n_cases):
         case_dir = out / f"pre_{i:03d}"
         image, seg, info = generate_cohort_case(seed, i)
-        if not ((case_dir / PET_NAME).is_file() and (case_dir / SEG_NAME).is_file()):
-            case_dir.mkdir(exist_ok=True)
-            write_image_atomic(image, case_dir / PET_NAME)
-            write_image_atomic(seg, case_dir / SEG_NAME)
+        case_dir.mkdir(exist_ok=True)
+        write_image_atomic(image, case_dir / PET_NAME)
+        write_image_atomic(seg, case_dir / SEG_NAME)
         records.append({"case_id": case_dir.name, **info})
     return write_json_atomic(out / "dataset.json", {"format": FORMAT, "version": COHORT_VERSION, "seed": seed,
                                                     "cases": records})

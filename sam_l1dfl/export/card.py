@@ -6,7 +6,7 @@ import json
 from typing import Any, Optional
 
 from sam_l1dfl.formats import METRICS_FILE
-from sam_l1dfl.model.standin import ORIGIN_WORDS
+from sam_l1dfl.model.standin import ORIGIN_WORDS, STANDIN_NAME, weights_origin
 
 NOT_FOR_CLINICAL_USE = (
     "**Not for clinical use.** This model is a research artefact. It has not been validated for "
@@ -34,11 +34,19 @@ def model_card(
     data = tcfg.get("data") or {}
     pre = meta.get("preprocess") or {}
     start = training.get("start_from") or {}
-    lines = ["# SAM-Med3D fine-tuned with sam-l1dfl", ""]
+    origin = weights_origin(meta)
+    is_standin = meta.get("weights_origin") == STANDIN_NAME and not start
+    lines = ["# Stand-in SAM-Med3D (synthetic-only)" if is_standin else "# SAM-Med3D fine-tuned with sam-l1dfl", ""]
+    if origin in (STANDIN_NAME, "random"):
+        lines += [f"**Weights: {ORIGIN_WORDS[origin]}.**" + ("" if is_standin else " This model started from them."),
+                  ""]
     lines += [
-        "A SAM-Med3D model (3D promptable segmentation) fine-tuned with the sam-l1dfl toolkit "
-        "(L1-weighted Dice Focal Loss, Dzikunu et al., arXiv 2502.02756) for lesion segmentation "
-        "in PSMA PET/CT.",
+        ("A SAM-Med3D model (3D promptable segmentation) pretrained by the sam-l1dfl toolkit on synthetic "
+         "images only, to stand in for the published weights offline (sam_l1dfl/resources/sam_med3d_standin/"
+         "MODEL_CARD.md); not for real images." if is_standin else
+         "A SAM-Med3D model (3D promptable segmentation) fine-tuned with the sam-l1dfl toolkit "
+         "(L1-weighted Dice Focal Loss, Dzikunu et al., arXiv 2502.02756) for lesion segmentation "
+         "in PSMA PET/CT."),
         "",
         NOT_FOR_CLINICAL_USE,
         "",

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from sam_l1dfl.errors import CheckpointError
-from sam_l1dfl.formats import CONFIG_FILE, MODEL_FILE
+from sam_l1dfl.formats import CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE
 from sam_l1dfl.io_utils import atomic_dir, sha256_file
 
 STANDIN_NAME = "standin"
@@ -52,8 +52,8 @@ how the *pipeline* behaves, not how SAM-Med3D behaves on patients.
 
 **Training data.** {cases} cases of the broad synthetic cohort (`sam_l1dfl.data.cohort`, seed
 {seed}): CT-like (HU), PET-like (PSF blur, activity-dependent noise) and MR-like (bias field,
-Rician-like noise) scans on 1.2–4.5 mm grids, with unlabelled organs and 2–6 labelled objects
-(ellipsoids, lobulated blobs, rounded boxes, 3–35 mm radius) of positive or negative contrast.
+Rician-like noise) scans on 1.2–4.5 mm grids, with unlabelled organs and labelled objects
+(ellipsoids, lobulated blobs, rounded boxes, 3–35 mm radius; up to 6 per case) of positive or negative contrast.
 It deliberately contains no PSMA PET phantom, so PSMA lesions are a domain shift for it, as they
 are for the turbo weights (mostly CT and MRI organs).
 
@@ -88,7 +88,7 @@ def weights_origin(meta: dict, path: "str | os.PathLike | None" = None) -> str:
         p = Path(path).resolve()
         if p == STANDIN_DIR or STANDIN_DIR in p.parents:
             return "standin"
-        if "turbo" in p.name.lower():
+        if p.name == WEIGHTS_FILE:
             return "turbo"
     return "other"
 
@@ -103,7 +103,12 @@ def install_standin(run_dir: "str | os.PathLike", *, cohort_cases: int, cohort_s
     if not (best / MODEL_FILE).is_file():
         raise CheckpointError(best, "no model.safetensors: the pretraining has not validated yet")
     metrics = json.loads((run / "metrics.json").read_text())
+    if metrics.get("best_is_initial"):
+        raise CheckpointError(best, "holds the starting (random) weights: no validation beat step 0; not installed")
     meta = json.loads((best / CONFIG_FILE).read_text())
+    training = meta.get("training") or {}
+    if "start_from" in training:  # the pretraining started from random weights; the stand-in itself is the origin
+        training["pretrained_from"] = training.pop("start_from")
     cfg = json.loads(json.dumps(meta.get("training", {})))
     meta["weights_origin"] = STANDIN_NAME
     meta["note"] = "synthetic-pretrained stand-in SAM-Med3D: not for real images (see MODEL_CARD.md)"

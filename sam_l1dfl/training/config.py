@@ -168,6 +168,9 @@ class FinetuneConfig(RunConfig):
                 raise bad("model.checkpoint", f"{ck} does not exist")
             if not standin_available():
                 raise bad("model.checkpoint", "the stand-in model is not installed (scripts/pretrain_standin.py --install)")
+            if self.model.preset != "tiny":
+                raise bad("model.preset", f"the stand-in is the tiny architecture; set model.preset=tiny "
+                                          f"(got {self.model.preset})")
         p = self.prompts
         if not (p.points or p.boxes):
             raise bad("prompts", "enable points and/or boxes")
