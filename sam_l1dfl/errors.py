@@ -10,6 +10,8 @@ it, or ``ValueError`` for the input errors.
 from __future__ import annotations
 
 import os
+import sys
+from typing import Callable, NoReturn
 
 
 class SamL1dflError(Exception):
@@ -36,3 +38,15 @@ class PromptError(InputError):
 
 class ConfigError(InputError):
     """A configuration file or override is invalid."""
+
+
+def run_script(main: "Callable[[], int | None]") -> NoReturn:
+    """Run a script's ``main()`` and exit with its status; a user mistake (:class:`SamL1dflError`)
+    prints one ``error:`` line and exits 2 (what ``sam-l1dfl`` itself does)."""
+    try:
+        code = main()
+    except SamL1dflError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code or 0)
+

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -67,10 +66,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from sam_l1dfl.errors import SamL1dflError
+    from sam_l1dfl.errors import run_script
 
-    try:
-        sys.exit(main())
-    except SamL1dflError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)
