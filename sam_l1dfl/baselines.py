@@ -216,6 +216,7 @@ class ThresholdSegmenter(Segmenter):
         self.preprocess = IntensityConfig(spacing=spacing, crop_size=crop_size)  # PET only: no CT read
         self.preprocess_source = "threshold baseline (PET only)"
         self.checkpoint = None
+        self.weights = None  # no model: nothing to name
         self.share_crops = False
 
     def segment(self, pet: "sitk.Image", ct: "sitk.Image | None" = None,

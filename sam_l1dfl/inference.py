@@ -550,7 +550,7 @@ class Segmenter:
             raise InputError(pdir, "prompt folder does not exist")
         needs_ct = self.preprocess.needs_ct
         summary = DatasetSummary(self.checkpoint, None if data is None else str(data), len(cases), int(clicks),
-                                 self.share_crops, str(out), self.method, getattr(self, "weights", None))
+                                 self.share_crops, str(out), self.method, self.weights)
         t0 = time.perf_counter()
         bar = show_progress(cases, desc="infer", unit="case", enabled=progress)
         for rec in bar:
