@@ -28,6 +28,7 @@ from sam_l1dfl.data.discovery import discover_cases
 from sam_l1dfl.errors import InputError
 from sam_l1dfl.inference import Segmenter
 from sam_l1dfl.metrics.dataset import evaluate_dataset
+from sam_l1dfl.metrics.detection import FINE_SIZE_STRATA, stratum_of
 from sam_l1dfl.training import load_config, train
 
 LOSSES = ("l1dfl", "dicefocal", "dicece")
@@ -46,6 +47,27 @@ ROW_LABELS = {
 #: (key, header, format) of the table columns.
 COLUMNS = (("lesion_dice", "lesion Dice", ".3f"), ("dice", "volume Dice", ".3f"), ("fpv_ml", "FPV mL", ".2f"),
            ("fnv_ml", "FNV mL", ".2f"), ("f1_c3", "F1 (C3)", ".3f"), ("seconds", "time s", ".0f"))
+
+
+#: The benchmark's lesion strata, fixed (docs/phantom.md, "Strata") before any result was looked
+#: at.  From the phantom's per-lesion facts (``dataset.json``):
+#:
+#: * ``organ``: "near an organ" when an organ with physiological uptake (bladder, ureter, kidney,
+#:   bowel, liver, spleen, salivary or lacrimal gland) lies within 8 mm (the phantom's
+#:   ``adjacent_to``; liver metastases are in the liver), else "isolated";
+#: * ``contrast``: "low contrast" when the measured SUVmax is under :data:`LOW_CONTRAST_TBR` times
+#:   the SUV of the tissue the lesion sits in (where a 41 % threshold reaches the background), else
+#:   "high contrast";
+#: * ``size``: the reference volume in :data:`~sam_l1dfl.metrics.detection.FINE_SIZE_STRATA`.
+STRATA_KEYS = ("organ", "contrast", "size")
+LOW_CONTRAST_TBR = 3.0
+
+
+def lesion_strata(lesion: dict) -> dict[str, str]:
+    """The strata of one phantom lesion record (a ``dataset.json`` lesion)."""
+    return {"organ": "near an organ" if lesion.get("adjacent_to") else "isolated",
+            "contrast": "low contrast" if float(lesion["tbr"]) < LOW_CONTRAST_TBR else "high contrast",
+            "size": stratum_of(lesion["volume_ml"], FINE_SIZE_STRATA) or "n/a"}
 
 
 @dataclass
@@ -157,4 +179,4 @@ def table(rows: Iterable[Row], markdown: bool = False) -> str:
     return "\n".join([fmt_row(head)] + [fmt_row(r) for r in body])
 
 
-__all__ = ["COLUMNS", "LOSSES", "TEST_SEED", "TRAIN_SEED_BASE", "ROW_LABELS", "Row", "aggregate", "finetune", "predict", "score", "table"]
+__all__ = ["COLUMNS", "LOSSES", "LOW_CONTRAST_TBR", "STRATA_KEYS", "lesion_strata", "TEST_SEED", "TRAIN_SEED_BASE", "ROW_LABELS", "Row", "aggregate", "finetune", "predict", "score", "table"]

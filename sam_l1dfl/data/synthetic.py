@@ -16,19 +16,29 @@ Model
 * **Size**: default cases are a small patient (anatomy scaled by 0.5; lesions keep their real
   size) on a 100 x 100 x 130 grid of 4.07 x 4.07 x 3 mm voxels, so CI stays fast.
   ``full_size=True`` gives an adult from upper thigh to skull base on a 200 x 200 x 330 grid.
-* **PSMA biodistribution** (SUV): background 0.5-1.5, liver 4-8, spleen 3-6, kidneys 20-45,
-  salivary glands 12-25, bladder 10-60, bowel patchy 2-10, ureters with urine activity.
-* **Lesions**: 0-12 per case in pelvic/spinal bone, pelvic and retroperitoneal lymph-node
-  stations and the prostate bed, some touching the bladder or next to a ureter.  Equivalent
-  diameter 4-35 mm (log-uniform, so more small than large), irregular (sub-level set of a
-  perturbed union of ellipsoids), SUVmax roughly 3-40.  Lesions never touch each other: each
-  one is a single 18-connected component and every pair is separated by at least one voxel
-  (26-neighbourhood), so counting connected components of ``SEG`` gives the lesion count.
-* **Physics**: activity is blurred by a Gaussian PSF (FWHM 5-7 mm, per case) and gets
-  spatially correlated noise whose variance is proportional to the activity.  ``SEG`` is the
-  lesion support *before* blur, as an annotator would draw it.  CT is in HU on the PET grid
-  (like autoPET's ``CTres``): air -1000, lung about -800, fat about -100, soft tissue 30-60,
-  bone 250-1200.
+* **PSMA biodistribution** (SUV), calibrated to published SUVmax (docs/phantom.md): liver,
+  spleen, kidneys, parotid, submandibular and lacrimal glands drawn around their published
+  means; bladder 10-60, bowel patchy up to 18, ureters with urine activity, background 0.5-1.5.
+* **Lesions** (generator 2.0): 0-12 per case in pelvic, spinal and rib bone, pelvic,
+  retroperitoneal (para-aortic and at the renal hilum), mesenteric and cervical lymph nodes, the
+  prostate bed and the liver, with the location mix, sizes and SUVmax of published PSMA PET
+  cohorts (log-normal per site; 15 % of bone lesions PSMA-low, SUVmax 2-5; liver metastases barely
+  above the liver).  Many sit next to physiological uptake: the bladder, a ureter, a kidney, the
+  bowel, a salivary gland, inside the liver.  Irregular shapes (a perturbed union of
+  ellipsoids), heterogeneous uptake, and a necrotic core in a third of those over 2 mL.  Lesions
+  never touch each other: each one is a single 18-connected component and every pair is
+  separated by at least one voxel (26-neighbourhood), so counting connected components of
+  ``SEG`` gives the lesion count.  Each lesion records the facts its strata are built from:
+  ``volume_ml``, ``tbr`` (measured SUVmax over the SUV of the tissue it sits in),
+  ``nearest_organ``/``organ_distance_mm`` and ``adjacent_to`` (an uptake organ within 8 mm).
+* **Physics**: a lesion's activity is its *partial-volume occupancy* of each voxel (27 samples
+  per voxel), so the scanner point-spread function (Gaussian, FWHM 4-7 mm per case) acts on
+  the continuous activity before voxel sampling; then count-dependent, spatially correlated
+  noise (variance proportional to the activity and inversely to the scan's count level; liver
+  COV about 12 %).  ``SEG`` holds the voxels at least half inside a lesion (its core voxel for
+  one smaller than half a voxel), as an annotator would draw it, before blur.  CT is in HU on the
+  PET grid (like autoPET's ``CTres``): air -1000, lung about -800, fat about -100, soft tissue
+  30-60, bone 250-1200.
 
 Public API: :func:`generate_case` -> :class:`SyntheticCase` (in memory, with the organ label
 map), :func:`write_case`, :func:`generate_dataset` (writes ``<out>/<case>/SUV.nii.gz``,
@@ -45,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cc3d
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
@@ -53,7 +64,7 @@ from sam_l1dfl.data.geometry import Grid
 from sam_l1dfl.io_utils import write_image_atomic, write_json_atomic
 from sam_l1dfl.progress import progress as show_progress
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "2.0"
 FORMAT = "sam-l1dfl-synthetic"
 
 #: file names inside each case folder (autoPET layout, plus the organ label map)
@@ -80,9 +91,49 @@ ORGAN_LABELS: dict[str, int] = {
     "bowel": 13,
     "parotid": 14,
     "submandibular": 15,
+    "lacrimal": 16,
 }
 BONE_LABELS = ("bone_spine", "bone_pelvis", "bone_other")
-LOCATIONS = ("bone_pelvis", "bone_spine", "node_pelvic", "node_retroperitoneal", "prostate_bed")
+#: organs with physiological PSMA uptake next to which a lesion counts as "near an organ"
+#: (the classical failure sites of a fixed SUV threshold); see ``organ_distance_mm``
+UPTAKE_ORGANS = ("bladder", "ureter", "kidney", "bowel", "liver", "spleen", "parotid", "submandibular", "lacrimal")
+
+# ---- lesion population (docs/phantom.md gives the source of every number) ------------------
+#: per-lesion location probabilities, from the share of patients with bone (65.8 %), nodal
+#: (59.9 %), prostate-bed (21.1 %) and visceral (14.5 %) disease at first PSMA PET/CT
+LOCATION_PROBABILITY: dict[str, float] = {
+    "bone_pelvis": 0.18, "bone_spine": 0.15, "bone_rib": 0.08,
+    "node_pelvic": 0.17, "node_retroperitoneal": 0.10, "node_mesenteric": 0.05, "node_cervical": 0.05,
+    "prostate_bed": 0.13, "liver": 0.09,
+}
+LOCATIONS = tuple(LOCATION_PROBABILITY)
+#: location -> the site class of the published SUVmax table
+LESION_SITE = {k: ("bone" if k.startswith("bone") else "node" if k.startswith("node") else
+                   "prostate_bed" if k == "prostate_bed" else "visceral") for k in LOCATIONS}
+#: site -> (median, IQR low, IQR high, min, max) SUVmax at first PSMA PET/CT (n = 152 patients)
+SUVMAX_BY_SITE = {"bone": (24.0, 14.3, 37.9, 3.8, 127.0), "node": (16.7, 11.0, 28.0, 2.1, 138.0),
+                  "prostate_bed": (10.1, 7.9, 19.9, 3.0, 68.0), "visceral": (17.5, 6.0, 27.0, 4.6, 45.0)}
+#: PSMA-positive liver metastases: SUVmax mean, sd, then clipped to [min, max]
+LIVER_SUVMAX = (10.27, 5.28, 4.6, 45.0)
+#: share of bone lesions with low PSMA expression, and their SUVmax range
+PSMA_LOW_FRACTION = 0.15
+PSMA_LOW_SUVMAX = (2.0, 5.0)
+#: location -> (median, log-sd, min, max) of the equivalent diameter in mm (log-normal)
+LESION_DIAMETER = {
+    "bone_pelvis": (12.0, 0.45, 4.0, 40.0), "bone_spine": (12.0, 0.45, 4.0, 40.0), "bone_rib": (9.0, 0.35, 4.0, 25.0),
+    "node_pelvic": (9.0, 0.25, 4.0, 30.0), "node_retroperitoneal": (9.0, 0.25, 4.0, 30.0),
+    "node_mesenteric": (9.0, 0.25, 4.0, 30.0), "node_cervical": (9.0, 0.25, 4.0, 30.0),
+    "prostate_bed": (11.0, 0.35, 4.0, 30.0), "liver": (12.0, 0.45, 5.0, 40.0),
+}
+#: organ -> (mean, sd) of its physiological SUVmax on PSMA PET; the organ's activity is drawn
+#: from it and divided by the organ's max/mean ratio in this phantom (:data:`_MAX_OVER_MEAN`,
+#: measured over 20 cases: noise raises the maximum of a large organ, blur lowers a small one's),
+#: so that the phantom's organ SUVmax matches the published one (docs/phantom.md)
+ORGAN_SUVMAX = {"liver": (8.2, 2.5), "spleen": (10.9, 3.9), "kidney": (66.4, 25.4), "parotid": (24.4, 8.1),
+                "submandibular": (26.7, 7.1), "lacrimal": (15.7, 7.2)}
+_MAX_OVER_MEAN = {"liver": 2.1, "spleen": 1.6, "kidney": 1.03, "parotid": 1.06, "submandibular": 0.96, "lacrimal": 1.0}
+#: a lesion larger than this (mL) has a necrotic core with this probability
+NECROSIS_MIN_ML, NECROSIS_PROBABILITY = 2.0, 0.35
 
 DEFAULT_SIZE = (100, 100, 130)
 FULL_SIZE = (200, 200, 330)
@@ -90,6 +141,15 @@ DEFAULT_SPACING = (4.07, 4.07, 3.0)
 _DEFAULT_SCALE = 0.5
 _FULL_SCALE = 1.0
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))  # 1/2.3548
+#: reconstructed PET resolution (FWHM, mm) drawn per case
+PSF_FWHM_MM = (4.0, 7.0)
+#: noise variance per unit SUV at the median count level (liver COV about 12 %), and the
+#: log-sd of the count level over cases (injected activity x scan time / weight)
+NOISE_K, COUNT_LEVEL_LOG_SD = 0.045, 0.35
+#: a lesion within this distance of an organ of :data:`UPTAKE_ORGANS` is ``adjacent_to`` it
+#: (about 1.5 x the median PSF FWHM: the organ's blurred uptake reaches the lesion); organs are
+#: looked for up to :data:`ORGAN_SEARCH_MM` away
+NEAR_ORGAN_MM, ORGAN_SEARCH_MM = 8.0, 30.0
 
 
 @dataclass
@@ -210,9 +270,10 @@ class _Anatomy:
         Returns (slices, normalised radius array in the crop) for further texture work."""
         c, a = np.asarray(c, float), np.asarray(a, float)
         ext = np.full(3, a.max()) if R is not None else a
-        sl, (X, Y, Z) = self.crop(c - ext, c + ext)
+        sl, xyz = self.crop(c - ext, c + ext)
         if sl is None:
             return None, None
+        X, Y, Z = xyz
         dx, dy, dz = X - c[0], Y - c[1], Z - c[2]
         if R is not None:
             R = np.asarray(R, float)
@@ -229,9 +290,10 @@ class _Anatomy:
     def tube(self, label_arr, lab, pts, radius_u, where=None):
         """Set ``lab`` inside a tube of radius ``radius_u`` (patient mm) around a polyline."""
         pts = np.asarray(pts, float)
-        sl, (X, Y, Z) = self.crop(pts.min(0) - radius_u, pts.max(0) + radius_u)
+        sl, xyz = self.crop(pts.min(0) - radius_u, pts.max(0) + radius_u)
         if sl is None:
             return None, None
+        X, Y, Z = xyz
         d2, tpos = _polyline_dist2(X, Y, Z, pts)
         m = d2 <= radius_u ** 2
         if where is not None:
@@ -261,6 +323,12 @@ def _polyline_dist2(X, Y, Z, pts):
             best = np.where(closer, d2, best)
             tbest = np.where(closer, tt, tbest)
     return best, tbest
+
+
+def _smooth_field(shape, sigma_vox: float, rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean, unit-sd smooth Gaussian random field (float32)."""
+    f = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox)
+    return f / max(float(f.std()), 1e-6)
 
 
 def _interp(z, zs, vs):
@@ -380,6 +448,7 @@ def _build_anatomy(an: _Anatomy, lab: np.ndarray) -> dict[str, Any]:
         c = (sx * 65, 55, zc)
         sl_k, r_k = an.ellipsoid(lab, L["kidney"], c, (28, 24, 55), R=_rotation("z", sx * 25), where=soft)
         kidneys[name] = (sl_k, r_k)
+        out.setdefault("kidney_z", {})[name] = zc
         pts = np.array([[sx * 45, 50, zc - 10], [sx * 42, 40, zc - 70], [sx * 48, 30, 130],
                         [sx * 60, 15, 70], [sx * 40, -10, 40], [sx * 18, -25, 40]])
         ureters[name] = pts
@@ -413,6 +482,9 @@ def _build_anatomy(an: _Anatomy, lab: np.ndarray) -> dict[str, Any]:
     for sx in (-1, 1):
         an.ellipsoid(lab, L["parotid"], (sx * 50, 15, 705), (14, 24, 26), where=inside)
         an.ellipsoid(lab, L["submandibular"], (sx * 30, -5, 660), (15, 15, 12), where=inside)
+        # lacrimal glands (superolateral orbit): above the default field of view, which ends at
+        # the skull base like autoPET's; present when a grid reaches that high
+        an.ellipsoid(lab, L["lacrimal"], (sx * 35, -60, 745), (10, 6, 5), where=inside)
     return out
 
 
@@ -424,16 +496,17 @@ def _organ_values(rng: np.random.Generator) -> tuple[dict[str, float], dict[str,
     suv = {
         "background": 0.0, "soft_tissue": u(0.6, 1.1), "fat": u(0.25, 0.45), "lung": u(0.2, 0.4),
         "blood": u(1.0, 1.5), "bone_spine": u(0.9, 1.4), "bone_pelvis": u(0.8, 1.3),
-        "bone_other": u(0.6, 1.0), "liver": u(4.5, 7.5), "spleen": u(3.3, 5.7), "kidney": u(22, 42),
-        "ureter": u(12, 40), "bladder": float(np.exp(rng.uniform(np.log(10), np.log(60)))),
-        "bowel": u(4, 7), "parotid": u(13, 24), "submandibular": u(13, 24),
+        "bone_other": u(0.6, 1.0), "ureter": u(12, 40), "bladder": float(np.exp(rng.uniform(np.log(10), np.log(60)))),
+        "bowel": u(5, 9),
     }
+    for name, (mean, sd) in ORGAN_SUVMAX.items():  # aimed at the published SUVmax of the organ
+        suv[name] = float(np.clip(mean + sd * rng.standard_normal(), mean - 1.5 * sd, mean + 1.5 * sd)) / _MAX_OVER_MEAN[name]
     hu = {
         "background": -1000.0, "soft_tissue": u(40, 55), "fat": u(-110, -90), "lung": u(-850, -760),
         "blood": u(35, 45), "bone_spine": u(250, 350), "bone_pelvis": u(250, 350),
         "bone_other": u(300, 400), "liver": u(50, 60), "spleen": u(40, 50), "kidney": u(30, 40),
         "ureter": 10.0, "bladder": u(2, 12), "bowel": 30.0, "parotid": u(30, 40),
-        "submandibular": u(35, 45),
+        "submandibular": u(35, 45), "lacrimal": u(30, 40),
     }
     return suv, hu
 
@@ -449,12 +522,10 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q
 
 
-def _lesion_level(X, Y, Z, c, R_mm, rng) -> np.ndarray:
-    """Irregular 'radius' field: a perturbed union of 1-3 ellipsoids, < 1 inside."""
-    dx, dy, dz = X - c[0], Y - c[1], Z - c[2]
-    nb = int(rng.integers(1, 4))
-    f = None
-    for b in range(nb):
+def _lesion_shape(rng: np.random.Generator, R_mm: float) -> list[tuple]:
+    """Random parameters of an irregular lesion: a perturbed union of 1-3 ellipsoids."""
+    blobs = []
+    for b in range(int(rng.integers(1, 4))):
         rot = _random_rotation(rng)
         ax = rng.uniform(0.7, 1.3, 3)
         ax /= ax.prod() ** (1 / 3)
@@ -463,119 +534,215 @@ def _lesion_level(X, Y, Z, c, R_mm, rng) -> np.ndarray:
         else:
             v = rng.standard_normal(3)
             off, size = R_mm * rng.uniform(0.4, 0.75) * v / np.linalg.norm(v), R_mm * rng.uniform(0.45, 0.75)
+        waves = []
+        for _ in range(3):  # low-order angular perturbation of the surface
+            n = rng.standard_normal(3)
+            n /= np.linalg.norm(n)
+            waves.append((n, int(rng.integers(1, 4)), float(rng.uniform(0.03, 0.13)), float(rng.uniform(0, 2 * math.pi))))
+        blobs.append((rot, ax, off, size, waves))
+    return blobs
+
+
+def _lesion_level(shape: list[tuple], dx, dy, dz) -> np.ndarray:
+    """Irregular 'radius' field of ``shape`` at offsets (dx, dy, dz) mm from its centre: < 1 inside."""
+    f = None
+    for rot, ax, off, size, waves in shape:
         ex, ey, ez = dx - off[0], dy - off[1], dz - off[2]
         ux = rot[0, 0] * ex + rot[1, 0] * ey + rot[2, 0] * ez
         uy = rot[0, 1] * ex + rot[1, 1] * ey + rot[2, 1] * ez
         uz = rot[0, 2] * ex + rot[1, 2] * ey + rot[2, 2] * ez
         rad = np.sqrt((ux / ax[0]) ** 2 + (uy / ax[1]) ** 2 + (uz / ax[2]) ** 2) + 1e-6
-        # low-order angular perturbation of the surface
         pert = np.ones_like(rad)
-        for _ in range(3):
-            n = rng.standard_normal(3)
-            n /= np.linalg.norm(n)
-            k = int(rng.integers(1, 4))
-            pert = pert + rng.uniform(0.03, 0.13) * np.cos(
-                math.pi * k * (n[0] * ux + n[1] * uy + n[2] * uz) / rad + rng.uniform(0, 2 * math.pi))
+        for n, k, amp, ph in waves:
+            pert = pert + amp * np.cos(math.pi * k * (n[0] * ux + n[1] * uy + n[2] * uz) / rad + ph)
         fb = rad / (size * pert)
         f = fb if f is None else np.minimum(f, fb)
     return f
 
 
-_NODE_LOCS = ("node_pelvic", "node_retroperitoneal", "prostate_bed")
+#: sub-voxel sample offsets (in voxel units) for the partial-volume occupancy of a lesion
+_SUB = np.array([(a, b, c) for a in (-1 / 3, 0.0, 1 / 3) for b in (-1 / 3, 0.0, 1 / 3) for c in (-1 / 3, 0.0, 1 / 3)])
+
+
+def _occupancy(g: Grid, sl, c_w, shape, allowed: np.ndarray, volume_ml: float) -> "tuple[np.ndarray, np.ndarray] | None":
+    """Partial-volume occupancy of a lesion of ``volume_ml`` in the voxels of ``sl``.
+
+    The level field is sampled at 3 x 3 x 3 points per voxel; the level set ``f < t`` whose
+    occupancy (restricted to ``allowed`` voxels) sums to the target volume is found by bisection.
+    Returns ``(occupancy in [0, 1], level field at the voxel centres)`` or None when the box
+    cannot hold the lesion.
+    """
+    X, Y, Z = _coords(g, sl)
+    shp = allowed.shape
+    M = g.matrix
+    vox_ml = float(np.prod(g.spacing)) / 1000.0
+    samples = []
+    for o in _SUB:
+        w = M @ o  # world offset of this sub-voxel point (mm)
+        samples.append(_lesion_level(shape, X + np.float32(w[0] - c_w[0]), Y + np.float32(w[1] - c_w[1]),
+                                     Z + np.float32(w[2] - c_w[2])))
+    fs = np.stack([np.broadcast_to(f, shp) for f in samples]).astype(np.float32)
+    centre = np.broadcast_to(samples[13], shp)
+    lo, hi = 0.05, 1.8
+    if (fs < hi).mean(0)[allowed].sum() * vox_ml < volume_ml:
+        return None  # not enough room for it here
+    for _ in range(30):
+        t = 0.5 * (lo + hi)
+        v = (fs < t).mean(0)[allowed].sum() * vox_ml
+        lo, hi = (t, hi) if v < volume_ml else (lo, t)
+    occ = np.where(allowed, (fs < hi).mean(0), 0.0).astype(np.float32)
+    return occ, centre
+
+
+def _lesion_site(an: _Anatomy, lab: np.ndarray, anat: dict, loc: str, R: float, rng: np.random.Generator,
+                 organ_vox: dict) -> "tuple[np.ndarray, str] | None":
+    """World centre and site description of a new lesion at ``loc`` (None when none is found)."""
+    g = an.g
+    L = ORGAN_LABELS
+
+    def random_voxel(flat_idx):
+        if flat_idx.size == 0:
+            return None
+        kji = np.unravel_index(int(flat_idx[rng.integers(flat_idx.size)]), g.array_shape)
+        return g.index_to_world(np.array(kji[::-1], float))
+
+    def beside(pts, gap_u):
+        seg = int(rng.integers(len(pts) - 1))
+        base = pts[seg] + rng.uniform(0.1, 0.9) * (pts[seg + 1] - pts[seg])
+        v = rng.standard_normal(3)
+        v[2] *= 0.3
+        v /= np.linalg.norm(v)
+        return an.w(base) + v * (gap_u * an.s + R * rng.uniform(0.6, 1.0) + rng.uniform(1.0, 4.0))
+
+    def next_to_organ(c_u, a_u):
+        """On the surface of an ellipsoidal organ (centre, semi-axes in patient mm), 1-4 mm off."""
+        v = rng.standard_normal(3)
+        v /= np.linalg.norm(v)
+        surf = an.w(np.asarray(c_u) + v * np.asarray(a_u))
+        return surf + v * (R * rng.uniform(0.7, 1.0) + rng.uniform(1.0, 4.0))
+
+    if loc in ("bone_pelvis", "bone_spine", "bone_rib"):
+        c_w = random_voxel(organ_vox[loc])
+        if c_w is None:
+            return None
+        u = (c_w - an.ref) / an.s
+        site = {"bone_pelvis": "sacrum" if abs(u[0]) < 45 and u[1] > 55 else "ilium/acetabulum",
+                "bone_spine": "lumbar" if u[2] < 300 else "thoracic/cervical", "bone_rib": "rib"}[loc]
+        return c_w, site
+    if loc == "liver":
+        c_w = random_voxel(organ_vox["liver"])
+        return None if c_w is None else (c_w, "liver")
+    if loc == "node_pelvic":
+        side = "left" if rng.random() < 0.5 else "right"
+        if rng.random() < 0.35:  # next to the ureter (a classic false-positive trap)
+            return beside(anat["ureters"][side][2:], 3.5 / an.s), f"{side} pelvic, beside ureter"
+        return beside(anat["iliac"][side][1:], 6.0), f"{side} iliac"
+    if loc == "node_retroperitoneal":
+        if rng.random() < 0.4:  # at the renal hilum, next to the kidney
+            side, sx = ("left", 1) if rng.random() < 0.5 else ("right", -1)
+            zc = anat["kidney_z"][side]
+            return next_to_organ((sx * 33, 48, zc), (6, 10, 25)), f"{side} renal hilum"
+        return beside(anat["aorta"], 11.0), "para-aortic"
+    if loc == "node_mesenteric":
+        c_w = random_voxel(organ_vox["bowel"])
+        if c_w is None:
+            return None
+        v = rng.standard_normal(3)
+        v /= np.linalg.norm(v)
+        return c_w + v * (R * rng.uniform(0.8, 1.1) + rng.uniform(3.0, 8.0)), "mesenteric, beside bowel"
+    if loc == "node_cervical":
+        sx = 1 if rng.random() < 0.5 else -1
+        side = "left" if sx > 0 else "right"
+        if rng.random() < 0.6:
+            return next_to_organ((sx * 30, -5, 660), (15, 15, 12)), f"{side} cervical level II, beside submandibular gland"
+        return next_to_organ((sx * 50, 15, 705), (14, 24, 26)), f"{side} cervical, beside parotid"
+    # prostate bed, under the bladder
+    bl = anat["bladder"]
+    u = np.array([rng.uniform(-18, 18), bl["c"][1] + rng.uniform(5, 25), bl["c"][2] - bl["a"][2] - rng.uniform(-5, 12)])
+    return an.w(u), "prostate bed"
+
+
+def _lesion_size_and_suvmax(loc: str, rng: np.random.Generator, suv: dict) -> tuple[float, float]:
+    """Equivalent diameter (mm) and target SUVmax of a new lesion (docs/phantom.md: sources)."""
+    median_d, sd_d, lo_d, hi_d = LESION_DIAMETER[loc]
+    d = float(np.clip(median_d * math.exp(sd_d * rng.standard_normal()), lo_d, hi_d))
+    site = LESION_SITE[loc]
+    if loc == "liver":  # PSMA-positive liver metastases: SUVmax 10.3 +/- 5.3, above the liver
+        lo = max(1.2 * suv["liver"], LIVER_SUVMAX[2])
+        target = float(np.clip(LIVER_SUVMAX[0] + LIVER_SUVMAX[1] * rng.standard_normal(), lo, LIVER_SUVMAX[3]))
+    elif site == "bone" and rng.random() < PSMA_LOW_FRACTION:  # PSMA-low bone lesion
+        target = float(rng.uniform(*PSMA_LOW_SUVMAX))
+    else:
+        # a two-piece log-normal through the published median and quartiles, clipped to the range
+        median, iqr_lo, iqr_hi, mn, mx = SUVMAX_BY_SITE[site]
+        z = float(rng.standard_normal())
+        sd = math.log((median / iqr_lo) if z < 0 else (iqr_hi / median)) / 0.6745
+        target = float(np.clip(median * math.exp(sd * z), mn, mx))
+    return d, target
 
 
 def _place_lesions(an: _Anatomy, lab: np.ndarray, anat: dict, n: int, rng: np.random.Generator,
-                   suv_bg: dict) -> tuple[np.ndarray, list[dict], list[float]]:
-    """Place ``n`` lesions; return the instance map, per-lesion dicts, per-lesion target SUVmax."""
+                   suv: dict) -> tuple[np.ndarray, list[dict], list[float]]:
+    """Place ``n`` lesions; return the instance map, per-lesion dicts (with the partial-volume
+    occupancy ``_occ`` on ``_slices``), per-lesion target SUVmax."""
     L = ORGAN_LABELS
     g = an.g
     inst = np.zeros(g.array_shape, np.uint8)
     occupied = np.zeros(g.array_shape, bool)  # lesion voxels dilated by the 26-neighbourhood
-    vox_ml = float(np.prod(g.spacing)) / 1000.0
     lesions: list[dict] = []
     soft_ok = np.array([L["soft_tissue"], L["fat"]])
     bone_ok = np.array([L["bone_spine"], L["bone_pelvis"], L["bone_other"], L["soft_tissue"], L["fat"]])
-    bone_vox = {k: np.flatnonzero(lab.ravel() == L[k]) for k in ("bone_spine", "bone_pelvis")}
+    liver_ok = np.array([L["liver"]])
+    flat = lab.ravel()
+    organ_vox = {k: np.flatnonzero(flat == L[k]) for k in ("bone_spine", "bone_pelvis", "liver", "bowel")}
+    ribs = np.flatnonzero(flat == L["bone_other"])
+    if ribs.size:  # ribs: bone_other above the pelvis (not the femora)
+        kk = np.unravel_index(ribs, g.array_shape)
+        zw = np.stack([kk[2], kk[1], kk[0]], 1).astype(float) @ g.matrix.T + g.origin
+        ribs = ribs[((zw - an.ref) / an.s)[:, 2] > 300]
+    organ_vox["bone_rib"] = ribs
     targets: list[float] = []
     ball = ndimage.generate_binary_structure(3, 3)
-    p_loc = np.array([0.2, 0.15, 0.3, 0.15, 0.2])
+    names = list(LOCATION_PROBABILITY)
+    p_loc = np.array([LOCATION_PROBABILITY[k] for k in names])
+    vox_ml = float(np.prod(g.spacing)) / 1000.0
 
     for _ in range(n):
         for _attempt in range(30):
-            loc = str(rng.choice(LOCATIONS, p=p_loc))
-            d_mm = float(np.exp(rng.uniform(np.log(4.0), np.log(35.0))))
+            loc = str(rng.choice(names, p=p_loc / p_loc.sum()))
+            d_mm, target = _lesion_size_and_suvmax(loc, rng, suv)
             R = d_mm / 2.0
-            site = ""
-            if loc.startswith("bone"):
-                vox = bone_vox[loc]
-                if vox.size == 0:
-                    continue
-                flat = int(vox[rng.integers(vox.size)])
-                kji = np.unravel_index(flat, g.array_shape)
-                c_w = g.index_to_world(np.array(kji[::-1], float))
-                u = (c_w - an.ref) / an.s
-                site = ("sacrum" if abs(u[0]) < 45 and u[1] > 55 else "ilium/acetabulum") \
-                    if loc == "bone_pelvis" else ("lumbar" if u[2] < 300 else "thoracic/cervical")
-            else:
-                if loc == "node_pelvic":
-                    side = "left" if rng.random() < 0.5 else "right"
-                    if rng.random() < 0.35:  # next to the ureter (a classic false-positive trap)
-                        pts, site, gap_u = anat["ureters"][side][2:], f"{side} pelvic, beside ureter", 3.5 / an.s
-                    else:
-                        pts, site, gap_u = anat["iliac"][side][1:], f"{side} iliac", 6.0
-                elif loc == "node_retroperitoneal":
-                    pts, site, gap_u = anat["aorta"], "para-aortic", 11.0
-                else:
-                    pts, site, gap_u = None, "prostate bed", 0.0
-                if pts is None:
-                    bl = anat["bladder"]
-                    u = np.array([rng.uniform(-18, 18), bl["c"][1] + rng.uniform(5, 25),
-                                  bl["c"][2] - bl["a"][2] - rng.uniform(-5, 12)])
-                    c_w = an.w(u)
-                else:
-                    seg = int(rng.integers(len(pts) - 1))
-                    t = rng.uniform(0.1, 0.9)
-                    base = pts[seg] + t * (pts[seg + 1] - pts[seg])
-                    v = rng.standard_normal(3)
-                    v[2] *= 0.3
-                    v /= np.linalg.norm(v)
-                    off_w = gap_u * an.s + R * rng.uniform(0.6, 1.0) + rng.uniform(1.0, 4.0)
-                    c_w = an.w(base) + v * off_w
-            # local crop and allowed voxels
+            found = _lesion_site(an, lab, anat, loc, R, rng, organ_vox)
+            if found is None:
+                continue
+            c_w, site = found
             half = 1.6 * R + 2.0 * max(g.spacing)
             sl = _box_slices(g, c_w - half, c_w + half, pad=1)
             if sl is None:
                 continue
-            X, Y, Z = _coords(g, sl)
-            f = _lesion_level(X, Y, Z, c_w, R, rng)
-            f = np.broadcast_to(f, lab[sl].shape)
-            allowed = np.isin(lab[sl], bone_ok if loc.startswith("bone") else soft_ok) & ~occupied[sl]
-            n_target = max(1, int(round((math.pi / 6.0) * d_mm ** 3 / 1000.0 / vox_ml)))
-            cand = np.flatnonzero(allowed.ravel() & (f.ravel() < 1.6))
-            if cand.size == 0:
+            ok = liver_ok if loc == "liver" else bone_ok if loc.startswith("bone") else soft_ok
+            allowed = np.isin(lab[sl], ok) & ~occupied[sl]
+            shape = _lesion_shape(rng, R)
+            res = _occupancy(g, sl, c_w, shape, allowed, (math.pi / 6.0) * d_mm ** 3 / 1000.0)
+            if res is None:
                 continue
-            order = cand[np.argsort(f.ravel()[cand], kind="stable")][:n_target]
-            m = np.zeros(allowed.shape, bool)
-            m.ravel()[order] = True
-            # one 18-connected component: keep the one holding the innermost voxel
-            import cc3d
-
+            occ, f = res
+            m = occ >= 0.5
+            if not m.any():  # smaller than half a voxel everywhere: the annotator draws its core voxel
+                m = occ == occ.max()
+                if occ.max() < 0.2:
+                    continue
             cc = cc3d.connected_components(m.astype(np.uint8), connectivity=18)
-            keep = cc.ravel()[order[0]]
-            m = cc == keep
-            nvox = int(m.sum())
-            if nvox < max(1, 0.5 * n_target):
-                continue
+            core = np.unravel_index(int(np.argmax(np.where(m, occ - 1e-3 * f, -1.0))), m.shape)
+            m = cc == cc[core]
+            occ = occ * ndimage.binary_dilation(m, ball)  # drop partial voxels of any other piece
             idx = len(lesions) + 1
             inst[sl][m] = idx
             big = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, nmax)) for s, nmax in zip(sl, g.array_shape))
             occupied[big] |= ndimage.binary_dilation(inst[big] == idx, ball)
-            target = float(np.exp(rng.uniform(np.log(4.0), np.log(40.0))))
-            if loc == "prostate_bed" or "ureter" in site:
-                target = max(target, float(rng.uniform(6.0, 25.0)))
             targets.append(target)
-            lesions.append({"index": idx, "location": loc, "site": site,
-                            "target_diameter_mm": round(d_mm, 2), "_slices": sl, "_f": f})
+            lesions.append({"index": idx, "location": loc, "site": site, "target_diameter_mm": round(d_mm, 2),
+                            "target_suv_max": round(target, 3), "_slices": sl, "_f": f, "_occ": occ})
             break
     return inst, lesions, targets
 
@@ -615,11 +782,14 @@ def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False
     probability 0.15), otherwise exactly that many are attempted (0-12).
 
     Each entry of ``lesions``: ``index`` (value in ``instances``), ``location`` (one of
-    :data:`LOCATIONS`), ``site``, ``adjacent_to`` (``"bladder"``/``"ureter"``/``"kidney"``/
-    ``"bowel"`` when within 5 mm of that organ, else None), ``voxels``, ``volume_ml``,
-    ``equivalent_diameter_mm``, ``uptake_suv`` (activity before blur), ``suv_max``,
-    ``suv_mean`` (measured on the final PET inside the label), ``centroid_lps`` (mm),
-    ``centroid_index`` (SimpleITK (i, j, k)), ``bbox_index`` ((i0, j0, k0), (i1, j1, k1))
+    :data:`LOCATIONS`), ``site``, ``target_diameter_mm``, ``target_suv_max``, ``host_suv`` (activity
+    of the tissue it sits in), ``uptake_suv`` (activity before blur), ``necrotic``,
+    ``nearest_organ`` and ``organ_distance_mm`` (the nearest organ of :data:`UPTAKE_ORGANS` within
+    30 mm, voxel centre to voxel centre), ``adjacent_to`` (that organ when within
+    :data:`NEAR_ORGAN_MM`, else None), ``voxels``, ``volume_ml``, ``equivalent_diameter_mm``,
+    ``suv_max``, ``suv_mean`` (measured on the final PET inside the label), ``tbr``
+    (``suv_max / host_suv``), ``centroid_lps`` (mm), ``centroid_index`` (SimpleITK (i, j, k)),
+    ``bbox_index`` ((i0, j0, k0), (i1, j1, k1))
     inclusive.
     """
     if n_lesions is not None and not (0 <= int(n_lesions) <= 12):
@@ -647,7 +817,7 @@ def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False
     if "bowel_field" in anat:
         sl, f2 = anat["bowel_field"]
         m = lab[sl] == L["bowel"]
-        patch = np.clip(6.0 + 2.6 * f2, 2.0, 10.0).astype(np.float32)
+        patch = np.clip(suv["bowel"] * (1.0 + 0.6 * f2), 2.0, 18.0).astype(np.float32)
         act[sl][m] = patch[m]
         gas = (f2 < -0.9) & m
         ct[sl][gas] = -600.0
@@ -672,32 +842,45 @@ def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False
     if n_lesions is None:
         n_lesions = 0 if rng.random() < 0.15 else int(1 + rng.binomial(11, 0.3))
     inst, lesions, targets = _place_lesions(an, lab, anat, int(n_lesions), rng_les, suv)
-    fwhm = float(rng_val.uniform(5.0, 7.0))
+    fwhm = float(rng_val.uniform(*PSF_FWHM_MM))
     sigma_vox = fwhm * _FWHM_TO_SIGMA / np.asarray(grid.spacing[::-1])  # numpy (z, y, x) order
+    host = act.copy()  # the activity of the tissue each lesion sits in, before any lesion
     for les, target in zip(lesions, targets):
-        sl = les["_slices"]
+        sl, occ = les["_slices"], les["_occ"]
         m = inst[sl] == les["index"]
-        bg = float(np.median(act[sl][m])) if m.any() else 1.0
-        # partial-volume recovery of this lesion alone, to aim the measured SUVmax at target
+        bg = float(np.median(host[sl][m])) if m.any() else 1.0
+        # texture inside the lesion: brighter core, smooth heterogeneity, sometimes a necrotic core
+        f = np.broadcast_to(np.asarray(les["_f"]), occ.shape)
+        tex = (1.12 - 0.25 * np.clip(f, 0, 1.2)) * np.clip(
+            1.0 + 0.2 * _smooth_field(occ.shape, 1.0, rng_val), 0.5, 1.6)
+        necrotic = m.sum() * float(np.prod(grid.spacing)) / 1000.0 >= NECROSIS_MIN_ML and \
+            rng_val.random() < NECROSIS_PROBABILITY
+        if necrotic:
+            tex = np.where(f < float(rng_val.uniform(0.45, 0.65)), tex * float(rng_val.uniform(0.15, 0.4)), tex)
+        # partial-volume recovery of this lesion alone (occupancy x texture through the PSF), to
+        # aim the measured SUVmax at the target
         pad = tuple(slice(max(s.start - 4, 0), min(s.stop + 4, n)) for s, n in zip(sl, grid.array_shape))
-        ind = (inst[pad] == les["index"]).astype(np.float32)
+        ind = np.zeros(tuple(p.stop - p.start for p in pad), np.float32)
+        inner = tuple(slice(s.start - p.start, s.stop - p.start) for s, p in zip(sl, pad))
+        ind[inner] = occ * tex
         rc = float(ndimage.gaussian_filter(ind, sigma_vox, mode="constant").max())
         uptake = min(bg + (target - bg) / max(rc, 1e-3), 3.0 * target)
-        f = np.asarray(les["_f"])[m]
-        grad = 1.12 - 0.25 * np.clip(f, 0, 1.2)  # brighter core
-        act[sl][m] = (uptake * grad).astype(np.float32)
-        les["uptake_suv"] = round(float(uptake), 3)
+        act[sl] = (act[sl] * (1.0 - occ) + occ * uptake * tex).astype(np.float32)
+        les.update({"uptake_suv": round(float(uptake), 3), "host_suv": round(bg, 3), "necrotic": bool(necrotic)})
         if les["location"].startswith("bone"):
             ct[sl][m] = np.maximum(ct[sl][m], float(rng_val.uniform(450, 950)))
+        elif les["location"] == "liver":
+            ct[sl][m] = ct[sl][m] - float(rng_val.uniform(10, 25))  # hypodense on CT
         else:
             ct[sl][m] = float(rng_val.uniform(30, 50))
 
-    # PET physics: PSF blur, activity-dependent correlated noise -----------------------------
+    # PET physics: PSF blur of the partial-volume activity, count-dependent correlated noise -----
     pet = ndimage.gaussian_filter(act, sigma_vox, mode="nearest")
     noise = rng_noise.standard_normal(grid.array_shape, dtype=np.float32)
     noise = ndimage.gaussian_filter(noise, 0.8)
     noise *= np.float32(1.0 / max(float(noise.std()), 1e-6))
-    k_noise = float(rng_val.uniform(0.05, 0.1))
+    counts = float(math.exp(rng_val.normal(0.0, COUNT_LEVEL_LOG_SD)))  # relative count level of the scan
+    k_noise = NOISE_K / counts  # noise variance = k * SUV: Poisson-like, inversely proportional to counts
     pet = pet + np.sqrt(k_noise * np.maximum(pet, 0) + 0.002).astype(np.float32) * noise
     pet = np.maximum(pet, 0).astype(np.float32)
     # CT: CTres-like partial volume and noise
@@ -709,11 +892,12 @@ def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False
     seg = (inst > 0).astype(np.uint8)
     vox_ml = float(np.prod(grid.spacing)) / 1000.0
     final = []
-    near_names = ("bladder", "ureter", "kidney", "bowel")
-    near_vals = np.array([L[n] for n in near_names])
+    organ_vals = {nm: L[nm] for nm in UPTAKE_ORGANS}
+    reach = [int(math.ceil(ORGAN_SEARCH_MM / sp)) + 1 for sp in grid.spacing[::-1]]
     for les in lesions:
         sl = les.pop("_slices")
         les.pop("_f")
+        les.pop("_occ")
         m = inst[sl] == les["index"]
         zz, yy, xx = np.nonzero(m)
         off = np.array([sl[2].start, sl[1].start, sl[0].start])
@@ -721,12 +905,18 @@ def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False
         cen = ijk.mean(0)
         n = int(m.sum())
         vals = pet[sl][m]
-        # adjacency to physiological uptake within ~5 mm
-        it = max(1, int(round(5.0 / min(grid.spacing))))
-        near = ndimage.binary_dilation(m, iterations=it) & ~m
-        hit = [nm for nm, v in zip(near_names, near_vals) if np.any(lab[sl][near] == v)]
+        # distance (voxel centre to voxel centre, mm) to the nearest organ with physiological uptake
+        box = tuple(slice(max(int(lo) - r, 0), min(int(hi) + 1 + r, nmax)) for lo, hi, r, nmax in
+                    zip(ijk.min(0)[::-1], ijk.max(0)[::-1], reach, grid.array_shape))
+        dist = ndimage.distance_transform_edt(inst[box] != les["index"], sampling=grid.spacing[::-1])
+        near = {nm: float(dist[lab[box] == v].min()) for nm, v in organ_vals.items() if np.any(lab[box] == v)}
+        nearest = min(near, key=near.get) if near else None
+        odist = near[nearest] if nearest else None
         les.update({
-            "adjacent_to": hit[0] if hit else None,
+            "adjacent_to": nearest if odist is not None and odist <= NEAR_ORGAN_MM else None,
+            "nearest_organ": nearest,
+            "organ_distance_mm": None if odist is None else round(odist, 2),
+            "tbr": round(float(vals.max()) / max(les["host_suv"], 1e-3), 3),
             "voxels": n,
             "volume_ml": round(n * vox_ml, 4),
             "equivalent_diameter_mm": round((6.0 * n * vox_ml * 1000.0 / math.pi) ** (1 / 3), 2),
@@ -744,6 +934,7 @@ def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False
         "anatomy_scale": scale,
         "psf_fwhm_mm": round(fwhm, 3),
         "noise_k": round(k_noise, 4),
+        "count_level": round(counts, 4),
         "organ_suv": {k: round(v, 3) for k, v in suv.items()},
         "organ_hu": {k: round(v, 1) for k, v in hu.items()},
         "geometry": {

@@ -28,7 +28,9 @@ all predicted components that overlap it (0 when none does), so a merged compone
 also covers a neighbour lowers the Dice of both lesions.
 
 **Size strata** use the reference lesion volume: ``<1.5 mL``, ``1.5-4 mL`` (1.5 ≤ v < 4),
-``>=4 mL``.  False-positive components are stratified by their own volume.
+``>=4 mL``.  False-positive components are stratified by their own volume.  The finer bins
+``<0.5``, ``0.5-2``, ``2-10``, ``>=10 mL`` (:data:`FINE_SIZE_STRATA`, ``by="size_fine"``) serve the
+size calibration of a promptable model and the learning benchmark.
 
 **Other strata** (:data:`STRATIFIERS`, for the loss comparison; :func:`stratum_of`,
 :func:`strata_summary` with ``by=``): per lesion by its **SUVmax** (``<5``, ``5-10``, ``>=10``)
@@ -61,6 +63,9 @@ STRATA: tuple[tuple[str, float, float], ...] = (
 
 
 INF = float("inf")
+#: finer size bins (mL) for the size calibration of a promptable model and the learning
+#: benchmark's size strata: small PSMA lesions are mostly under 2 mL
+FINE_SIZE_STRATA = (("<0.5 mL", 0.0, 0.5), ("0.5-2 mL", 0.5, 2.0), ("2-10 mL", 2.0, 10.0), (">=10 mL", 10.0, INF))
 SUVMAX_STRATA = (("SUVmax <5", -INF, 5.0), ("SUVmax 5-10", 5.0, 10.0), ("SUVmax >=10", 10.0, INF))
 TLU_STRATA = (("TLU <5", -INF, 5.0), ("TLU 5-20", 5.0, 20.0), ("TLU >=20", 20.0, INF))
 COUNT_STRATA = (("0 lesions", 0, 1), ("1 lesion", 1, 2), ("2-4 lesions", 2, 5), (">=5 lesions", 5, INF))
@@ -71,6 +76,7 @@ SPREAD_STRATA = (("lesion-free", float("nan"), float("nan")), ("Dmax <50 mm", 0.
 #: scan's and is attached to each lesion row by the caller (``scan_lesion_count``, ``scan_dmax_mm``).
 STRATIFIERS: dict[str, tuple[str, str, tuple]] = {
     "size": ("lesion", "volume_ml", STRATA),
+    "size_fine": ("lesion", "volume_ml", FINE_SIZE_STRATA),
     "suv_max": ("lesion", "suv_max", SUVMAX_STRATA),
     "tlu": ("lesion", "tlu", TLU_STRATA),
     "lesion_count": ("scan", "scan_lesion_count", COUNT_STRATA),
