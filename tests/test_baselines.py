@@ -193,8 +193,8 @@ def _dice(a, b):
 def test_isolated_synthetic_lesions_match_the_reference():
     """Lesions >= 9 mm (wider than the 5-7 mm PSF FWHM) with only background-uptake tissue (SUV <= 1.5,
     below 41 % of any SUVmax >= 3.7) within 2 voxels: the 41 % isocontour of a blurred lesion lies within
-    about a voxel of its edge, so Dice > 0.9 (measured 0.98-1.0 on these 4 lesions; small lesions grow by
-    partial volume, lesions near organs leak: not part of this test)."""
+    about a voxel of its edge, so Dice > 0.8 (phantom 2.0, heterogeneous uptake: measured 0.84-0.97 on these
+    3 lesions; small lesions grow by partial volume, lesions near organs leak: not part of this test)."""
     found = []
     for seed in (1, 19, 22):
         case = generate_case(seed, n_lesions=6)
@@ -209,7 +209,7 @@ def test_isolated_synthetic_lesions_match_the_reference():
                     and not (case.instances[ring] > 0).any():
                 found.append(_dice(lab == lp.lesion_id, g))
     assert len(found) >= 3
-    assert min(found) > 0.9
+    assert min(found) > 0.8
 
 
 def test_bladder_touching_lesions_leak_without_a_box_and_a_box_bounds_them():
@@ -220,7 +220,7 @@ def test_bladder_touching_lesions_leak_without_a_box_and_a_box_bounds_them():
     bladder, and with boxes every mask stays in its box and the bladder fraction drops."""
     bladder = ORGAN_LABELS["bladder"]
     frac = {False: [], True: []}
-    for seed in (1, 2, 3, 4):
+    for seed in (2, 6, 8, 9, 10):  # phantom 2.0 seeds with lesions of >= 10 voxels against the bladder
         case = generate_case(seed, n_lesions=6)
         bl = sitk.GetArrayFromImage(case.organs) == bladder
         g = Grid.from_image(case.pet)

@@ -26,7 +26,10 @@ from sam_l1dfl.data.dicom import (PET_STORAGE, convert_dicom, read_pet_suv, read
 from sam_l1dfl.data.suv import HALF_LIFE_S
 from sam_l1dfl.data.synthetic import generate_case
 
-SLICES = (16, 56)  # 40 slices holding lesions 1 and 3 of seed 0
+SLICES = (16, 56)  # 40 slices of seed 0 (SUV conversion tests)
+# the study with contours: phantom 2.0's lesions are small (nodes ~0.4 mL), so seed 1 with 12
+# lesions, whose 40 slices 12-52 hold 515 lesion voxels
+STUDY = dict(seed=1, n_lesions=12, slices=(12, 52))
 HALF_LIVES_MIN = {"F-18": 109.77, "Ga-68": 67.71}
 
 
@@ -161,7 +164,7 @@ def test_cnts_and_gml(phantoms, tmp_path, variant):
 def study(tmp_path_factory):
     """An oblique study stored in reverse slice order, with SEG and RTSTRUCT."""
     out = tmp_path_factory.mktemp("dicom") / "study"
-    return synth.write_synthetic_study(out, seed=0, oblique=True, reverse=True, slices=SLICES)
+    return synth.write_synthetic_study(out, oblique=True, reverse=True, **STUDY)
 
 
 def test_seg_and_rtstruct_match_phantom(study):
@@ -203,7 +206,7 @@ def test_dicom_command_end_to_end(study, tmp_path, capsys):
 
 def test_rtstruct_only_study(tmp_path, capsys):
     """Without a SEG, the RTSTRUCT (rasterised by rt-utils) gives the mask."""
-    study = synth.write_synthetic_study(tmp_path / "study", seed=0, contours=("rtstruct",), slices=SLICES)
+    study = synth.write_synthetic_study(tmp_path / "study", contours=("rtstruct",), **STUDY)
     cases = tmp_path / "cases"
     assert main(["dicom", str(tmp_path / "study"), "--out", str(cases)]) == 0
     assert "RTSTRUCT lesion" in capsys.readouterr().out

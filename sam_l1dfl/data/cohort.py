@@ -10,13 +10,15 @@ SAM-Med3D-turbo weights (mostly CT and MRI organs).  Each case of this cohort is
   (positive activity, Gaussian PSF, activity-dependent noise) or ``mr`` (arbitrary positive
   scale, multiplicative bias field, Rician-like noise).  Intensities are then scaled by a
   random factor (not for ``ct``), so absolute values carry no meaning.
-* **Grid**: 72–112 voxels per axis, spacing 1.2–4.5 mm per axis (anisotropic allowed), and
+* **Grid**: 72–112 voxels per axis, spacing 1.0–4.0 mm per axis (anisotropic allowed), and
   sometimes a flipped direction.
 * **Anatomy-free structure**: a body ellipsoid, 2–5 large unlabelled "organs" (distractors)
   and smooth texture.
-* **Targets** (the label): up to 6 objects per case (2–6 attempted; placement can fail), ellipsoids, lobulated blobs (unions of
-  ellipsoids) or rounded boxes, equivalent radius 3–35 mm (log-uniform), with *positive or
-  negative* contrast against what surrounds them; about a third sit against an organ.  Targets
+* **Targets** (the label): up to 8 objects per case (3–8 attempted; placement can fail),
+  ellipsoids, lobulated blobs (unions of ellipsoids) or rounded boxes, equivalent radius 2–40 mm
+  (log-uniform; at least 0.9 voxel spacing), with *positive or negative* contrast against what
+  surrounds them; about a third sit against an organ, half in PET-like scans, where organs have
+  physiological-uptake-like values up to 40 × the tissue and most targets are hot spots.  Targets
   never touch each other (one voxel of background between them, 26-neighbourhood), so every
   connected component of ``SEG`` is one target, as the fine-tuning data pipeline expects.
 
@@ -44,8 +46,11 @@ from sam_l1dfl.io_utils import write_image_atomic, write_json_atomic
 from sam_l1dfl.seeding import seed_of
 
 FORMAT = "sam-l1dfl-pretraining-cohort"
-COHORT_VERSION = "1.0"
+COHORT_VERSION = "2.0"
 MODALITIES = ("ct", "pet", "mr")
+#: target equivalent radius range (mm), drawn log-uniformly (version 2.0: down to 2 mm, as
+#: SA-Med3D-140K holds lesions of a few millimetres; at least about two voxels across)
+RADIUS_MM = (2.0, 40.0)
 
 
 def _rotation(rng: np.random.Generator) -> np.ndarray:
@@ -83,7 +88,7 @@ def generate_cohort_case(seed: int, index: int) -> "tuple[sitk.Image, sitk.Image
     rng = np.random.default_rng(seed_of("cohort", seed, index))
     modality = MODALITIES[int(rng.choice(3, p=[0.4, 0.35, 0.25]))]
     shape = tuple(int(v) for v in rng.integers(72, 113, size=3))  # (z, y, x)
-    spacing = np.exp(rng.uniform(math.log(1.2), math.log(4.5), size=3))
+    spacing = np.exp(rng.uniform(math.log(1.0), math.log(4.0), size=3))
     if rng.random() < 0.6:  # most scans are near-isotropic in-plane
         spacing[1] = spacing[2]
     coords = np.meshgrid(*[np.arange(n, dtype=np.float32) * s for n, s in zip(shape, spacing)], indexing="ij")
@@ -97,6 +102,9 @@ def generate_cohort_case(seed: int, index: int) -> "tuple[sitk.Image, sitk.Image
         outside, tissue = -1000.0, rng.uniform(0.0, 60.0)
         organ_values = lambda: rng.choice([rng.uniform(-900, -600), rng.uniform(-120, -60),  # noqa: E731
                                            rng.uniform(20, 90), rng.uniform(150, 900)])
+    elif modality == "pet":  # organs with physiological uptake: often much brighter than tissue
+        outside, tissue = 0.0, 1.0
+        organ_values = lambda: float(np.exp(rng.uniform(math.log(0.3), math.log(40.0))))  # noqa: E731
     else:
         outside, tissue = 0.0, 1.0
         organ_values = lambda: float(np.exp(rng.uniform(math.log(0.2), math.log(12.0))))  # noqa: E731
@@ -117,13 +125,14 @@ def generate_cohort_case(seed: int, index: int) -> "tuple[sitk.Image, sitk.Image
     label = np.zeros(shape, bool)
     blocked = np.zeros(shape, bool)  # targets and their 26-neighbourhood
     targets = []
-    n_targets = int(rng.integers(2, 7))
-    for _ in range(60):
+    n_targets = int(rng.integers(3, 9))
+    near_organ = 0.5 if modality == "pet" else 0.35  # PET: hot spots next to bright organs
+    for _ in range(80):
         if len(targets) == n_targets:
             break
-        radius = float(np.exp(rng.uniform(math.log(3.0), math.log(35.0))))
-        radius = max(radius, 1.2 * float(spacing.max()))  # at least a few voxels
-        if organ_levels and rng.random() < 0.35:  # against an organ: on its surface
+        radius = float(np.exp(rng.uniform(math.log(RADIUS_MM[0]), math.log(RADIUS_MM[1]))))
+        radius = max(radius, 0.9 * float(spacing.max()))  # at least about two voxels across
+        if organ_levels and rng.random() < near_organ:  # against an organ: on its surface
             lv = organ_levels[int(rng.integers(len(organ_levels)))]
             surface = np.argwhere((lv > 0.95) & (lv < 1.05) & body)
             if not len(surface):
@@ -136,7 +145,7 @@ def generate_cohort_case(seed: int, index: int) -> "tuple[sitk.Image, sitk.Image
         if inside.sum() < 4 or (inside & blocked).any():
             continue
         local = float(np.median(values[inside]))
-        sign = 1.0 if rng.random() < 0.65 else -1.0
+        sign = 1.0 if rng.random() < (0.85 if modality == "pet" else 0.65) else -1.0
         if modality == "ct":
             delta = sign * rng.uniform(40.0, 400.0)
         else:
@@ -214,4 +223,4 @@ def generate_cohort(out_dir: "str | Path", n_cases: int, seed: int = 0) -> Path:
                                                     "cases": records})
 
 
-__all__ = ["COHORT_VERSION", "FORMAT", "MODALITIES", "generate_cohort", "generate_cohort_case"]
+__all__ = ["COHORT_VERSION", "FORMAT", "MODALITIES", "RADIUS_MM", "generate_cohort", "generate_cohort_case"]

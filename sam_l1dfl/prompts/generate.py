@@ -155,8 +155,11 @@ def _points(ref: ImageRef, ijk: list[tuple[int, int, int]], label: int, kind: st
     if not ijk:
         return []
     world = ref.index_to_world(np.asarray(ijk, dtype=np.float64))
+    # world mm rounded to the prompt files' 6 decimals: a saved prompt reads back identical, so
+    # prompts made here and prompts read from a file give the same crops (bit for bit)
     return [
-        PointPrompt(world=tuple(float(v) for v in w), index=tuple(float(v) for v in i), label=label, kind=kind)
+        PointPrompt(world=tuple(round(float(v), 6) for v in w), index=tuple(float(v) for v in i), label=label,
+                    kind=kind)
         for w, i in zip(world, ijk)
     ]
 
