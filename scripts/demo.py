@@ -25,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TURBO = ROOT / "checkpoints" / "sam_med3d_turbo.pth"
+#: the variant BENCHMARKS.md "Learning" picked for the demo's budget (8 cases x 150 steps)
+DEMO_VARIANT = "dicefocal"
 
 
 def banner(msg: str) -> None:
@@ -54,7 +56,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="demo_out", help="output folder (default demo_out/)")
     ap.add_argument("--cases", type=int, default=8, help="synthetic training cases (default 8)")
-    ap.add_argument("--test-cases", type=int, default=8, help="held-out synthetic test cases (default 8)")
+    ap.add_argument("--test-cases", type=int, default=8,
+                    help="held-out synthetic test cases (default 8: the first 8 of the learning benchmark's test set)")
+    ap.add_argument("--val-cases", type=int, default=6,
+                    help="validation cases that pick best/ (default 6; the benchmark's validation set)")
+    ap.add_argument("--loss", default=DEMO_VARIANT,
+                    help=f"fine-tuning loss variant, NAME[key=value,...] (default {DEMO_VARIANT}: the benchmark's pick "
+                         "at this budget)")
+    ap.add_argument("--no-l1dfl-row", action="store_true",
+                    help="do not also fine-tune with the authors' L1DFL for comparison (saves about a minute)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init", default="auto",
                     help="starting weights: auto (turbo if present, else the stand-in), standin, random, or a checkpoint")
@@ -64,7 +74,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from sam_l1dfl.compare.learning import ROW_LABELS, TEST_SEED, TRAIN_SEED_BASE, Row, score, table
+    from sam_l1dfl.compare.benchmark import VAL_SEED
+    from sam_l1dfl.compare.learning import (ROW_LABELS, TEST_SEED, TRAIN_SEED_BASE, Row, parse_variant, picture_case,
+                                            run_name, score, table, variant_label)
+    from sam_l1dfl.errors import InputError
     from sam_l1dfl.data.synthetic import generate_dataset
     from sam_l1dfl.data.io import read_image
     from sam_l1dfl.model import SamMed3DConfig, build_sam_med3d, save_model_dir
@@ -117,19 +130,24 @@ def main(argv=None) -> int:
                             else {}, resolve_model_path(init))
 
     # -- 1. data ---------------------------------------------------------------------------
-    banner("1/7 synthetic PSMA PET/CT data (autoPET layout)")
+    banner("1/7 synthetic PSMA PET/CT data (autoPET layout): training, validation, held-out test")
     t = time.perf_counter()
-    synth, test = out / "synth", out / "test"
-    for own in ("synth", "test", "prompts", "pred", "report"):  # the demo's own outputs of an earlier run
+    synth, val, test = out / "synth", out / "val", out / "test"
+    for own in ("synth", "val", "test", "prompts", "pred", "report"):  # the demo's own outputs of an earlier run
         if (out / own).is_dir():
             shutil.rmtree(out / own)
-    # the benchmark's data: training set of seed --seed, its held-out test set (BENCHMARKS.md, "Learning")
+    # the benchmark's data (BENCHMARKS.md, "Learning"): training set of seed --seed, its validation set
+    # (picks best/) and the first --test-cases cases of its held-out test set
     generate_dataset(synth, args.cases, seed=TRAIN_SEED_BASE + args.seed, n_oblique=1, progress=False)
+    generate_dataset(val, args.val_cases, seed=VAL_SEED, progress=False)
     generate_dataset(test, args.test_cases, seed=TEST_SEED, n_oblique=1, progress=False)
-    for name, d in (("training", synth), ("held-out test", test)):
+    for name, d in (("training", synth), ("validation", val), ("held-out test", test)):
         meta = json.loads((d / "dataset.json").read_text())
         n_les = sum(len(c.get("lesions", [])) for c in meta["cases"])
         print(f"{name}: {len(meta['cases'])} cases, {n_les} lesions -> {d}")
+        if n_les < 2:
+            raise InputError(d, f"only {n_les} lesion(s) in the {name} cases: use more cases (--cases/--val-cases)")
+    overrides += [f"data.val_root={val}", "data.max_val_crops=null"]
     times["data"] = time.perf_counter() - t
 
     # -- 2. prompts ------------------------------------------------------------------------
@@ -139,49 +157,59 @@ def main(argv=None) -> int:
     times["prompts"] = time.perf_counter() - t
 
     # -- 3. fine-tune ----------------------------------------------------------------------
-    banner("3/7 fine-tune the mask decoder with L1DFL (Accelerate)")
+    variants = [args.loss] + ([] if args.no_l1dfl_row or parse_variant(args.loss)[0] == "l1dfl" and
+                              "[" not in args.loss else ["l1dfl"])
+    banner(f"3/7 fine-tune the mask decoder (Accelerate): {', '.join(variant_label(v) for v in variants)}")
     t = time.perf_counter()
-    cfg = load_config(args.config, overrides + list(args.overrides))
-    if cfg.run_dir.is_dir() and (cfg.run_dir / "config.yaml").is_file() and out in cfg.run_dir.resolve().parents:
-        # the demo's own run from an earlier `make demo`: start afresh instead of refusing
-        print(f"replacing the previous demo run {cfg.run_dir}")
-        shutil.rmtree(cfg.run_dir)
-    result = train(cfg)
+    results = {}
+    for spec in variants:
+        loss, extra = parse_variant(spec)
+        cfg = load_config(args.config, overrides + [f"loss.name={loss}", f"name={run_name(spec, args.seed)}",
+                                                    *extra, *args.overrides])
+        if cfg.run_dir.is_dir() and (cfg.run_dir / "config.yaml").is_file() and out in cfg.run_dir.resolve().parents:
+            # the demo's own run from an earlier `make demo`: start afresh instead of refusing
+            print(f"replacing the previous demo run {cfg.run_dir}")
+            shutil.rmtree(cfg.run_dir)
+        results[spec] = train(cfg)
+    result = results[args.loss]
     run_dir = Path(result.run_dir)
     times["fine-tune"] = time.perf_counter() - t
 
     # -- 4. inference ----------------------------------------------------------------------
     banner("4/7 prompted inference on the held-out cases: zero-shot, fine-tuned, 41% SUVmax threshold")
     t = time.perf_counter()
-    sources = {"zero-shot": ["--checkpoint", init], "l1dfl": ["--checkpoint", run_dir],
-               "threshold": ["--method", "threshold"]}
+    sources = {"zero-shot": ["--checkpoint", init]}
+    sources.update({spec: ["--checkpoint", results[spec].run_dir] for spec in variants})
+    sources["threshold"] = ["--method", "threshold"]
     secs = {}
     for tag, how in sources.items():
         t1 = time.perf_counter()
-        cli("infer", "--data", test, "--prompts-dir", out / "prompts", *how, "--out-dir", out / "pred" / tag, "--quiet")
+        cli("infer", "--data", test, "--prompts-dir", out / "prompts", *how, "--out-dir", out / "pred" / run_name(tag),
+            "--quiet")
         secs[tag] = time.perf_counter() - t1
     times["inference"] = time.perf_counter() - t
 
     # -- 5. evaluation ---------------------------------------------------------------------
     banner("5/7 evaluation: lesion Dice, autoPET FPV/FNV, lesion-wise F1 (report.html)")
     t = time.perf_counter()
-    rows = [Row(tag, None, score(out / "pred" / tag, test, out_dir=out / "report" / tag, mips=True), secs[tag])
-            for tag in sources]
+    rows = [Row(tag, None, score(out / "pred" / run_name(tag), test, out_dir=out / "report" / run_name(tag),
+                                 mips=True), secs[tag]) for tag in sources]
     times["evaluation"] = time.perf_counter() - t
 
     # -- 6. picture ------------------------------------------------------------------------
     banner("6/7 one case side by side: reference | zero-shot | fine-tuned | threshold (coronal PET MIPs)")
     t = time.perf_counter()
-    case = max((c for c in json.loads((test / "dataset.json").read_text())["cases"]), key=lambda c: len(c["lesions"]))
-    cid = case["case_id"]
+    cid, note = picture_case(test, out / "pred" / run_name("threshold"))
     pet = read_image(test / cid / "SUV.nii.gz")
-    colours = {"reference": "#1f77b4", "zero-shot": "#ff7f0e", "l1dfl": "#2ca02c", "threshold": "#d62728"}
-    panels = [Panel(pet, {"reference": (read_image(test / cid / "SEG.nii.gz"), colours["reference"])}, title=f"{cid}: reference")]
-    for tag in sources:
-        panels.append(Panel(pet, {ROW_LABELS[tag]: (read_image(out / "pred" / tag / f"{cid}.nii.gz"), colours[tag])},
-                            title=ROW_LABELS[tag]))
-    figure = save_mip_figure(out / "comparison.png", panels, suptitle=f"held-out case {cid} (start: {origin})")
-    print(f"picture: {figure}")
+    colours = {"reference": "#1f77b4", "zero-shot": "#ff7f0e", args.loss: "#2ca02c", "threshold": "#d62728"}
+    panels = [Panel(pet, {"reference": (read_image(test / cid / "SEG.nii.gz"), colours["reference"])},
+                    title=f"{cid}: reference")]
+    for tag in ("zero-shot", args.loss, "threshold"):
+        label = variant_label(tag) if tag in variants else ROW_LABELS[tag]
+        panels.append(Panel(pet, {label: (read_image(out / "pred" / run_name(tag) / f"{cid}.nii.gz"), colours[tag])},
+                            title=label))
+    figure = save_mip_figure(out / "comparison.png", panels, suptitle=f"held-out case {cid}: {note} (start: {origin})")
+    print(f"picture: {figure} ({note})")
     times["picture"] = time.perf_counter() - t
 
     # -- 7. export -------------------------------------------------------------------------
@@ -205,25 +233,28 @@ def main(argv=None) -> int:
     print(f"held-out test cases ({args.test_cases}), one click per lesion, masks on the original PET grid:")
     print(table(rows))
     by = {r.name: r.metrics for r in rows}
-    gain = by["l1dfl"]["lesion_dice"] - by["zero-shot"]["lesion_dice"]
-    print(f"\nfine-tuned - zero-shot lesion Dice: {gain:+.3f}; fine-tuned - threshold: "
-          f"{by['l1dfl']['lesion_dice'] - by['threshold']['lesion_dice']:+.3f} lesion Dice, "
-          f"{by['l1dfl']['f1_c3'] - by['threshold']['f1_c3']:+.3f} F1 (C3)")
-    if result.metrics.get("best_is_initial"):
-        print("note: no validation during fine-tuning beat the starting weights, so the fine-tuned model (best/) IS "
-              "the starting model and its row equals zero-shot; BENCHMARKS.md, \"Learning\", shows why at this budget")
-    elif gain < 0.15:
-        print("note: fine-tuning gained less than 0.15 lesion Dice over zero-shot here; BENCHMARKS.md, \"Learning\", "
-              "shows the numbers over seeds and losses and why")
+    print()
+    for spec in variants:
+        print(f"{variant_label(spec)} - zero-shot: {by[spec]['lesion_dice'] - by['zero-shot']['lesion_dice']:+.3f} lesion "
+              f"Dice; - threshold: {by[spec]['lesion_dice'] - by['threshold']['lesion_dice']:+.3f} lesion Dice, "
+              f"{by[spec]['f1_c3'] - by['threshold']['f1_c3']:+.3f} F1 (C3)")
+    gain = by[args.loss]["lesion_dice"] - by["zero-shot"]["lesion_dice"]
     print("\ntimes: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
           + f"; total {time.perf_counter() - t0:.0f} s")
     print(f"picture:        {figure}")
     print(f"run directory:  {run_dir}  (TensorBoard: tensorboard --logdir {run_dir})")
-    print(f"reports:        {out / 'report'}/{{zero-shot,l1dfl,threshold}}/report.html")
+    print(f"reports:        {out / 'report'}/<method>/report.html ({', '.join(run_name(t) for t in sources)})")
     print(f"prompt files:   {out / 'prompts'}  (open the .mrk.json files in 3D Slicer)")
     print(f"exports:        {exp}")
     if origin != "turbo":
         print(f"\nReminder: these numbers come from {ORIGIN_WORDS[origin]}.")
+    if result.metrics.get("best_is_initial"):
+        print("note: no validation during fine-tuning beat the starting weights, so the fine-tuned model (best/) IS "
+              "the starting model and its row equals zero-shot; BENCHMARKS.md, \"Learning\", shows when fine-tuning "
+              "helps and why")
+    elif gain <= 0:
+        print("note: here fine-tuning did not beat zero-shot on the held-out cases; BENCHMARKS.md, \"Learning\", "
+              "has the numbers over seeds, losses and budgets")
     return 0
 
 

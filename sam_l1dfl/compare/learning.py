@@ -29,6 +29,7 @@ from sam_l1dfl.errors import InputError
 from sam_l1dfl.inference import Segmenter
 from sam_l1dfl.metrics.dataset import evaluate_dataset
 from sam_l1dfl.metrics.detection import FINE_SIZE_STRATA, stratum_of
+from sam_l1dfl.compare.paired import lesion_rows, phantom_lesions
 from sam_l1dfl.training import load_config, train
 
 LOSSES = ("l1dfl", "dicefocal", "dicece")
@@ -115,6 +116,82 @@ def predict(source: str, test_root: "str | Path", out_dir: "str | Path", *,
     return time.perf_counter() - t
 
 
+#: The size calibration goal of a promptable starting model: zero-shot, from one click, the median
+#: predicted/reference volume of each size bin lies in this range (issue #20 §1).
+SIZE_CALIBRATION_RANGE = (0.5, 2.0)
+
+
+def size_calibration(source: str, cases_root: "str | Path", out_dir: "str | Path", *,
+                     device: str = "cpu") -> dict:
+    """Zero-shot size calibration of ``source``: one click per reference object of the cases under
+    ``cases_root`` (the centre of the object, as ``infer --prompts-from-mask``), masks on the
+    original grid, and per size bin (:data:`~sam_l1dfl.metrics.detection.FINE_SIZE_STRATA`) the
+    median of predicted/reference volume (predicted: the components overlapping the object).
+
+    Returns ``{"bins": {name: {"n", "median_ratio", "median_dice"}}, "objects": [...],
+    "within": bool}``; ``within`` says whether every non-empty bin lies in
+    :data:`SIZE_CALIBRATION_RANGE`.
+    """
+    import statistics
+
+    out = Path(out_dir)
+    predict(source, cases_root, out / "pred", device=device)
+    res = evaluate_dataset(out / "pred", cases_root, mips=False, n_resamples=20, progress=False)
+    objects = [{"case": r["case"], "lesion_id": r["lesion_id"], "volume_ml": r["volume_ml"],
+                "pred_volume_ml": r["pred_volume_ml"], "dice": r["dice"],
+                "ratio": r["pred_volume_ml"] / r["volume_ml"],
+                "bin": stratum_of(r["volume_ml"], FINE_SIZE_STRATA)} for r in res.lesions if r["kind"] == "ref"]
+    bins = {}
+    for name, _lo, _hi in FINE_SIZE_STRATA:
+        sel = [o for o in objects if o["bin"] == name]
+        bins[name] = {"n": len(sel),
+                      "median_ratio": statistics.median(o["ratio"] for o in sel) if sel else math.nan,
+                      "median_dice": statistics.median(o["dice"] for o in sel) if sel else math.nan}
+    lo, hi = SIZE_CALIBRATION_RANGE
+    within = all(lo <= b["median_ratio"] <= hi for b in bins.values() if b["n"])
+    return {"bins": bins, "objects": objects, "within": within}
+
+
+#: loss-section keys of a variant (``loss.KEY``); every other key of a variant is a ``loss.params`` key
+LOSS_SECTION_KEYS = ("warmup_steps", "warmup_name")
+
+
+def parse_variant(spec: str) -> tuple[str, list[str]]:
+    """A fine-tuning variant ``NAME[key=value,...]`` -> ``(loss name, config overrides)``.
+
+    ``l1dfl`` is the authors' L1DFL; ``l1dfl[eps=0.1,histogram_scope=roi]`` sets
+    ``loss.params.eps`` and ``loss.params.histogram_scope``; ``warmup_steps``/``warmup_name`` go to the
+    ``loss`` section itself (a DiceFocal warm start).
+    """
+    spec = str(spec).strip()
+    name, _, rest = spec.partition("[")
+    overrides = []
+    if rest:
+        if not rest.endswith("]"):
+            raise InputError(None, f"variant {spec!r}: expected NAME[key=value,...]")
+        for item in filter(None, (x.strip() for x in rest[:-1].split(","))):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise InputError(None, f"variant {spec!r}: {item!r} is not key=value")
+            key = key.strip()
+            overrides.append(f"loss.{key}={value.strip()}" if key in LOSS_SECTION_KEYS else
+                             f"loss.params.{key}={value.strip()}")
+    return name.strip(), overrides
+
+
+def variant_label(spec: str) -> str:
+    """Row label of a fine-tuning variant: ``fine-tuned, L1DFL [eps=0.1]``."""
+    name, _, rest = str(spec).partition("[")
+    base = ROW_LABELS.get(name, name)
+    return f"{base} [{rest[:-1]}]" if rest else base
+
+
+def run_name(spec: str, seed: "int | None" = None, tag: str = "") -> str:
+    """A folder name for a method or variant, an optional budget tag and seed (file-name safe)."""
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in str(spec)).strip("_")
+    return f"{safe}{'_' + tag if tag else ''}{'' if seed is None else f'_seed{seed}'}"
+
+
 def finetune(init: str, train_root: "str | Path", out_root: "str | Path", loss: str, seed: int, *,
              config: "str | Path", overrides: Sequence[str] = (), name: "str | None" = None,
              progress: bool = False):
@@ -130,6 +207,28 @@ def finetune(init: str, train_root: "str | Path", out_root: "str | Path", loss: 
     t = time.perf_counter()
     result = train(cfg, progress=progress)
     return result, time.perf_counter() - t
+
+
+def picture_case(test_root: "str | Path", threshold_pred: "str | Path",
+                 organs: Sequence[str] = ("bladder", "kidney")) -> tuple[str, str]:
+    """The test case worth drawing: the one with a lesion beside ``organs`` (else any uptake organ)
+    into which the threshold's mask leaks most (predicted/reference volume).  ``(case_id, note)``."""
+    res = evaluate_dataset(threshold_pred, test_root, mips=False, n_resamples=20, progress=False)
+    rows = lesion_rows(res, test_root, lesion_strata)
+    truth = phantom_lesions(test_root)
+    best = None
+    for r in rows:
+        organ = next(les for les in truth[r["case"]] if les["index"] == r["phantom_index"])["adjacent_to"]
+        rank = (organ in organs, organ is not None, r["pred_volume_ml"] / r["volume_ml"])
+        if best is None or rank > best[0]:
+            best = (rank, r, organ)
+    if best is None:
+        cases = sorted(truth, key=lambda c: -len(truth[c]))
+        return cases[0], "the case with the most lesions"
+    _, r, organ = best
+    where = f"beside the {organ}" if organ else "isolated"
+    return r["case"], (f"lesion {r['lesion_id']} {where}: the threshold's mask {r['pred_volume_ml']:.1f} mL "
+                       f"for a {r['volume_ml']:.2f} mL lesion")
 
 
 def aggregate(rows: Iterable[Row]) -> dict[str, dict[str, tuple[float, float, int]]]:
@@ -156,11 +255,12 @@ def aggregate(rows: Iterable[Row]) -> dict[str, dict[str, tuple[float, float, in
 def table(rows: Iterable[Row], markdown: bool = False) -> str:
     """The rows as a text (or Markdown) table, mean ± sd over seeds."""
     agg = aggregate(rows)
-    order = [n for n in ("zero-shot", *LOSSES, "threshold") if n in agg] + [n for n in agg if n not in ROW_LABELS]
+    order = [n for n in ("zero-shot",) if n in agg] + [n for n in agg if n not in ("zero-shot", "threshold")] + \
+        [n for n in ("threshold",) if n in agg]
     head = ["method"] + [h for _k, h, _f in COLUMNS]
     body = []
     for name in order:
-        cells = [ROW_LABELS.get(name, name)]
+        cells = [variant_label(name)]
         for key, _h, fmt in COLUMNS:
             m, sd, n = agg[name][key]
             if m != m:
@@ -179,4 +279,5 @@ def table(rows: Iterable[Row], markdown: bool = False) -> str:
     return "\n".join([fmt_row(head)] + [fmt_row(r) for r in body])
 
 
-__all__ = ["COLUMNS", "LOSSES", "LOW_CONTRAST_TBR", "STRATA_KEYS", "lesion_strata", "TEST_SEED", "TRAIN_SEED_BASE", "ROW_LABELS", "Row", "aggregate", "finetune", "predict", "score", "table"]
+__all__ = ["COLUMNS", "LOSSES", "LOSS_SECTION_KEYS", "LOW_CONTRAST_TBR", "SIZE_CALIBRATION_RANGE", "parse_variant",
+           "picture_case", "run_name", "size_calibration", "variant_label", "STRATA_KEYS", "lesion_strata", "TEST_SEED", "TRAIN_SEED_BASE", "ROW_LABELS", "Row", "aggregate", "finetune", "predict", "score", "table"]

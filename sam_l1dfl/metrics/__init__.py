@@ -17,7 +17,7 @@
   :func:`evaluate_case`, :func:`evaluate_dataset` (imports :mod:`.summary` and :mod:`.report`).
 """
 
-from .bootstrap import bootstrap_mean_ci, bootstrap_pooled_ci
+from .bootstrap import bootstrap_cluster_mean_ci, bootstrap_mean_ci, bootstrap_pooled_ci
 from .components import AUTOPET_CONNECTIVITY, component_overlap, label_components
 from .dataset import EvaluationResult, evaluate_case, evaluate_dataset
 from .calibration import case_calibration, expected_calibration_error, lesion_margin
@@ -27,7 +27,7 @@ from .volume import dice, volume_metrics, voxel_volume_ml
 
 __all__ = [
     "AUTOPET_CONNECTIVITY", "CRITERIA", "STRATA", "STRATIFIERS", "EvaluationResult", "LesionMatching", "agreement",
-    "bootstrap_mean_ci", "bootstrap_pooled_ci", "case_calibration", "component_overlap", "dice",
+    "bootstrap_cluster_mean_ci", "bootstrap_mean_ci", "bootstrap_pooled_ci", "case_calibration", "component_overlap", "dice",
     "dissemination_mm", "evaluate_case", "evaluate_dataset", "expected_calibration_error", "label_components",
     "lesion_margin", "match_lesions", "quantify", "size_stratum",
     "strata_summary", "volume_metrics", "voxel_volume_ml",

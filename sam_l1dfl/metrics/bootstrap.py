@@ -80,3 +80,30 @@ def bootstrap_pooled_ci(
         a = (1 - confidence) / 2
         out.update(ci_low=float(np.quantile(boot, a)), ci_high=float(np.quantile(boot, 1 - a)))
     return out
+
+
+def bootstrap_cluster_mean_ci(
+    values: Sequence[float], clusters: Sequence, n_resamples: int = N_RESAMPLES, confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Mean of per-item ``values`` (e.g. per-lesion paired differences) with a percentile bootstrap CI
+    that resamples whole ``clusters`` (e.g. cases), so items of one cluster, which are not
+    independent, move together: ``{mean, ci_low, ci_high, n, n_clusters}``.  NaN values are dropped.
+    """
+    v = np.asarray(values, dtype=float)
+    c = np.asarray([str(x) for x in clusters])
+    keep = np.isfinite(v)
+    v, c = v[keep], c[keep]
+    ids, inv = np.unique(c, return_inverse=True)
+    out = {"mean": float(v.mean()) if v.size else float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
+           "n": int(v.size), "n_clusters": int(ids.size)}
+    if ids.size < 2:
+        return out
+    sums = np.bincount(inv, weights=v, minlength=ids.size)
+    counts = np.bincount(inv, minlength=ids.size).astype(float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, ids.size, size=(n_resamples, ids.size))
+    boot = sums[idx].sum(1) / counts[idx].sum(1)
+    a = (1 - confidence) / 2
+    out.update(ci_low=float(np.quantile(boot, a)), ci_high=float(np.quantile(boot, 1 - a)))
+    return out
