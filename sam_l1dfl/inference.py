@@ -438,6 +438,13 @@ class Segmenter:
         return self.preprocess.input_mode
 
     @property
+    def provenance(self) -> dict:
+        """Where the masks come from, as every JSON that inference writes records it (``summary.json``
+        and each ``<case>.json``): ``method``, ``checkpoint``, and ``weights``, the model's weights
+        origin (:func:`~sam_l1dfl.model.standin.weights_origin`; None without a model)."""
+        return {"method": self.method, "checkpoint": self.checkpoint, "weights": self.weights}
+
+    @property
     def uses_boxes(self) -> bool:
         """Whether box prompts reach the segmentation (else they only place the crop)."""
         return bool(self.model.config.use_boxes)
@@ -570,7 +577,7 @@ class Segmenter:
                 else:
                     why = "no lesion in the reference mask"
                 if (pdir is not None and prompts is None) or (from_mask and not sitk.GetArrayViewFromImage(case.label).any()):
-                    _write_empty(case.pet, out, rec.case_id, why, self.method)
+                    _write_empty(case.pet, out, rec.case_id, why, self.provenance)
                     summary.empty.append(f"{rec.case_id}: {why}")
                     continue
                 res = self.segment(case.pet, case.ct_native if needs_ct else None, prompts=prompts,
@@ -582,7 +589,7 @@ class Segmenter:
             res.write(out / f"{rec.case_id}.nii.gz", out / "lesions" / f"{rec.case_id}.nii.gz",
                       out / f"{rec.case_id}.json", out / "probabilities" / rec.case_id if probabilities else None,
                       {"case_id": rec.case_id, "pet": str(rec.pet), "prompts": None if prompts is None else str(prompts),
-                       "method": self.method, "checkpoint": self.checkpoint})
+                       **self.provenance})
             r = res.report
             summary.lesions += r.n_lesions
             summary.encoder_passes += r.encoder_passes
@@ -787,13 +794,14 @@ class Segmenter:
         return results
 
 
-def _write_empty(pet: sitk.Image, out: Path, case_id: str, why: str, method: str) -> None:
-    """The outputs of a case with nothing to segment: empty mask and label map, and a JSON note."""
+def _write_empty(pet: sitk.Image, out: Path, case_id: str, why: str, provenance: dict) -> None:
+    """The outputs of a case with nothing to segment: empty mask and label map, and a JSON note
+    (with ``provenance``: :attr:`Segmenter.provenance`)."""
     z = sitk.Image(pet.GetSize(), sitk.sitkUInt8)
     z.CopyInformation(pet)
     write_image_atomic(z, out / f"{case_id}.nii.gz")
     write_image_atomic(sitk.Cast(z, sitk.sitkUInt16), out / "lesions" / f"{case_id}.nii.gz")
-    write_json_atomic(out / f"{case_id}.json", {"case_id": case_id, "method": method, "lesions": [],
+    write_json_atomic(out / f"{case_id}.json", {"case_id": case_id, **provenance, "lesions": [],
                                                 "note": f"{why}: empty prediction"})
 
 

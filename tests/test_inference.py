@@ -237,6 +237,7 @@ def test_cli_single_and_dataset(model_dir, cases, tmp_path, monkeypatch, capsys)
     assert (tmp_path / "one" / "pred_lesions.nii.gz").is_file()
     rep = json.loads((tmp_path / "one" / "pred.json").read_text())
     assert rep["report"]["encoder_passes"] >= 1 and len(rep["lesions"]) == rep["report"]["n_lesions"]
+    assert rep["weights"] == "other" and rep["method"] == "sam"  # the weights' origin, as summary.json says it
     assert not list((tmp_path / "one").glob(".*part*"))  # atomic writes left nothing behind
 
     # a whole data set (one case per run keeps the oracle unambiguous)
@@ -304,6 +305,12 @@ def test_segment_dataset_writes_every_case_and_returns_a_summary(model_dir, case
     assert _dice(pred, sitk.GetArrayFromImage(case.seg)) > 0.95
     assert not sitk.GetArrayFromImage(sitk.ReadImage(str(out / "lesions" / "case_b.nii.gz"))).any()
     assert json.loads((out / "case_b.json").read_text())["lesions"] == []
+    # every per-case JSON names the weights' origin with summary.json's field and words
+    assert seg.weights == "other"
+    for name in ("case_a.json", "case_b.json"):
+        doc = json.loads((out / name).read_text())
+        assert {k: doc[k] for k in ("method", "checkpoint", "weights")} == \
+            {k: summary.to_dict()[k] for k in ("method", "checkpoint", "weights")}, name
     with pytest.raises(InputError, match="no case found"):
         seg.segment_dataset([], out, from_mask=True, data=data)
 

@@ -212,8 +212,7 @@ def _run_one(args, seg) -> int:
                       probabilities=args.probabilities, allow_checksum_mismatch=args.allow_checksum_mismatch)
     out, labels, report, prob = _outputs_one(args)
     extra = {"pet": str(args.pet), "ct": args.ct, "prompts": args.prompts,
-             "prompts_from_mask": args.prompts_from_mask, "method": args.method,
-             "checkpoint": None if args.checkpoint is None else str(args.checkpoint)}
+             "prompts_from_mask": args.prompts_from_mask, **seg.provenance}
     res.write(out, labels, report, prob, extra)
     if args.verbose:
         print(res.report.summary())
