@@ -207,6 +207,9 @@ def evaluate_case(
 ) -> CaseResult:
     """All metrics of one case from arrays (``spacing`` in array axis order).
 
+    Each mask is labelled once (:func:`~sam_l1dfl.metrics.components.component_overlap`, cc3d);
+    volume metrics, detection and quantification all take that labelling.
+
     ``index_to_world`` maps a continuous array index to world millimetres for the lesion
     positions in ``lesions.csv`` (without it the array index is given).
     """
