@@ -84,7 +84,7 @@ from sam_l1dfl.data.geometry import (CropGeometry, Grid, crop_to_image, grid_dif
 from sam_l1dfl.data.io import Case, CaseRecord, load_case, mask_foreground, strip_suffix
 from sam_l1dfl.data.lesions import label_components
 from sam_l1dfl.data.preprocess import IntensityConfig, make_network_input
-from sam_l1dfl.data.suv_sanity import warn_if_not_suv
+from sam_l1dfl.data.dicom.suv_sanity import warn_if_not_suv
 from sam_l1dfl.errors import CheckpointError, InputError, PromptError, SamL1dflError
 from sam_l1dfl.io_utils import write_image_atomic, write_json_atomic
 from sam_l1dfl.model import load_sam_med3d, read_model_meta

@@ -2,7 +2,7 @@
 
 The expected SUV factors are computed here from the QIBA formula
 (``SUVbw = value * weight[g] / (dose * 2 ** (-decay time / half-life))``), independently of
-:mod:`sam_l1dfl.data.suv`; the read-back SUV must equal the phantom's to within what the int16
+:mod:`sam_l1dfl.data.dicom.suv`; the read-back SUV must equal the phantom's to within what the int16
 storage with a per-slice ``RescaleSlope`` allows (half a slope per voxel).
 """
 
@@ -20,10 +20,10 @@ import pytest
 import SimpleITK as sitk
 
 from sam_l1dfl.cli import main
-from sam_l1dfl.data import dicom_synth as synth
-from sam_l1dfl.data.dicom import (PET_STORAGE, convert_dicom, read_pet_suv, read_rtstruct_mask, read_seg_mask,
-                                  scan_dicom)
-from sam_l1dfl.data.suv import HALF_LIFE_S
+from sam_l1dfl.data.dicom import synth
+from sam_l1dfl.data.dicom.read import (PET_STORAGE, convert_dicom, read_pet_suv, read_rtstruct_mask, read_seg_mask,
+                                       scan_dicom)
+from sam_l1dfl.data.dicom.suv import HALF_LIFE_S
 from sam_l1dfl.data.synthetic import generate_case
 
 SLICES = (16, 56)  # 40 slices holding lesions 1 and 3 of seed 0

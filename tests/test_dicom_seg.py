@@ -2,7 +2,7 @@
 highdicom and compared voxel for voxel with the mask, references to the source PET series,
 SNOMED CT codes, and the DICOM SEG IOD checked by ``dciodvfy`` (dicom3tools) when installed.
 
-The PET series are synthetic (:func:`sam_l1dfl.data.dicom_synth.write_synthetic_study`, 30
+The PET series are synthetic (:func:`sam_l1dfl.data.dicom.synth.write_synthetic_study`, 30
 slices of the phantom holding its 4 lesions): axial, stored in reverse slice order, and oblique.
 """
 
@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 
 from sam_l1dfl.cli import main
-from sam_l1dfl.data.dicom_synth import write_synthetic_study
+from sam_l1dfl.data.dicom.synth import write_synthetic_study
 from sam_l1dfl.errors import InputError
 from sam_l1dfl.export.dicom_seg import write_dicom_seg
 

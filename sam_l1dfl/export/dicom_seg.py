@@ -33,7 +33,7 @@ import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 
 from sam_l1dfl import __version__
-from sam_l1dfl.data.dicom import PET_STORAGE
+from sam_l1dfl.data.dicom.read import PET_STORAGE
 from sam_l1dfl.data.geometry import grid_differences
 from sam_l1dfl.data.io import itk_message
 from sam_l1dfl.errors import InputError

@@ -40,7 +40,7 @@ import numpy as np
 
 from sam_l1dfl.data.geometry import Grid, grid_mismatches
 from sam_l1dfl.data.io import IMAGE_SUFFIXES, image_suffix, read_image, read_mask, strip_suffix
-from sam_l1dfl.data.suv_sanity import warn_if_not_suv
+from sam_l1dfl.data.dicom.suv_sanity import warn_if_not_suv
 from sam_l1dfl.errors import InputError
 from sam_l1dfl.model.standin import ORIGIN_WORDS
 from sam_l1dfl.progress import progress as show_progress

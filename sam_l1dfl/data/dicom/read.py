@@ -9,7 +9,7 @@
   spacings, two images at one position), one whose slices are not evenly spaced or are sheared
   (gantry tilt), and multi-frame (enhanced) objects.
 * :func:`read_pet_suv` turns a PET series into SUVbw: SimpleITK applies each slice's
-  ``RescaleSlope``/``RescaleIntercept``, and :func:`sam_l1dfl.data.suv.suv_factors` gives each
+  ``RescaleSlope``/``RescaleIntercept``, and :func:`sam_l1dfl.data.dicom.suv.suv_factors` gives each
   slice's factor from the headers read with pydicom in SimpleITK's file order.
 * :func:`read_seg_mask` reads a DICOM SEG with highdicom (``segread`` then ``get_volume``: all
   segments, united) and :func:`read_rtstruct_mask` an RTSTRUCT with rt-utils (rasterised on the
@@ -20,7 +20,7 @@
   grid: :func:`sam_l1dfl.data.io.load_case` resamples it onto the PET grid), ``SEG.nii.gz`` when
   the study holds contours for it, and ``dicom.json`` (the source series and the SUV factors).
   Every case is read before anything is written, and the output appears only when all succeed.
-  A converted PET that does not look like SUV (:mod:`sam_l1dfl.data.suv_sanity`: e.g. a dose
+  A converted PET that does not look like SUV (:mod:`sam_l1dfl.data.dicom.suv_sanity`: e.g. a dose
   recorded in MBq, a weight in grams) gives a one-line warning pointing to those tags.
 """
 
@@ -46,8 +46,8 @@ from rt_utils import RTStructBuilder
 
 from sam_l1dfl.data.geometry import grid_differences
 from sam_l1dfl.data.io import itk_message, resample_like
-from sam_l1dfl.data.suv import SuvConversion, suv_factors
-from sam_l1dfl.data.suv_sanity import warn_if_not_suv
+from sam_l1dfl.data.dicom.suv import SuvConversion, suv_factors
+from sam_l1dfl.data.dicom.suv_sanity import warn_if_not_suv
 from sam_l1dfl.errors import InputError
 from sam_l1dfl.io_utils import atomic_dir, write_image_atomic
 
