@@ -68,6 +68,20 @@ def _check_header(seg, sources, labels):
         assert d.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "sam-l1dfl"
 
 
+def test_source_series_without_preamble(study, tmp_path):
+    """A source series stored without the preamble and 'DICM' (an old PACS export) is a source like
+    any other: the SEG references its instances and holds the label map voxel for voxel."""
+    folder = tmp_path / "PET"
+    folder.mkdir()
+    for f in study["pet"]:
+        (folder / f.stem).write_bytes(f.read_bytes()[132:])
+    out = tmp_path / "pred_seg.dcm"
+    write_dicom_seg(study["labels"], folder, out, per_lesion=True)
+    seg, px = _read_back(out, study["sources"])
+    assert np.array_equal(px, sitk.GetArrayFromImage(study["labels"]))
+    _check_header(seg, study["sources"], ["lesion 1", "lesion 2", "lesion 3", "lesion 4"])
+
+
 def test_per_lesion_seg_matches_the_label_map(study, tmp_path):
     out = tmp_path / "pred_seg.dcm"
     s = write_dicom_seg(study["labels"], study["pet"][0].parent, out, per_lesion=True,
