@@ -13,9 +13,9 @@
 * :func:`read_pet_suv` turns a PET series into SUVbw: SimpleITK applies each slice's
   ``RescaleSlope``/``RescaleIntercept``, and :func:`sam_l1dfl.data.dicom.suv.suv_factors` gives each
   slice's factor from the headers read with pydicom in SimpleITK's file order.
-* :func:`read_seg_mask` reads a DICOM SEG with highdicom (``segread`` then ``get_volume``: all
-  segments, united) and :func:`read_rtstruct_mask` an RTSTRUCT with rt-utils (rasterised on the
-  grid of the series it references; its slices are matched to SimpleITK's by
+* :func:`read_seg_mask` reads a DICOM SEG with highdicom (``Segmentation.from_dataset`` then
+  ``get_volume``: all segments, united) and :func:`read_rtstruct_mask` an RTSTRUCT with rt-utils
+  (rasterised on the grid of the series it references; its slices are matched to SimpleITK's by
   ``SOPInstanceUID``); both are then placed onto the PET grid with SimpleITK (nearest neighbour).
   Contours drawn on another grid than the PET's (a CT's, typically) give one warning line with
   the two grids; a SEG that only leaves out empty slices of the PET's grid is the same grid.
