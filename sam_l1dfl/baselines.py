@@ -236,9 +236,10 @@ class ThresholdSegmenter(Segmenter):
             raise InputError(None, "the threshold baseline has no refinement clicks (clicks must be 0)")
         if probabilities:
             raise InputError(None, "the threshold baseline gives no probabilities")
-        pet, _, reference = self._check_images(pet, None, reference)
-        prompts = self._prompts(pet, prompts, reference, allow_checksum_mismatch)
-        lesions = self._lesions(pet, prompts, rep)
+        resolver = self.resolver
+        pet, _, reference = resolver.check_images(pet, None, reference)
+        prompts = resolver.prompts(pet, prompts, reference, allow_checksum_mismatch)
+        lesions = resolver.lesions(pet, prompts, rep)
         rep.n_lesions = len(lesions)
         t1 = time.perf_counter()
         rep.seconds["prepare"] += t1 - t0

@@ -18,6 +18,7 @@ from sam_l1dfl.data.geometry import (
     image_world_to_index,
     resample_to_crop,
     same_grid,
+    same_lattice,
 )
 from sam_l1dfl.data.io import Case
 from sam_l1dfl.data.preprocess import IntensityConfig, crop_mask, make_network_input
@@ -285,3 +286,20 @@ def test_grid_mismatches_one_rule_for_images_and_grids():
     assert same_grid(img, moved, coord_tol=0.02)
     small = Grid((9, 7, 4), g.spacing, g.origin, g.direction)
     assert grid_differences(g, small) == ["size (9, 7, 4) vs (9, 7, 5)"]
+
+
+def test_same_lattice_cut_extended_or_flipped_but_not_moved_or_finer():
+    g = Grid.from_image(_oblique_image())
+    assert same_lattice(g, g)
+    cut = g.subgrid((1, 2, 1), (5, 6, 3))
+    assert same_lattice(g, cut) and not same_grid(g, cut)
+    m = g.direction_matrix
+    top = g.index_to_world((0, 0, g.size[2] - 1))  # the same voxels stored from the last slice
+    flipped = Grid(g.size, g.spacing, tuple(top), tuple((m @ np.diag([1.0, 1.0, -1.0])).ravel()))
+    assert same_lattice(g, flipped) and not same_grid(g, flipped)
+    shifted = Grid(g.size, g.spacing, tuple(g.index_to_world((0.5, 0, 0))), g.direction)  # half a voxel
+    finer = Grid(g.size, tuple(np.asarray(g.spacing) / 2), g.origin, g.direction)  # every other voxel is new
+    coarser = Grid(g.size, tuple(np.asarray(g.spacing) * 2), g.origin, g.direction)  # voxels of g, but sparse
+    assert not same_lattice(g, shifted) and not same_lattice(g, finer) and not same_lattice(g, coarser)
+    assert g.describe().startswith("9x7x5 of 4.07x3.3x2.5 mm at (-30.5, 12.25, 101), direction (")
+    assert Grid((2, 3, 4), (1.0, 1.5, 3.0), (0.5, -2, 1e3)).describe() == "2x3x4 of 1x1.5x3 mm at (0.5, -2, 1000)"

@@ -2,7 +2,7 @@
 
 The expected SUV factors are computed here from the QIBA formula
 (``SUVbw = value * weight[g] / (dose * 2 ** (-decay time / half-life))``), independently of
-:mod:`sam_l1dfl.data.suv`; the read-back SUV must equal the phantom's to within what the int16
+:mod:`sam_l1dfl.data.dicom.suv`; the read-back SUV must equal the phantom's to within what the int16
 storage with a per-slice ``RescaleSlope`` allows (half a slope per voxel).
 """
 
@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
+import re
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -20,10 +24,11 @@ import pytest
 import SimpleITK as sitk
 
 from sam_l1dfl.cli import main
-from sam_l1dfl.data import dicom_synth as synth
-from sam_l1dfl.data.dicom import (PET_STORAGE, convert_dicom, read_pet_suv, read_rtstruct_mask, read_seg_mask,
-                                  scan_dicom)
-from sam_l1dfl.data.suv import HALF_LIFE_S
+from sam_l1dfl.data.dicom import synth
+from sam_l1dfl.data.dicom.read import (PET_STORAGE, convert_dicom, read_pet_suv, read_rtstruct_mask, read_seg_mask,
+                                       scan_dicom)
+from sam_l1dfl.data.dicom.suv import HALF_LIFE_S
+from sam_l1dfl.data.geometry import Grid
 from sam_l1dfl.data.synthetic import generate_case
 
 SLICES = (16, 56)  # 40 slices of seed 0 (SUV conversion tests)
@@ -398,6 +403,116 @@ def test_convert_refuses_existing_case(study, tmp_path):
     convert_dicom(root, tmp_path / "cases")
     with pytest.raises(ValueError, match="exists"):
         convert_dicom(root, tmp_path / "cases")
+
+
+# ---------------------------------------------------------------------- old exports, other grids
+def _without_preamble(src: Path, dst: Path) -> None:
+    """A copy of a study as old PACS exports write it: the PET slices as bare implicit-VR data sets
+    (no preamble, no file meta) named ``IM0001``..., the other files with their file meta but
+    without the 128-byte preamble and ``DICM``."""
+    shutil.copytree(src, dst)
+    for k, f in enumerate(sorted(dst.rglob("*.dcm"))):
+        if f.parent.name == "PET":
+            ds = pydicom.dcmread(f)
+            ds.preamble = None
+            del ds.file_meta
+            ds.save_as(f.with_name(f"IM{k:04d}"), implicit_vr=True, little_endian=True, enforce_file_format=False)
+            f.unlink()
+        else:
+            f.write_bytes(f.read_bytes()[132:])
+
+
+def _same_case(got: Path, want: Path) -> None:
+    for name in ("SUV.nii.gz", "CT.nii.gz", "SEG.nii.gz"):
+        a, b = sitk.ReadImage(str(got / name)), sitk.ReadImage(str(want / name))
+        _geometry_equal(a, b)
+        assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b)), name
+
+
+def test_files_without_preamble_are_read_with_one_warning(study, tmp_path):
+    """Files without the preamble (a synthetic study rewritten so) give the same case as the
+    original, with one warning line; a file of random bytes beside them is still skipped, and the
+    input is left as it was."""
+    root = study["pet"][0].parents[1]
+    bare = tmp_path / "bare"
+    _without_preamble(root, bare)
+    assert not any(f.read_bytes()[128:132] == b"DICM" for f in bare.rglob("*") if f.is_file())
+    (bare / "IM9999").write_bytes(np.random.default_rng(0).bytes(4096))
+    before = _hashes(bare)
+    r = subprocess.run([sys.executable, "-m", "sam_l1dfl", "dicom", str(bare), "--out", str(tmp_path / "cases")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    n = len(study["pet"]) + len(study["ct"]) + 2  # and the SEG and RTSTRUCT
+    assert r.stderr.splitlines() == [f"warning: {bare}: {n} DICOM file(s) without the 128-byte preamble and 'DICM' "
+                                     f"prefix (an old PACS export?), read as DICOM; the first: {bare / 'CT' / 'CT0001.dcm'}"]
+    assert "skipped 1 file(s)" in r.stdout and "SEG lesion" in r.stdout
+    assert _hashes(bare) == before
+    convert_dicom(root, tmp_path / "want")
+    (case,), (want,) = (list(p.iterdir()) for p in (tmp_path / "cases", tmp_path / "want"))
+    _same_case(case, want)
+    # without the SEG: the RTSTRUCT, through rt-utils, which reads only files with the preamble
+    for folder in (bare, root.parent / "rt_only"):
+        if folder != bare:
+            shutil.copytree(root, folder)
+        (folder / "SEG.dcm").unlink()
+    with pytest.warns(UserWarning, match="without the 128-byte preamble"):
+        convert_dicom(bare, tmp_path / "rt_bare")
+    convert_dicom(root.parent / "rt_only", tmp_path / "rt_want")
+    (case,), (want,) = (list(p.iterdir()) for p in (tmp_path / "rt_bare", tmp_path / "rt_want"))
+    assert json.loads((case / "dicom.json").read_text())["contours"]["kind"] == "RTSTRUCT"
+    _same_case(case, want)
+
+
+def test_contours_on_the_ct_grid_warn_with_both_grids(tmp_path):
+    """A SEG or RTSTRUCT drawn on a CT of its own (finer, shifted) grid is placed on the PET grid,
+    with one warning line naming both grids; contours on the PET's grid say nothing."""
+    case = generate_case(0)
+    suv, ct, seg = (img[:, :, SLICES[0]:SLICES[1]] for img in (case.pet, case.ct, case.seg))
+    pet_grid = Grid.from_image(suv)
+    sp = pet_grid.spacing
+    fine = Grid((2 * pet_grid.size[0], 2 * pet_grid.size[1], pet_grid.size[2]), (sp[0] / 2, sp[1] / 2, sp[2]),
+                np.asarray(pet_grid.origin) - [sp[0] / 4, sp[1] / 4, 0]).reference_image()
+    ct_fine = sitk.Resample(ct, fine, sitk.Transform(), sitk.sitkLinear, -1000.0)
+    seg_fine = sitk.Resample(seg, fine, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    root = tmp_path / "in"
+    pet_files = synth.write_pet_series(suv, root / "PET")
+    first = pydicom.dcmread(pet_files[0], stop_before_pixels=True)
+    ct_files = synth.write_ct_series(ct_fine, root / "CT", study_uid=first.StudyInstanceUID,
+                                     frame_of_reference_uid=first.FrameOfReferenceUID, patient_id=first.PatientID)
+    synth.write_seg(seg_fine, ct_files, root / "SEG.dcm")
+    synth.write_rtstruct(seg_fine, root / "CT", root / "RTSTRUCT.dcm")
+    truth = sitk.GetArrayFromImage(seg).astype(bool)
+    # the SEG's own grid holds its non-empty frames only, stored from the last slice (highdicom)
+    grids = (r"\((SEG 200x200x\d+|RTSTRUCT 200x200x40) of 2.035x2.035x3 mm at \(-195.4, -233, -[\d.]+\)"
+             r"(, direction \(1, 0, 0, 0, 1, 0, 0, 0, -1\))?; "
+             r"PET 100x100x40 of 4.07x4.07x3 mm at \(-194.4, -232, -756.6\)\): placed on the PET grid")
+    for kind, out in (("SEG", "cases_seg"), ("RTSTRUCT", "cases_rt")):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            convert_dicom(root, tmp_path / out)
+        said = [str(w.message) for w in caught if "drawn on another grid" in str(w.message)]
+        assert len(said) == 1 and said[0].startswith(f"{root / (kind + '.dcm')}: the {kind} is drawn on another grid "
+                                                     "than the PET ("), said
+        assert re.search(grids, said[0]), said[0]
+        (got,) = (tmp_path / out).iterdir()
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(got / "SEG.nii.gz"))).astype(bool)
+        assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.8
+        (root / "SEG.dcm").unlink(missing_ok=True)  # then the RTSTRUCT
+
+
+def test_contours_on_the_pet_grid_say_nothing(study, tmp_path):
+    """The synthetic SEG leaves out its empty frames (a sub-grid of the PET's, stored from the last
+    slice) and the RTSTRUCT is drawn on the PET: neither is "another grid"."""
+    root = study["pet"][0].parents[1]
+    for out in ("seg", "rt"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            (meta,), _ = convert_dicom(root if out == "seg" else root.parent / "no_seg", tmp_path / out)
+        assert meta["contours"]["kind"] == {"seg": "SEG", "rt": "RTSTRUCT"}[out]
+        assert not [w for w in caught if "drawn on another grid" in str(w.message)]
+        if out == "seg":
+            shutil.copytree(root, root.parent / "no_seg")
+            (root.parent / "no_seg" / "SEG.dcm").unlink()
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) is not installed")

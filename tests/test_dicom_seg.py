@@ -2,7 +2,7 @@
 highdicom and compared voxel for voxel with the mask, references to the source PET series,
 SNOMED CT codes, and the DICOM SEG IOD checked by ``dciodvfy`` (dicom3tools) when installed.
 
-The PET series are synthetic (:func:`sam_l1dfl.data.dicom_synth.write_synthetic_study`, 30
+The PET series are synthetic (:func:`sam_l1dfl.data.dicom.synth.write_synthetic_study`, 30
 slices of the phantom holding its 4 lesions): axial, stored in reverse slice order, and oblique.
 """
 
@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 
 from sam_l1dfl.cli import main
-from sam_l1dfl.data.dicom_synth import write_synthetic_study
+from sam_l1dfl.data.dicom.synth import write_synthetic_study
 from sam_l1dfl.errors import InputError
 from sam_l1dfl.export.dicom_seg import write_dicom_seg
 
@@ -66,6 +66,20 @@ def _check_header(seg, sources, labels):
         assert codes.cid7151.Neoplasm.value == typ.CodeValue
         assert d.SegmentAlgorithmType == "SEMIAUTOMATIC"
         assert d.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "sam-l1dfl"
+
+
+def test_source_series_without_preamble(study, tmp_path):
+    """A source series stored without the preamble and 'DICM' (an old PACS export) is a source like
+    any other: the SEG references its instances and holds the label map voxel for voxel."""
+    folder = tmp_path / "PET"
+    folder.mkdir()
+    for f in study["pet"]:
+        (folder / f.stem).write_bytes(f.read_bytes()[132:])
+    out = tmp_path / "pred_seg.dcm"
+    write_dicom_seg(study["labels"], folder, out, per_lesion=True)
+    seg, px = _read_back(out, study["sources"])
+    assert np.array_equal(px, sitk.GetArrayFromImage(study["labels"]))
+    _check_header(seg, study["sources"], ["lesion 1", "lesion 2", "lesion 3", "lesion 4"])
 
 
 def test_per_lesion_seg_matches_the_label_map(study, tmp_path):

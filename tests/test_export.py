@@ -16,8 +16,7 @@ from sam_l1dfl.cli import main as cli_main
 from sam_l1dfl.errors import CheckpointError, ConfigError
 from sam_l1dfl.model import SamMed3DConfig, build_sam_med3d, load_sam_med3d, official_state_dict, read_model_meta
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-MANIFEST = REF / "sam_med3d_vit_b_ori.keys.tsv"
+MANIFEST = Path(__file__).resolve().parent / "data" / "golden" / "sam_med3d_vit_b_ori.keys.tsv"  # the official keys
 
 PREPROCESS = {  # deliberately not the defaults, so a lost config would show
     "input_mode": "pet", "spacing": 2.0, "crop_size": 128, "pet_normalization": "zscore_positive",
@@ -140,7 +139,6 @@ def test_sam_med3d_pth_roundtrip(run, tmp_path, capsys):
     _assert_identical(load_sam_med3d(out), run)
 
 
-@pytest.mark.skipif(not MANIFEST.is_file(), reason=f"reference manifest {MANIFEST} not available")
 def test_sam_med3d_key_set_is_official_for_vit_b_ori():
     manifest = {}
     for row in MANIFEST.read_text().strip().splitlines()[1:]:
@@ -300,7 +298,6 @@ def test_delta_roundtrip_is_bit_identical_and_small(run, tmp_path, capsys):
         load_sam_med3d(run["base"], base=run["base"])
 
 
-@pytest.mark.skipif(not MANIFEST.is_file(), reason=f"reference manifest {MANIFEST} not available")
 def test_delta_share_for_vit_b_ori_from_manifest():
     values = {}
     for row in MANIFEST.read_text().strip().splitlines()[1:]:

@@ -153,6 +153,40 @@ def test_overlapping_lesions_highest_probability_wins(model_dir, cases, monkeypa
     np.testing.assert_array_equal(sitk.GetArrayFromImage(res.mask), (lab > 0).astype(np.uint8))
 
 
+def test_the_steps_compose_to_segment(model_dir, cases, monkeypatch):
+    """``Segmenter.segment`` is its five steps, each a module of ``sam_l1dfl.inference``: run by
+    hand (shared crops, one refinement click, through the decoder seam) they give its labels."""
+    from sam_l1dfl.data.io import Case
+    from sam_l1dfl.inference.decoding import LesionDecoder
+    from sam_l1dfl.inference.encoding import CropEncoder
+    from sam_l1dfl.inference.lesions import PromptResolver
+    from sam_l1dfl.inference.mapping import LabelCanvas
+    from sam_l1dfl.inference.planning import crop_batches, plan_crops
+    from sam_l1dfl.inference.results import InferenceReport
+
+    case = cases["oblique"]
+    oracle = _oracle(_components(case.seg))
+    seg = Segmenter(model_dir, device="cpu", decoder=oracle, share_crops=True)
+    _fast_encoder(seg, monkeypatch)
+    want = seg.segment(case.pet, reference=case.seg, clicks=1)
+    cfg, rep = seg.preprocess, InferenceReport()
+    resolver = PromptResolver(cfg, seg.uses_boxes)  # 1. lesions
+    pet, _, ref = resolver.check_images(case.pet, None, case.seg)
+    lesions = resolver.lesions(pet, resolver.prompts(pet, None, ref, False), rep)
+    comp = resolver.reference_components(ref, lesions, rep)
+    encoder = CropEncoder(seg.model, cfg, seg.device)  # 3. encoder
+    decoder = LesionDecoder(oracle, cfg.crop_size, seg.model.config.low_res_size, seg.device, encoder.sync)  # 4.
+    canvas = LabelCanvas(pet, seg.threshold)  # 5. back onto the PET grid
+    for batch in crop_batches(plan_crops(lesions, cfg, seg.margin_vox, True), seg.batch_size, cfg):  # 2. crops
+        emb = encoder.encode(Case("c", pet), batch.geometries, rep)
+        for (_, wi, li), (logits, _, _) in zip(batch.items, decoder.decode(batch, emb, lesions, comp, 1, rep)):
+            canvas.add(logits, batch.geometries[wi], lesions[li].label, lesions[li].lesion_id)
+    assert (rep.encoder_passes, rep.decoder_passes) == (want.report.encoder_passes, want.report.decoder_passes)
+    assert rep.encoder_passes < len(lesions)  # crops were shared
+    assert np.array_equal(canvas.labels, sitk.GetArrayFromImage(want.labels))
+    assert _dice(canvas.labels, sitk.GetArrayFromImage(case.seg)) > 0.95
+
+
 # ------------------------------------------------------------------------------ real model
 def test_tiny_model_end_to_end_with_clicks(model_dir, cases):
     case = generate_case(5, n_lesions=2, direction="oblique")
@@ -237,6 +271,7 @@ def test_cli_single_and_dataset(model_dir, cases, tmp_path, monkeypatch, capsys)
     assert (tmp_path / "one" / "pred_lesions.nii.gz").is_file()
     rep = json.loads((tmp_path / "one" / "pred.json").read_text())
     assert rep["report"]["encoder_passes"] >= 1 and len(rep["lesions"]) == rep["report"]["n_lesions"]
+    assert rep["weights"] == "other" and rep["method"] == "sam"  # the weights' origin, as summary.json says it
     assert not list((tmp_path / "one").glob(".*part*"))  # atomic writes left nothing behind
 
     # a whole data set (one case per run keeps the oracle unambiguous)
@@ -304,6 +339,12 @@ def test_segment_dataset_writes_every_case_and_returns_a_summary(model_dir, case
     assert _dice(pred, sitk.GetArrayFromImage(case.seg)) > 0.95
     assert not sitk.GetArrayFromImage(sitk.ReadImage(str(out / "lesions" / "case_b.nii.gz"))).any()
     assert json.loads((out / "case_b.json").read_text())["lesions"] == []
+    # every per-case JSON names the weights' origin with summary.json's field and words
+    assert seg.weights == "other"
+    for name in ("case_a.json", "case_b.json"):
+        doc = json.loads((out / name).read_text())
+        assert {k: doc[k] for k in ("method", "checkpoint", "weights")} == \
+            {k: summary.to_dict()[k] for k in ("method", "checkpoint", "weights")}, name
     with pytest.raises(InputError, match="no case found"):
         seg.segment_dataset([], out, from_mask=True, data=data)
 

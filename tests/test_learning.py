@@ -14,6 +14,7 @@ held-out Dice at its starting value, BENCHMARKS.md, "Learning").
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,7 @@ def test_outputs_say_they_came_from_the_standin(tmp_path):
     assert seg.weights == "standin"
     summary = seg.segment_dataset(discover_cases(data).cases, tmp_path / "pred", from_mask=True, progress=False)
     assert summary.to_dict()["weights"] == "standin"
+    assert json.loads((tmp_path / "pred" / f"{summary.segmented[0]}.json").read_text())["weights"] == "standin"
     res = evaluate_dataset(tmp_path / "pred", data, out_dir=tmp_path / "report", mips=False, n_resamples=10,
                            progress=False)
     said = res.summary["inputs"]["masks_from"]["all"]

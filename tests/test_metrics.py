@@ -353,6 +353,31 @@ def test_evaluate_case_rows_and_world_positions():
     assert res.lesions[0]["x_mm"] == pytest.approx(15.0)
 
 
+def test_evaluate_case_labels_each_mask_once(monkeypatch):
+    """Volume metrics, detection and quantification share one labelling (cc3d) of each mask: two
+    calls per case, not one per metric family; and the shared labelling gives what each family
+    computes on its own."""
+    import cc3d
+
+    ref, pred = z(), z()
+    ref[1:3, 1:3, 1:3] = True
+    ref[6:8, 1:3, 1:3] = True
+    pred[1:3, 1:3, 1:4] = True
+    pred[7, 7, 7] = True
+    pet = np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE) / 100
+    alone = (volume_metrics(pred, ref, SP), match_lesions(pred, ref, SP, pet=pet).counts,
+             quantify(pred, SP, pet), quantify(ref, SP, pet))
+    calls = []
+    real = cc3d.connected_components
+    monkeypatch.setattr(cc3d, "connected_components", lambda *a, **k: calls.append(1) or real(*a, **k))
+    row = evaluate_case(pred, ref, SP, pet).row
+    assert len(calls) == 2  # the reference once, the prediction once
+    vol, counts, qp, qr = alone
+    assert (row["dice"], row["fpv_ml"], row["fnv_ml"]) == (vol["dice"], vol["fpv_ml"], vol["fnv_ml"])
+    assert all(row[f"{k}_{c}"] == counts[c][k] for c in counts for k in ("tp", "fp", "fn"))
+    assert all(row[f"pred_{q}"] == qp[q] and row[f"ref_{q}"] == qr[q] for q in qp)
+
+
 # ------------------------------------------------------------------ issue 15: paper's scoring, strata, calibration
 
 

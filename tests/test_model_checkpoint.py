@@ -25,8 +25,7 @@ from sam_l1dfl.model import (
     save_model_dir,
 )
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-MANIFEST = REF / "sam_med3d_vit_b_ori.keys.tsv"
+MANIFEST = Path(__file__).resolve().parent / "data" / "golden" / "sam_med3d_vit_b_ori.keys.tsv"  # the official keys
 
 
 def _manifest() -> dict:
@@ -313,8 +312,6 @@ def test_two_channel_inflation_equals_pet_only(tiny_sd, tmp_path):
 # ------------------------------------------------------------------------- full size
 @pytest.fixture(scope="module")
 def vit_b_files(tmp_path_factory):
-    if not MANIFEST.exists():
-        pytest.skip(f"reference file {MANIFEST} not present")
     shapes = _manifest()
     g = torch.Generator().manual_seed(0)
     sd = {k: torch.rand(s, generator=g) - 0.5 for k, s in shapes.items()}
@@ -325,8 +322,6 @@ def vit_b_files(tmp_path_factory):
 
 
 def test_infer_config_from_manifest_shapes():
-    if not MANIFEST.exists():
-        pytest.skip(f"reference file {MANIFEST} not present")
     sd = {k: torch.empty(s, device="meta") for k, s in _manifest().items()}
     assert infer_config(sd) == SamMed3DConfig.preset("vit_b_ori")
     sd["prompt_encoder.point_embeddings.2.weight"] = sd["prompt_encoder.point_embeddings.3.weight"] = torch.empty(1, 384, device="meta")

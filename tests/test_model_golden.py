@@ -6,9 +6,13 @@ dict (stored as fp16, cast to float32), image ``levels.float() / 32 - 4``, and t
 embeddings, dense PE and every case's low-res masks and IoU predictions, on both encoder paths
 (``fast`` and ``faithful``).
 
-When present (a checkout next to ``../shared/reference``), the larger reference files add the
-prompt encoder's sparse/dense outputs, a batch of two images and the vit_b_ori key manifest;
-only those skip on a plain clone.
+Always, too: the vit_b_ori key manifest (``tests/data/golden/sam_med3d_vit_b_ori.keys.tsv``, the
+keys, shapes and dtypes of the official ``state_dict()``).
+
+When present (a checkout next to ``../shared/reference``), the larger reference file adds the
+prompt encoder's sparse/dense outputs and a batch of two images, and the shipped manifest is
+checked against the reference's; those tests are marked ``reference`` and deselected on a plain
+clone (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -21,13 +25,12 @@ import torch
 
 from sam_l1dfl.model import SamMed3DConfig, build_sam_med3d
 
-COMPACT = Path(__file__).resolve().parent / "data" / "golden" / "sam_med3d_tiny_golden_compact.pt"
+DATA = Path(__file__).resolve().parent / "data" / "golden"
+COMPACT = DATA / "sam_med3d_tiny_golden_compact.pt"
+MANIFEST = DATA / "sam_med3d_vit_b_ori.keys.tsv"
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 GOLDEN = REF / "sam_med3d_tiny_golden.pt"
-MANIFEST = REF / "sam_med3d_vit_b_ori.keys.tsv"
 
-needs_golden = pytest.mark.skipif(not GOLDEN.exists(), reason=f"reference file {GOLDEN} not present")
-needs_manifest = pytest.mark.skipif(not MANIFEST.exists(), reason=f"reference file {MANIFEST} not present")
 
 # Measured on the compact case (CPU, float32): embeddings ~5e-7 relative (the order of float32
 # sums), decoder outputs ~1e-6; the tolerances leave a small margin for other BLAS builds.
@@ -150,14 +153,14 @@ def golden_model(golden):
     return model
 
 
-@needs_golden
+@pytest.mark.reference  # the full golden file
 def test_tiny_preset_is_the_golden_config(golden):
     cfg = SamMed3DConfig.from_dict(json.loads(GOLDEN.with_suffix(".json").read_text()))
     assert cfg == SamMed3DConfig.preset("tiny")
     assert SamMed3DConfig.from_dict(golden["config"]) == cfg
 
 
-@needs_golden
+@pytest.mark.reference  # the full golden file
 @pytest.mark.parametrize("impl,tol", [("faithful", 1e-5), ("fast", 1e-5)])
 def test_image_embeddings_match_official(golden, golden_model, impl, tol):
     golden_model.image_encoder.attn_impl = impl
@@ -170,7 +173,7 @@ def test_image_embeddings_match_official(golden, golden_model, impl, tol):
     assert rel_err(emb, golden["image_embeddings"]) < tol
 
 
-@needs_golden
+@pytest.mark.reference  # the full golden file
 def test_prompt_encoder_and_decoder_match_official(golden, golden_model):
     with torch.no_grad():
         pe = golden_model.prompt_encoder.get_dense_pe()
@@ -209,7 +212,6 @@ def _manifest():
     return out
 
 
-@needs_manifest
 def test_vit_b_ori_state_dict_matches_manifest():
     manifest = _manifest()
     assert len(manifest) == 324
@@ -220,3 +222,8 @@ def test_vit_b_ori_state_dict_matches_manifest():
     assert list(got) == list(manifest)
     assert got == manifest
     assert sum(v.numel() for v in sd.values()) == 100_509_616
+
+
+@pytest.mark.reference
+def test_shipped_manifest_is_the_reference():
+    assert MANIFEST.read_bytes() == (REF / MANIFEST.name).read_bytes()

@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 
 from sam_l1dfl.cli import main
-from sam_l1dfl.data.suv_sanity import MAX_BODY_MEDIAN, suv_warning
+from sam_l1dfl.data.dicom.suv_sanity import MAX_BODY_MEDIAN, suv_warning
 from sam_l1dfl.data.synthetic import generate_case, write_case
 
 BQML_PER_SUV = 5000.0

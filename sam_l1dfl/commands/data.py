@@ -38,7 +38,7 @@ def run(args) -> int:
         import SimpleITK as sitk
 
         from sam_l1dfl.data.io import load_case
-        from sam_l1dfl.data.suv_sanity import warn_if_not_suv
+        from sam_l1dfl.data.dicom.suv_sanity import warn_if_not_suv
         from sam_l1dfl.progress import progress
 
         keep = []

@@ -32,7 +32,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from sam_l1dfl.data.dicom import case_summary, convert_dicom
+    from sam_l1dfl.data.dicom.read import case_summary, convert_dicom
     from sam_l1dfl.errors import InputError
     from sam_l1dfl.io_utils import check_outputs, refuse_inside
 

@@ -11,7 +11,7 @@ prompt) and ``pred.json`` (lesion -> label, volumes, encoder passes, seconds per
 ``--probabilities`` also ``pred_prob/lesion_<id>.nii.gz``.  ``--dicom-seg pred_seg.dcm --dicom-ref
 PET_SERIES_DIR`` also writes the label map as a DICOM SEG of that series
 (:func:`sam_l1dfl.export.dicom_seg.write_dicom_seg`; the PET must be on the series' grid, checked
-before any work).  The PET is checked to look like SUV (:mod:`sam_l1dfl.data.suv_sanity`).
+before any work).  The PET is checked to look like SUV (:mod:`sam_l1dfl.data.dicom.suv_sanity`).
 
 A whole data set (``--data DIR``, discovered like ``sam-l1dfl data``)::
 
@@ -198,7 +198,7 @@ def _check_dataset(args) -> list:
 def _run_one(args, seg) -> int:
     import SimpleITK as sitk
 
-    from sam_l1dfl.data.suv_sanity import warn_if_not_suv
+    from sam_l1dfl.data.dicom.suv_sanity import warn_if_not_suv
     from sam_l1dfl.inference import load_single_case
 
     pet, ct, ref = load_single_case(args.pet, args.ct, args.prompts_from_mask)
@@ -212,8 +212,7 @@ def _run_one(args, seg) -> int:
                       probabilities=args.probabilities, allow_checksum_mismatch=args.allow_checksum_mismatch)
     out, labels, report, prob = _outputs_one(args)
     extra = {"pet": str(args.pet), "ct": args.ct, "prompts": args.prompts,
-             "prompts_from_mask": args.prompts_from_mask, "method": args.method,
-             "checkpoint": None if args.checkpoint is None else str(args.checkpoint)}
+             "prompts_from_mask": args.prompts_from_mask, **seg.provenance}
     res.write(out, labels, report, prob, extra)
     if args.verbose:
         print(res.report.summary())

@@ -67,7 +67,7 @@ def write_dicom(args) -> int:
         raise InputError(out, "exists and is not empty; choose a new folder for the DICOM study")
     if not 0 <= args.oblique <= 1:
         raise InputError(None, f"--oblique must be 0 or 1 with --dicom, not {args.oblique}")
-    from sam_l1dfl.data.dicom_synth import write_synthetic_study
+    from sam_l1dfl.data.dicom.synth import write_synthetic_study
 
     study = write_synthetic_study(out, seed=args.seed, nuclide=args.nuclide, oblique=bool(args.oblique))
     print(f"wrote a synthetic {args.nuclide} PET/CT study ({len(study['pet'])} PET and {len(study['ct'])} CT "

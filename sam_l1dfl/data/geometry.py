@@ -138,6 +138,15 @@ class Grid:
     def _unrotate(self) -> np.ndarray:
         return _frozen(np.linalg.inv(self.direction_matrix).T)
 
+    def describe(self) -> str:
+        """Short form for messages: ``"100x100x130 of 4.07x4.07x3 mm at (-194.4, -232, -804.6)"``,
+        then ``", direction (...)"`` unless the direction is the identity."""
+        text = ("x".join(str(v) for v in self.size) + " of " + "x".join(f"{v:.4g}" for v in self.spacing)
+                + " mm at (" + ", ".join(f"{v:.4g}" for v in self.origin) + ")")
+        if np.max(np.abs(self.direction_matrix - np.eye(3))) > 1e-6:
+            text += ", direction (" + ", ".join(f"{v:.3g}" for v in self.direction) + ")"
+        return text
+
     @property
     def array_shape(self) -> tuple[int, int, int]:
         """Shape of a numpy array of this grid, ``(k, j, i)`` (``sitk.GetArrayFromImage``)."""
@@ -454,6 +463,25 @@ def grid_mismatches(a: "sitk.Image | Grid", b: "sitk.Image | Grid", coord_tol: f
     return out
 
 
+def same_lattice(a: "sitk.Image | Grid", b: "sitk.Image | Grid", coord_tol: float | None = None) -> bool:
+    """Whether ``b``'s voxels are voxels of ``a``: each index step of ``b`` is one voxel of ``a``
+    along one of its axes (either sign, any order) and ``b``'s voxel centres, its far corners
+    included, lie on ``a``'s within ``coord_tol`` mm (default 1e-3 of ``a``'s smallest spacing, as
+    :func:`grid_mismatches`).  ``b`` is then ``a`` cut, extended or flipped, and nearest-neighbour
+    resampling from one onto the other moves nothing."""
+    ga, gb = Grid.of(a), Grid.of(b)
+    tol = 1e-3 * min(ga.spacing) if coord_tol is None else float(coord_tol)
+    spacing = np.asarray(ga.spacing)
+    origin = ga.world_to_index(gb.origin)
+    steps = ga.world_to_index(gb.origin + gb.matrix.T) - origin  # row k: b's step k in a's indices
+    unit = np.rint(steps)
+    if not np.array_equal(np.abs(unit) @ np.ones(3), np.ones(3)) or not np.array_equal(np.abs(unit).sum(0), np.ones(3)):
+        return False
+    centres = ga.world_to_index(gb.index_to_world(_CUBE * (np.asarray(gb.size) - 1.0)))
+    off = np.abs(np.vstack([steps - unit, centres - np.rint(centres)])) * spacing
+    return bool(off.max() <= tol)
+
+
 def grid_differences(a: "sitk.Image | Grid", b: "sitk.Image | Grid", coord_tol: float | None = None,
                      dir_tol: float = 1e-4) -> list[str]:
     """Human-readable :func:`grid_mismatches` of ``b`` against ``a`` (empty: the same grid)."""
@@ -473,5 +501,5 @@ def _fmt(v) -> str:
 __all__ = [
     "CROP_DIRECTION", "DEFAULT_SIZE", "DEFAULT_SPACING", "IDENTITY_DIRECTION", "CropGeometry", "Grid",
     "crop_to_image", "grid_differences", "grid_mismatches", "image_index_to_world", "image_world_bounds",
-    "image_world_to_index", "images_overlap", "resample_to_crop", "same_grid",
+    "image_world_to_index", "images_overlap", "resample_to_crop", "same_grid", "same_lattice",
 ]

@@ -33,7 +33,7 @@ import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 
 from sam_l1dfl import __version__
-from sam_l1dfl.data.dicom import PET_STORAGE
+from sam_l1dfl.data.dicom.read import PET_STORAGE, read_dataset, series_reader
 from sam_l1dfl.data.geometry import grid_differences
 from sam_l1dfl.data.io import itk_message
 from sam_l1dfl.errors import InputError
@@ -67,13 +67,12 @@ def read_reference_series(reference_dir: "str | os.PathLike") -> tuple[list[str]
         what = "no DICOM image series" if not ids else f"{len(ids)} DICOM series"
         raise InputError(d, f"holds {what}; give the folder of exactly one series, the source PET")
     files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), ids[0]))
-    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    first = read_dataset(files[0], stop_before_pixels=True)
     if first.get("SOPClassUID") != PET_STORAGE:
         what = pydicom.uid.UID(str(first.get("SOPClassUID", ""))).name or "unknown"
         raise InputError(d, f"holds a {first.get('Modality', '?')} series ({what}), not a PET image series; "
                             "give the folder of the source PET series (--dicom-ref)")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader = series_reader(files, sitk.sitkUnknown)  # the stored pixel type; only the geometry is kept
     try:
         image = reader.Execute()
     except RuntimeError as exc:
@@ -129,7 +128,7 @@ def write_dicom_seg(mask: sitk.Image, reference_dir: "str | os.PathLike", out_pa
     pixels, labels, values = _segments(mask, per_lesion, segment_labels or {})
     if not values:  # empty label map: one empty "lesion" segment
         pixels, labels, values = pixels.astype(np.uint8), ["lesion"], [1]
-    sources = [pydicom.dcmread(f) for f in files]
+    sources = [read_dataset(f) for f in files]
     params = {k: str(v) for k, v in (algorithm_parameters or {}).items() if v is not None} or None
     algorithm = hd.AlgorithmIdentificationSequence(name=ALGORITHM_NAME, family=codes.cid7162.ArtificialIntelligence,
                                                    version=__version__, parameters=params)

@@ -40,7 +40,7 @@ import numpy as np
 
 from sam_l1dfl.data.geometry import Grid, grid_mismatches
 from sam_l1dfl.data.io import IMAGE_SUFFIXES, image_suffix, read_image, read_mask, strip_suffix
-from sam_l1dfl.data.suv_sanity import warn_if_not_suv
+from sam_l1dfl.data.dicom.suv_sanity import warn_if_not_suv
 from sam_l1dfl.errors import InputError
 from sam_l1dfl.model.standin import ORIGIN_WORDS
 from sam_l1dfl.progress import progress as show_progress
@@ -206,6 +206,9 @@ def evaluate_case(
     connectivity: int = AUTOPET_CONNECTIVITY,
 ) -> CaseResult:
     """All metrics of one case from arrays (``spacing`` in array axis order).
+
+    Each mask is labelled once (:func:`~sam_l1dfl.metrics.components.component_overlap`, cc3d);
+    volume metrics, detection and quantification all take that labelling.
 
     ``index_to_world`` maps a continuous array index to world millimetres for the lesion
     positions in ``lesions.csv`` (without it the array index is given).

@@ -2,25 +2,29 @@
 
 * :func:`scan_dicom` walks a folder (pydicom, headers only), groups the files by
   ``SeriesInstanceUID`` and the series by study (:class:`DicomStudy`).  Files that are not DICOM
-  are counted and skipped.
+  are counted and skipped.  A file without the 128-byte preamble and ``DICM`` prefix (old PACS
+  and ACR-NEMA-style exports) is read when its first bytes start a DICOM data set
+  (:func:`read_dataset`), with one warning line for the scan.
 * :func:`read_series` reads an image series with SimpleITK's ``ImageSeriesReader``: slice order
   and geometry are GDCM's (``GetGDCMSeriesFileNames``), never a sort of ours.  Before reading it
   refuses, in one line, a series that mixes images (different sizes, orientations or pixel
   spacings, two images at one position), one whose slices are not evenly spaced or are sheared
   (gantry tilt), and multi-frame (enhanced) objects.
 * :func:`read_pet_suv` turns a PET series into SUVbw: SimpleITK applies each slice's
-  ``RescaleSlope``/``RescaleIntercept``, and :func:`sam_l1dfl.data.suv.suv_factors` gives each
+  ``RescaleSlope``/``RescaleIntercept``, and :func:`sam_l1dfl.data.dicom.suv.suv_factors` gives each
   slice's factor from the headers read with pydicom in SimpleITK's file order.
-* :func:`read_seg_mask` reads a DICOM SEG with highdicom (``segread`` then ``get_volume``: all
-  segments, united) and :func:`read_rtstruct_mask` an RTSTRUCT with rt-utils (rasterised on the
-  grid of the series it references; its slices are matched to SimpleITK's by
+* :func:`read_seg_mask` reads a DICOM SEG with highdicom (``Segmentation.from_dataset`` then
+  ``get_volume``: all segments, united) and :func:`read_rtstruct_mask` an RTSTRUCT with rt-utils
+  (rasterised on the grid of the series it references; its slices are matched to SimpleITK's by
   ``SOPInstanceUID``); both are then placed onto the PET grid with SimpleITK (nearest neighbour).
+  Contours drawn on another grid than the PET's (a CT's, typically) give one warning line with
+  the two grids; a SEG that only leaves out empty slices of the PET's grid is the same grid.
 * :func:`convert_dicom` writes each study's PET series as an autoPET case:
   ``<out>/<case>/SUV.nii.gz``, ``CT.nii.gz`` (the CT of the PET's frame of reference, on its own
   grid: :func:`sam_l1dfl.data.io.load_case` resamples it onto the PET grid), ``SEG.nii.gz`` when
   the study holds contours for it, and ``dicom.json`` (the source series and the SUV factors).
   Every case is read before anything is written, and the output appears only when all succeed.
-  A converted PET that does not look like SUV (:mod:`sam_l1dfl.data.suv_sanity`: e.g. a dose
+  A converted PET that does not look like SUV (:mod:`sam_l1dfl.data.dicom.suv_sanity`: e.g. a dose
   recorded in MBq, a weight in grams) gives a one-line warning pointing to those tags.
 """
 
@@ -30,7 +34,9 @@ import contextlib
 import json
 import os
 import re
+import struct
 import tempfile
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +48,14 @@ import SimpleITK as sitk
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import VR
 from rt_utils import RTStructBuilder
 
-from sam_l1dfl.data.geometry import grid_differences
+from sam_l1dfl.data.geometry import Grid, grid_differences, same_lattice
 from sam_l1dfl.data.io import itk_message, resample_like
-from sam_l1dfl.data.suv import SuvConversion, suv_factors
-from sam_l1dfl.data.suv_sanity import warn_if_not_suv
+from sam_l1dfl.data.dicom.suv import SuvConversion, suv_factors
+from sam_l1dfl.data.dicom.suv_sanity import warn_if_not_suv
 from sam_l1dfl.errors import InputError
 from sam_l1dfl.io_utils import atomic_dir, write_image_atomic
 
@@ -66,6 +74,9 @@ SUV_NAME, CT_NAME, SEG_NAME, META_NAME = "SUV.nii.gz", "CT.nii.gz", "SEG.nii.gz"
 #: What a converted PET that does not look like SUV points to.
 HEADER_HINT = ("check RadionuclideTotalDose (must be in Bq, not MBq) and PatientWeight (kg, not g) "
                "in the DICOM header")
+#: Groups a DICOM data set without preamble may start with: file meta (0002), identification (0008).
+BARE_GROUPS = (0x0002, 0x0008)
+_VRS = frozenset(v.value.encode() for v in VR if len(v.value) == 2)
 #: Slice positions may deviate from even spacing by this fraction of the spacing.
 SPACING_RTOL = 1e-3
 ORIENTATION_TOL = 1e-4
@@ -119,24 +130,69 @@ class DicomScan:
     root: Path
     studies: list[DicomStudy]
     skipped: list[Path]
+    no_preamble: list[Path] = field(default_factory=list)  # read although they lack "DICM" (a warning said so)
 
     @property
     def files(self) -> list[Path]:
         return [f for st in self.studies for s in st.series for f in s.files]
 
 
-def _has_preamble(path: Path) -> bool:
+def _file_kind(path: Path) -> "str | None":
+    """``"dicom"`` (the preamble and ``DICM``), ``"bare"`` (no preamble, but the first bytes start a
+    DICOM data set: :func:`_bare_dataset`) or None."""
+    head = b""
     with contextlib.suppress(OSError), open(path, "rb") as fh:
-        return fh.read(132)[128:] == b"DICM"
-    return False
+        head = fh.read(132)
+    if head[128:] == b"DICM":
+        return "dicom"
+    return "bare" if _bare_dataset(head) else None
+
+
+def _bare_dataset(head: bytes) -> bool:
+    """Whether ``head`` starts like a DICOM data set written without the preamble: a first element of
+    group 0002 (file meta) or 0008 (identification), little endian, with an explicit VR, or an
+    implicit one whose value length is even and short (as the first elements of those groups are)."""
+    if len(head) < 8:
+        return False
+    group, _element = struct.unpack("<HH", head[:4])
+    if group not in BARE_GROUPS:
+        return False
+    if head[4:6] in _VRS:
+        return True
+    (length,) = struct.unpack("<I", head[4:8])
+    return length % 2 == 0 and length <= 1024
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    implicit, little = ds.original_encoding
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def read_dataset(path: "str | os.PathLike", stop_before_pixels: bool = False) -> Dataset:
+    """A DICOM file read with pydicom, also one without the preamble and ``DICM`` prefix whose first
+    bytes start a DICOM data set (read with ``force=True`` only then; anything else raises pydicom's
+    ``InvalidDicomError``).  The data set always has the file meta that highdicom and file writers
+    need (``TransferSyntaxUID`` as read, ``MediaStorageSOPClassUID``/``InstanceUID``)."""
+    ds = dcmread(path, stop_before_pixels=stop_before_pixels, force=_file_kind(Path(path)) == "bare")
+    meta = ds.file_meta
+    if "TransferSyntaxUID" not in meta:
+        meta.TransferSyntaxUID = _transfer_syntax(ds)
+    for kw, source in (("MediaStorageSOPClassUID", "SOPClassUID"), ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
+        if kw not in meta and source in ds:
+            setattr(meta, kw, ds[source].value)
+    return ds
 
 
 def scan_dicom(root: "str | os.PathLike") -> DicomScan:
     """Group the DICOM files under ``root`` by series and study (headers only).
 
-    Files that are not DICOM (no ``DICM`` preamble, not named ``*.dcm``, or hidden, such as the
-    ``._*`` files macOS leaves on USB sticks) and DICOM files of no series (a ``DICOMDIR``) are
-    skipped.  A file that should be one of the images or objects we
+    Files that are not DICOM (no ``DICM`` preamble nor the start of a DICOM data set, not named
+    ``*.dcm``, or hidden, such as the ``._*`` files macOS leaves on USB sticks) and DICOM files of
+    no series (a ``DICOMDIR``) are skipped.  Files without the preamble that start a DICOM data set
+    (:func:`read_dataset`) are read, with one warning line naming how many and the first (they
+    are listed in ``no_preamble``).  A file that should be one of the images or objects we
     read but cannot be parsed, or ends before its ``SeriesInstanceUID`` (pydicom stops quietly
     at a truncation between elements), is refused: a slice is never dropped silently.  So is a
     second copy of one image (the same ``SOPInstanceUID``).
@@ -147,12 +203,13 @@ def scan_dicom(root: "str | os.PathLike") -> DicomScan:
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     series: dict[str, DicomSeries] = {}
     instances: dict[str, Path] = {}
-    skipped = []
+    skipped, bare = [], []
     for f in files:
+        kind = _file_kind(f)
         # a hidden "._x.dcm" is macOS's AppleDouble companion of x.dcm, not a broken slice
-        strict = _has_preamble(f) or (f.suffix.lower() == ".dcm" and not f.name.startswith("."))
+        strict = kind is not None or (f.suffix.lower() == ".dcm" and not f.name.startswith("."))
         try:
-            ds = dcmread(f, stop_before_pixels=True)
+            ds = read_dataset(f, stop_before_pixels=True)
         except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
             if strict:  # a DICOM file we cannot read: never drop a slice silently
                 if not f.stat().st_size:
@@ -174,10 +231,15 @@ def scan_dicom(root: "str | os.PathLike") -> DicomScan:
                                 "the study? keep one")
         instances[sop] = f
         series.setdefault(uid, DicomSeries(uid, ds)).files.append(f)
+        if kind == "bare":
+            bare.append(f)
+    if bare:
+        warnings.warn(f"{root}: {len(bare)} DICOM file(s) without the 128-byte preamble and 'DICM' prefix (an old "
+                      f"PACS export?), read as DICOM; the first: {bare[0]}", UserWarning, stacklevel=2)
     studies: dict[str, DicomStudy] = {}
     for s in series.values():
         studies.setdefault(str(s.header.StudyInstanceUID), DicomStudy(str(s.header.StudyInstanceUID))).series.append(s)
-    return DicomScan(root, sorted(studies.values(), key=lambda st: (st.patient_id, st.date, st.uid)), skipped)
+    return DicomScan(root, sorted(studies.values(), key=lambda st: (st.patient_id, st.date, st.uid)), skipped, bare)
 
 
 # ---------------------------------------------------------------------- image series
@@ -250,14 +312,12 @@ def read_series(series: DicomSeries, pixel_type: int = sitk.sitkFloat64) -> tupl
     if series.sop_class in ENHANCED:
         raise _enhanced_error(series)
     files = _ordered_files(series)
-    headers = [dcmread(f, stop_before_pixels=True) for f in files]
+    headers = [read_dataset(f, stop_before_pixels=True) for f in files]
     classes = {str(h.get("SOPClassUID", "")) for h in headers}
     if len(classes) > 1:
         raise InputError(files[0], f"mixed series: {len(classes)} SOP classes in series {series.uid}")
     spacing = _check_stack(headers, files)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(f) for f in files])
-    reader.SetOutputPixelType(pixel_type)
+    reader = series_reader(files, pixel_type)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
@@ -268,6 +328,16 @@ def read_series(series: DicomSeries, pixel_type: int = sitk.sitkFloat64) -> tupl
         raise InputError(files[0], f"SimpleITK spaces the slices {image.GetSpacing()[2]:.4g} mm apart, "
                                    f"the positions {spacing:.4g} mm")
     return image, files, headers
+
+
+def series_reader(files: Sequence["str | os.PathLike"], pixel_type: int = sitk.sitkFloat64) -> sitk.ImageSeriesReader:
+    """SimpleITK's series reader for ``files`` (in slice order), with GDCM named: left to guess,
+    SimpleITK finds no reader for files without the preamble."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileNames([str(f) for f in files])
+    reader.SetOutputPixelType(pixel_type)
+    return reader
 
 
 def read_pet_suv(series: DicomSeries) -> tuple[sitk.Image, SuvConversion, list[Path]]:
@@ -295,9 +365,14 @@ def read_ct(series: DicomSeries) -> sitk.Image:
 
 
 # ---------------------------------------------------------------------- contours
-def _on_grid(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
-    """A binary mask placed onto ``reference``'s grid (nearest neighbour; exact on the same grid)."""
+def _on_grid(mask: sitk.Image, reference: sitk.Image, path, kind: str) -> sitk.Image:
+    """A binary mask placed onto ``reference``'s grid (nearest neighbour; exact on the same grid).
+    A mask off the reference's lattice (drawn on a CT, say) gives one warning line with the two grids."""
     if grid_differences(mask, reference):
+        if not same_lattice(reference, mask):
+            warnings.warn(f"{path}: the {kind} is drawn on another grid than the PET ({kind} "
+                          f"{Grid.from_image(mask).describe()}; PET {Grid.from_image(reference).describe()}): placed "
+                          "on the PET grid by nearest neighbour", UserWarning, stacklevel=3)
         mask = resample_like(mask, reference, 0.0, sitk.sitkNearestNeighbor)
     out = sitk.Cast(mask > 0, sitk.sitkUInt8)
     out.CopyInformation(reference)
@@ -319,7 +394,7 @@ def read_seg_mask(path: "str | os.PathLike", pet: sitk.Image, frame_of_reference
     """The union of the segments (all, or those labelled as in ``rois``) of a DICOM SEG, on the
     PET grid, and the segment labels used."""
     try:
-        seg = hd.seg.segread(str(path))
+        seg = hd.seg.Segmentation.from_dataset(read_dataset(path), copy=False)
         if str(seg.get("FrameOfReferenceUID", "")) != frame_of_reference:
             raise InputError(path, "the SEG is in another frame of reference than the PET")
         labels = {seg.get_segment_description(n).segment_label: n for n in seg.segment_numbers}
@@ -338,7 +413,7 @@ def read_seg_mask(path: "str | os.PathLike", pet: sitk.Image, frame_of_reference
     image.SetSpacing(spacing.tolist())
     image.SetOrigin(affine[:3, 3].tolist())
     image.SetDirection((steps / spacing).ravel().tolist())
-    return _on_grid(image, pet), chosen
+    return _on_grid(image, pet, path, "SEG"), chosen
 
 
 def read_rtstruct_mask(path: "str | os.PathLike", series: DicomSeries, pet: sitk.Image,
@@ -351,10 +426,13 @@ def read_rtstruct_mask(path: "str | os.PathLike", series: DicomSeries, pet: sitk
         raise InputError(path, f"rt-utils rasterises only square slices with square pixels; {series.label()} "
                                f"has {first.Rows}x{first.Columns} pixels of {list(first.PixelSpacing)} mm")
     with tempfile.TemporaryDirectory(prefix="sam-l1dfl-rt-") as tmp:
+        series_dir = Path(tmp) / "series"
+        series_dir.mkdir()
         for k, f in enumerate(files):  # rt-utils loads every image in the folder: give it this series only
-            os.symlink(os.path.abspath(f), os.path.join(tmp, f"{k:05d}.dcm"))
+            _for_pydicom(f, series_dir / f"{k:05d}.dcm")
         try:
-            rt = RTStructBuilder.create_from(dicom_series_path=tmp, rt_struct_path=str(path))
+            rt = RTStructBuilder.create_from(dicom_series_path=str(series_dir),
+                                             rt_struct_path=str(_for_pydicom(path, Path(tmp) / "rtstruct.dcm")))
             wanted = _chosen(path, "ROI", rt.get_roi_names(), rois)
             masks = [np.asarray(rt.get_roi_mask_by_name(n), bool) for n in wanted]
         except InputError:
@@ -369,7 +447,17 @@ def read_rtstruct_mask(path: "str | os.PathLike", series: DicomSeries, pet: sitk
     zyx = union.transpose(2, 0, 1)[to_rt].astype(np.uint8)
     mask = sitk.GetImageFromArray(zyx)
     mask.CopyInformation(image)
-    return _on_grid(mask, pet), wanted
+    return _on_grid(mask, pet, path, "RTSTRUCT"), wanted
+
+
+def _for_pydicom(path: "str | os.PathLike", link: Path) -> Path:
+    """``link``: a symbolic link to ``path``, or, for a file without the preamble (which pydicom
+    and the libraries on it do not read), a copy with one."""
+    if _file_kind(Path(path)) == "bare":
+        read_dataset(path).save_as(link, enforce_file_format=True)
+    else:
+        os.symlink(os.path.abspath(path), link)
+    return link
 
 
 def _referenced_series(ds: Dataset) -> set[str]:
@@ -421,7 +509,7 @@ def _contours(study: DicomStudy, pet_series: DicomSeries, suv: sitk.Image,
         if kind == "SEG":
             mask, labels = read_seg_mask(objects[0], suv, frame, rois)
         else:
-            refs = _referenced_series(dcmread(objects[0], stop_before_pixels=True))
+            refs = _referenced_series(read_dataset(objects[0], stop_before_pixels=True))
             target = [s for s in study.series if s.uid in refs and s.sop_class in (PET_STORAGE, CT_STORAGE)]
             if not target:
                 raise InputError(objects[0], "the RTSTRUCT references no PET or CT series of this study")
@@ -513,5 +601,5 @@ def convert_dicom(root: "str | os.PathLike", out: "str | os.PathLike",
 
 __all__ = ["CT_NAME", "CT_STORAGE", "ConvertedCase", "DicomScan", "DicomSeries", "DicomStudy", "META_NAME",
            "PET_STORAGE", "RTSTRUCT_STORAGE", "SEG_NAME", "SEG_STORAGE", "SUV_NAME", "case_summary", "convert_dicom",
-           "convert_study", "read_ct", "read_pet_suv", "read_rtstruct_mask", "read_seg_mask", "read_series",
-           "scan_dicom"]
+           "convert_study", "read_ct", "read_dataset", "read_pet_suv", "read_rtstruct_mask", "read_seg_mask",
+           "read_series", "scan_dicom", "series_reader"]

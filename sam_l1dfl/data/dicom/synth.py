@@ -36,8 +36,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from rt_utils import RTStructBuilder
 
 from sam_l1dfl import __version__
-from sam_l1dfl.data.dicom import CT_STORAGE, PET_STORAGE
-from sam_l1dfl.data.suv import HALF_LIFE_S, PHILIPS_GROUP
+from sam_l1dfl.data.dicom.read import CT_STORAGE, PET_STORAGE
+from sam_l1dfl.data.dicom.suv import HALF_LIFE_S, PHILIPS_GROUP
 from sam_l1dfl.data.synthetic import generate_case
 from sam_l1dfl.io_utils import atomic_dir
 
