@@ -36,11 +36,14 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue the run in <out>/runs")
     ap.add_argument("--install", action="store_true",
                     help="copy the best weights into sam_l1dfl/resources/sam_med3d_standin/ when done")
+    ap.add_argument("--calibration-cases", type=int, default=8,
+                    help="held-out cohort cases for the size calibration written to the model card (default 8)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = ap.parse_args(argv)
 
-    from sam_l1dfl.data.cohort import generate_cohort
+    from sam_l1dfl.compare.learning import size_calibration
+    from sam_l1dfl.data.cohort import HELDOUT_SEED, describe_cohort, generate_cohort
     from sam_l1dfl.model.standin import install_standin
     from sam_l1dfl.training import load_config, train
 
@@ -60,7 +63,22 @@ def main(argv=None) -> int:
     print(f"pretraining: {time.perf_counter() - t0:.0f} s in all -> {run_dir}", flush=True)
     if args.install:
         cohort = json.loads((out / "cohort" / "dataset.json").read_text())  # what the run trained on
-        dest = install_standin(run_dir, cohort_cases=len(cohort["cases"]), cohort_seed=cohort["seed"])
+        # zero-shot size calibration of the best weights on held-out cohort cases (BENCHMARKS.md)
+        held = out / "heldout"
+        generate_cohort(held, args.calibration_cases, seed=HELDOUT_SEED)
+        cal = size_calibration(str(run_dir / "best"), held, out / "calibration")
+        cal_txt = "; ".join(f"{k} {v['median_ratio']:.2f} (n={v['n']}, median Dice {v['median_dice']:.2f})"
+                            for k, v in cal["bins"].items() if v["n"]) + \
+            f" — {'within' if cal['within'] else 'NOT within'} the goal ({args.calibration_cases} cases, seed {HELDOUT_SEED})."
+        print(f"size calibration: {cal_txt}")
+        import torch
+
+        recipe = (f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}, "
+                  f"{cfg.train.mixed_precision if torch.cuda.is_available() else 'fp32'}, {cfg.train.max_steps} steps "
+                  f"of batch {cfg.train.batch_size}, {cfg.prompts.clicks_per_sample} clicks")
+        dest = install_standin(run_dir, cohort_cases=len(cohort["cases"]), cohort_seed=cohort["seed"], work=out,
+                               cohort=describe_cohort(), cohort_version=cohort.get("version", ""),
+                               calibration=cal_txt, recipe=recipe)
         print(f"installed the stand-in: {dest}")
     return 0
 

@@ -51,6 +51,16 @@ MODALITIES = ("ct", "pet", "mr")
 #: target equivalent radius range (mm), drawn log-uniformly (version 2.0: down to 2 mm, as
 #: SA-Med3D-140K holds lesions of a few millimetres; at least about two voxels across)
 RADIUS_MM = (2.0, 40.0)
+#: the seed of held-out cohort cases (the stand-in's size calibration); no pretraining uses it
+HELDOUT_SEED = 777
+
+
+def describe_cohort() -> str:
+    """One sentence on what this cohort version holds (for the stand-in's model card)."""
+    return (f"CT-like (HU), PET-like (PSF blur, activity-dependent noise; organs with uptake up to 40 x the tissue and "
+            f"half the targets against them) and MR-like (bias field, Rician-like noise) scans on 1.0-4.0 mm grids, "
+            f"with unlabelled organs and 3-8 labelled objects per case (ellipsoids, lobulated blobs, rounded boxes, "
+            f"{RADIUS_MM[0]:g}-{RADIUS_MM[1]:g} mm radius, log-uniform) of positive or negative contrast.")
 
 
 def _rotation(rng: np.random.Generator) -> np.ndarray:
@@ -223,4 +233,4 @@ def generate_cohort(out_dir: "str | Path", n_cases: int, seed: int = 0) -> Path:
                                                     "cases": records})
 
 
-__all__ = ["COHORT_VERSION", "FORMAT", "MODALITIES", "RADIUS_MM", "generate_cohort", "generate_cohort_case"]
+__all__ = ["COHORT_VERSION", "FORMAT", "HELDOUT_SEED", "MODALITIES", "RADIUS_MM", "describe_cohort", "generate_cohort", "generate_cohort_case"]

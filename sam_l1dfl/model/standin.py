@@ -50,18 +50,19 @@ toolkit (zero-shot → fine-tune with L1DFL → better masks) runs, and can be m
 machine without downloading the published SAM-Med3D-turbo weights. Numbers obtained with it say
 how the *pipeline* behaves, not how SAM-Med3D behaves on patients.
 
-**Training data.** {cases} cases of the broad synthetic cohort (`sam_l1dfl.data.cohort`, seed
-{seed}): CT-like (HU), PET-like (PSF blur, activity-dependent noise) and MR-like (bias field,
-Rician-like noise) scans on 1.2–4.5 mm grids, with unlabelled organs and labelled objects
-(ellipsoids, lobulated blobs, rounded boxes, 3–35 mm radius; up to 6 per case) of positive or negative contrast.
+**Training data.** {cases} cases of the broad synthetic cohort (`sam_l1dfl.data.cohort` version
+{cohort_version}, seed {seed}): {cohort}
 It deliberately contains no PSMA PET phantom, so PSMA lesions are a domain shift for it, as they
 are for the turbo weights (mostly CT and MRI organs).
 
 **Validation** (held-out cohort crops, Dice after N simulated clicks): {val}.
 
+**Size calibration** (zero-shot, one click per object, held-out cohort cases; median
+predicted/reference volume per size bin, goal 0.5–2): {calibration}
+
 **Rebuild.** `python scripts/pretrain_standin.py --cases {cases} --seed {seed} --install`
-(seeded; resumable with `--resume`; `accelerate launch` for a GPU). Pretraining took
-{seconds:.0f} s on {machine}.
+(seeded; resumable with `--resume`; `accelerate launch` for a GPU). Recipe: {recipe}.
+Pretraining took {seconds:.0f} s on {machine}.
 
 **Use.** `--checkpoint standin` in any command, or `sam_l1dfl.model.load_sam_med3d("standin")`.
 Files: `model.safetensors` (float32, SHA-256 `{sha}`), `config.json` (architecture and the
@@ -93,9 +94,30 @@ def weights_origin(meta: dict, path: "str | os.PathLike | None" = None) -> str:
     return "other"
 
 
+def _relative_paths(value, work: Path):
+    """``value`` with every absolute path under ``work`` made relative to it, and any other absolute
+    path replaced by None (a shipped config names no folder of the machine that made it)."""
+    if isinstance(value, dict):
+        return {k: _relative_paths(v, work) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative_paths(v, work) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        try:
+            return Path(value).resolve().relative_to(work.resolve()).as_posix() or "."
+        except ValueError:
+            return None
+    return value
+
+
 def install_standin(run_dir: "str | os.PathLike", *, cohort_cases: int, cohort_seed: int,
-                    dest: "str | os.PathLike" = STANDIN_DIR) -> Path:
-    """Copy ``run_dir/best`` into ``dest`` (atomically) with ``weights_origin: standin`` and the card."""
+                    dest: "str | os.PathLike" = STANDIN_DIR, work: "str | os.PathLike | None" = None,
+                    cohort: str = "", cohort_version: str = "", calibration: str = "not measured",
+                    recipe: str = "") -> Path:
+    """Copy ``run_dir/best`` into ``dest`` (atomically) with ``weights_origin: standin`` and the card.
+
+    Paths in the copied config are made relative to ``work`` (the pretraining's work folder;
+    default: the run folder's parent's parent), others dropped; ``cohort``, ``calibration`` and
+    ``recipe`` are sentences for the model card."""
     from safetensors.torch import load_file
 
     run = Path(run_dir)
@@ -109,6 +131,8 @@ def install_standin(run_dir: "str | os.PathLike", *, cohort_cases: int, cohort_s
     training = meta.get("training") or {}
     if "start_from" in training:  # the pretraining started from random weights; the stand-in itself is the origin
         training["pretrained_from"] = training.pop("start_from")
+    work_dir = Path(work) if work is not None else run.resolve().parent.parent
+    meta = _relative_paths(meta, work_dir)
     cfg = json.loads(json.dumps(meta.get("training", {})))
     meta["weights_origin"] = STANDIN_NAME
     meta["note"] = "synthetic-pretrained stand-in SAM-Med3D: not for real images (see MODEL_CARD.md)"
@@ -128,6 +152,8 @@ def install_standin(run_dir: "str | os.PathLike", *, cohort_cases: int, cohort_s
                         batch=metrics.get("global_batch"),
                         samples=int(metrics.get("steps", 0)) * int(metrics.get("global_batch", 0)),
                         cases=cohort_cases, seed=cohort_seed, val=val_txt, best_step=val.get("step"),
+                        cohort=cohort, cohort_version=cohort_version or "?", calibration=calibration,
+                        recipe=recipe or "CPU, fp32",
                         seconds=float(metrics.get("train_seconds_logged", 0.0)),
                         machine=os.environ.get("SAM_L1DFL_MACHINE", "the machine recorded in BENCHMARKS.md"),
                         sha=sha256_file(best / MODEL_FILE))
