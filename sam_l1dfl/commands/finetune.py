@@ -25,8 +25,9 @@ def add_arguments(parser) -> None:
                         help="config overrides, anywhere among the flags, e.g. optim.lr=3e-4 prompts.boxes=true")
     parser.add_argument("--resume", action="store_true", help="continue from the latest saved state of the run")
     parser.add_argument("--trust", action="store_true",
-                        help="with --resume: load a saved state even if its pickles hold more than tensors and "
-                             "plain values (that can run code: only for run directories you trust)")
+                        help="load a model.checkpoint that needs full unpickling and, with --resume, a saved state "
+                             "whose pickles hold more than tensors and plain values (that can run code: only for "
+                             "files you trust; a config file cannot grant this)")
     parser.add_argument("--name", default=None, help="run name (runs/<name>/); same as name=...")
     parser.add_argument("--output-dir", default=None, help="parent of the run directory; same as output_dir=...")
     parser.add_argument("--max-steps", type=int, default=None, help="same as train.max_steps=...")

@@ -56,8 +56,8 @@ class DataConfig(DataSplitConfig):
 class ModelConfig:
     preset: str = "vit_b_ori"
     checkpoint: Optional[str] = None
-    """Official ``.pth``, ``.safetensors`` or a model directory; null = random init (loud warning)."""
-    trust_checkpoint: bool = False
+    """Official ``.pth``, ``.safetensors`` or a model directory; null = random init (loud warning).
+    A checkpoint that needs full unpickling loads only with ``--trust`` (never from the config)."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Extra :class:`SamMed3DConfig` fields (``in_chans`` / ``use_boxes`` are set automatically)."""
 
