@@ -47,14 +47,17 @@ def collect_overrides(args) -> list[str]:
 
 
 def run(args) -> int:
-    from sam_l1dfl.devices import parse_device
     from sam_l1dfl.io_utils import input_files
     from sam_l1dfl.training import load_config
+
+    # the config and the run directory are checked before torch is imported (a mistake there costs 0.3 s)
+    cfg = load_config(args.config, collect_overrides(args))
+    cfg.check_outputs(input_files(args.config, cfg.model.checkpoint))
+
+    from sam_l1dfl.devices import parse_device
     from sam_l1dfl.training.loop import train
 
     device = parse_device(args.device)
-    cfg = load_config(args.config, collect_overrides(args))
-    cfg.check_outputs(input_files(args.config, cfg.model.checkpoint))
     res = train(cfg, resume=args.resume, accelerator=device_accelerator(cfg, device), progress=not args.quiet,
                 trust=args.trust)
     if not res.main_process:  # one summary, not one per process

@@ -43,7 +43,7 @@ import yaml
 from sam_l1dfl.errors import ConfigError
 from sam_l1dfl.formats import METRICS_FILE
 from sam_l1dfl.io_utils import check_output_path, refuse_inside, refuse_overwrite
-from sam_l1dfl.losses import normalize_loss_name
+from sam_l1dfl.lossnames import normalize_loss_name
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
