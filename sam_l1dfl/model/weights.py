@@ -47,7 +47,7 @@ from sam_l1dfl.formats import CONFIG_FILE, DELTA_FORMAT, DIR_FORMAT, META_CONFIG
 from sam_l1dfl.io_utils import atomic_dir, sha256_file, write_json_atomic
 from sam_l1dfl.model.config import SamMed3DConfig
 from sam_l1dfl.model.sam import SamMed3D
-from sam_l1dfl.model.standin import STANDIN_DIR, STANDIN_NAME, standin_available
+from sam_l1dfl.model.standin import STANDIN_DIR, is_standin_name, standin_available
 
 BOX_KEYS = ("prompt_encoder.point_embeddings.2.weight", "prompt_encoder.point_embeddings.3.weight")
 POS_POINT_KEY = "prompt_encoder.point_embeddings.1.weight"
@@ -246,8 +246,9 @@ def resolve_model_path(path: "str | os.PathLike") -> Path:
     """The weights behind ``path``: a ``finetune.py`` run directory (``runs/<name>``, holding
     ``best/`` and/or ``last/``) gives its ``best/`` (``last/`` if there is no ``best/``); a model
     directory or a file is returned as is.  The word ``standin`` names the packaged stand-in
-    (:data:`~sam_l1dfl.model.standin.STANDIN_DIR`)."""
-    if str(path) == STANDIN_NAME and not Path(path).exists():
+    (:data:`~sam_l1dfl.model.standin.STANDIN_DIR`), even when the current directory holds a
+    ``standin`` folder (that one is named ``./standin``; :func:`~sam_l1dfl.model.standin.is_standin_name`)."""
+    if is_standin_name(path):
         if not standin_available():
             raise CheckpointError(STANDIN_DIR, "the stand-in model is not installed; build it with "
                                                "scripts/pretrain_standin.py --install")
