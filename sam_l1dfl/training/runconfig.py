@@ -274,29 +274,19 @@ def from_mapping(cls: "type[C]", data: Any, source: "str | None" = None, prefix:
         raise ConfigError(source, f"{prefix or 'config'}: {exc.problem}") from None
 
 
-def _trust_keys(data: Any, prefix: str = "") -> "list[tuple[str, Any]]":
-    """``(dotted key, value)`` of every key named ``*trust*`` in a nested mapping."""
+def _split_trust(data: Any, prefix: str = "") -> "tuple[Any, list[tuple[str, Any]]]":
+    """``(data without its *trust* keys, [(dotted key, value), ...] of those keys)``, at any depth."""
     if not isinstance(data, dict):
-        return []
-    found = []
+        return data, []
+    out, found = {}, []
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if "trust" in str(k).lower():
             found.append((key, v))
         else:
-            found += _trust_keys(v, key)
-    return found
-
-
-def _without(data: Any, keys: "set[str]", prefix: str = "") -> Any:
-    if not isinstance(data, dict):
-        return data
-    out = {}
-    for k, v in data.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if key not in keys:
-            out[k] = _without(v, keys, key)
-    return out
+            out[k], inner = _split_trust(v, key)
+            found += inner
+    return out, found
 
 
 def drop_trust_keys(data: Any, source: "str | None") -> Any:
@@ -307,16 +297,14 @@ def drop_trust_keys(data: Any, source: "str | None") -> Any:
     A key set to false or null asks for nothing and goes silently (older saved configs hold
     ``trust_checkpoint: false``).
     """
-    found = _trust_keys(data)
-    if not found:
-        return data
+    clean, found = _split_trust(data)
     asked = [k for k, v in found if v not in (False, None)]
     if asked:
         where = f"{source}: " if source is not None else ""
         warnings.warn(f"{where}{', '.join(asked)} ignored: trust is never read from a config; "
                       "the run goes on untrusted (pass --trust on the command line for files you trust)",
                       UserWarning, stacklevel=3)
-    return _without(data, {k for k, _ in found})
+    return clean if found else data
 
 
 def config_from_mapping(cls: "type[C]", data: Any, source: "str | None" = None, validate: bool = True) -> C:
