@@ -18,16 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _payload import Payload
 
 pytestmark = pytest.mark.slow
-
-
-class Payload:
-    def __init__(self, path: Path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (os.makedirs, (self.path,))
 
 
 @pytest.fixture(scope="module")
