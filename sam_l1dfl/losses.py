@@ -72,6 +72,7 @@ from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
 from sam_l1dfl.errors import ConfigError
+from sam_l1dfl.lossnames import LOSS_NAMES, normalize_loss_name  # re-exported: the light names module
 
 __all__ = ["L1DFLoss", "L1Histogram", "l1_bin_layout", "l1_histogram", "l1_voxel_weights", "loss_arguments",
            "make_loss", "make_training_loss", "normalize_loss_name", "training_loss_params", "LOSS_NAMES"]
@@ -440,20 +441,6 @@ class L1DFLoss(_Loss):
 # ----------------------------------------------------------------------------------------------
 # factory
 # ----------------------------------------------------------------------------------------------
-LOSS_NAMES = ("l1dfl", "dice", "dicefocal", "dicece", "focal")
-
-
-def normalize_loss_name(name: str) -> str:
-    """The canonical loss name: case, ``-`` and ``_`` ignored (``"Dice-Focal"`` → ``"dicefocal"``).
-
-    Raises :class:`~sam_l1dfl.errors.ConfigError` naming the known losses for anything else.
-    """
-    key = str(name).strip().lower().replace("-", "").replace("_", "")
-    if key not in LOSS_NAMES:
-        raise ConfigError(None, f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
-    return key
-
-
 def _loss_class(name: str) -> type:
     import monai.losses as ml
 

@@ -171,8 +171,16 @@ def test_auto_segmenter_and_cli(synth, capsys):
     assert (out / "prob" / "synth_001.nii.gz").is_file()
     s = json.loads((out / "summary.json").read_text())
     assert len(s["cases"]) == 3 and not s["failed"]
-    capsys.readouterr()
+    # the run folder, as `infer` takes it: its best/ (the same masks)
     assert main(["infer-auto", "--checkpoint", str(best.parent), "--data", str(synth / "synth"),
-                 "--out-dir", str(out)]) == 2
+                 "--out-dir", str(synth / "auto_run"), "--quiet"]) == 0
+    for i in range(3):
+        a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(d / f"synth_00{i}.nii.gz"))) for d in (out, synth / "auto_run"))
+        assert np.array_equal(a, b)
+    # a folder that is neither: one line
+    capsys.readouterr()
+    assert main(["infer-auto", "--checkpoint", str(synth / "synth"), "--data", str(synth / "synth"),
+                 "--out-dir", str(synth / "auto_bad")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "config.json" in err and "\n" not in err
+    assert err.startswith(f"error: {synth / 'synth'}: ") and "best/" in err and "\n" not in err
+    assert not (synth / "auto_bad").exists()

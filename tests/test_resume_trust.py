@@ -19,21 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from _payload import Payload
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 STEP = "states/step_00000001"
 pytestmark = pytest.mark.slow
-
-
-class Payload:
-    """Unpickling this creates ``path``: the stand-in for arbitrary code."""
-
-    def __init__(self, path: Path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (os.makedirs, (self.path,))
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from sam_l1dfl.data.io import Case, CaseRecord, load_case
 from sam_l1dfl.errors import CheckpointError, InputError, SamL1dflError
 from sam_l1dfl.formats import CONFIG_FILE, MODEL_FILE
 from sam_l1dfl.io_utils import write_image_atomic, write_json_atomic
-from sam_l1dfl.model.weights import compare_state_dicts, describe_fit
+from sam_l1dfl.model.weights import compare_state_dicts, describe_fit, resolve_model_path
 from sam_l1dfl.progress import progress as show_progress
 
 FORMAT = "sam-l1dfl-cnn"  # the "format" of a CNN model directory's config.json
@@ -92,10 +92,12 @@ class AutoDatasetSummary:
 
 
 def load_cnn_dir(path: "str | os.PathLike", map_location: str = "cpu") -> tuple[Any, Any]:
-    """``(network, CnnConfig)`` from a ``best/``/``last/`` directory written by :func:`train_cnn`."""
+    """``(network, CnnConfig)`` from a ``best/``/``last/`` directory written by :func:`train_cnn`,
+    or from the run folder holding them (its ``best/``, else ``last/``: what ``infer`` does,
+    :func:`~sam_l1dfl.model.weights.resolve_model_path`)."""
     from safetensors.torch import load_file
 
-    p = Path(path)
+    p = resolve_model_path(path)
     if not p.is_dir():
         raise CheckpointError(p, "expected a CNN model directory (runs/cnn/<name>/best) with model.safetensors "
                                  "and config.json")

@@ -7,7 +7,8 @@ Examples::
 
 Files are matched by case id: references ``<gt-dir>/<case>/SEG.nii.gz`` (autoPET layout,
 PET taken from ``SUV.nii.gz`` beside it) or ``<gt-dir>/<case>.nii.gz``; predictions
-``<pred-dir>/<case>.nii.gz``; PET ``<pet-dir>/<case>/SUV.nii.gz`` or ``<pet-dir>/<case>.nii.gz``.
+``<pred-dir>/<case>.nii.gz``; PET ``<pet-dir>/<case>/SUV.nii.gz``, ``<pet-dir>/<case>.nii.gz`` or
+nnU-Net's ``<pet-dir>/<case>_0000.nii.gz`` (the PET channel of ``dataset.json``).
 Writes ``metrics.csv``, ``lesions.csv``, ``summary.json`` and ``report.html`` to ``--out``.
 """
 
@@ -31,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt-dir", required=True, metavar="DIR",
                         help="reference masks: <case>/SEG.nii.gz (autoPET) or <case>.nii.gz")
     parser.add_argument("--pet-dir", metavar="DIR",
-                        help="PET (SUV) volumes for C3 and SUV read-outs (default: SUV.nii.gz beside SEG.nii.gz)")
+                        help="PET (SUV) volumes for C3 and SUV read-outs: <case>/SUV.nii.gz, <case>.nii.gz or "
+                             "nnU-Net's <case>_0000.nii.gz (default: SUV.nii.gz beside SEG.nii.gz)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder for the report")
     parser.add_argument("--clicks", nargs="+", type=int, metavar="N",
                         help="click count of each --pred-dir (draws a click-number curve)")

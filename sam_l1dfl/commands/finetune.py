@@ -25,8 +25,9 @@ def add_arguments(parser) -> None:
                         help="config overrides, anywhere among the flags, e.g. optim.lr=3e-4 prompts.boxes=true")
     parser.add_argument("--resume", action="store_true", help="continue from the latest saved state of the run")
     parser.add_argument("--trust", action="store_true",
-                        help="with --resume: load a saved state even if its pickles hold more than tensors and "
-                             "plain values (that can run code: only for run directories you trust)")
+                        help="load a model.checkpoint that needs full unpickling and, with --resume, a saved state "
+                             "whose pickles hold more than tensors and plain values (that can run code: only for "
+                             "files you trust; a config file cannot grant this)")
     parser.add_argument("--name", default=None, help="run name (runs/<name>/); same as name=...")
     parser.add_argument("--output-dir", default=None, help="parent of the run directory; same as output_dir=...")
     parser.add_argument("--max-steps", type=int, default=None, help="same as train.max_steps=...")
@@ -46,14 +47,17 @@ def collect_overrides(args) -> list[str]:
 
 
 def run(args) -> int:
-    from sam_l1dfl.devices import parse_device
     from sam_l1dfl.io_utils import input_files
     from sam_l1dfl.training import load_config
+
+    # the config and the run directory are checked before torch is imported (a mistake there costs 0.3 s)
+    cfg = load_config(args.config, collect_overrides(args))
+    cfg.check_outputs(input_files(args.config, cfg.model.checkpoint))
+
+    from sam_l1dfl.devices import parse_device
     from sam_l1dfl.training.loop import train
 
     device = parse_device(args.device)
-    cfg = load_config(args.config, collect_overrides(args))
-    cfg.check_outputs(input_files(args.config, cfg.model.checkpoint))
     res = train(cfg, resume=args.resume, accelerator=device_accelerator(cfg, device), progress=not args.quiet,
                 trust=args.trust)
     if not res.main_process:  # one summary, not one per process

@@ -33,7 +33,8 @@ EXAMPLES = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="CNN model directory (runs/cnn/<name>/best)")
+    p.add_argument("--checkpoint", required=True,
+                   help="CNN model directory (runs/cnn/<name>/best) or its run folder (then best/, else last/)")
     g = p.add_argument_group("one case")
     g.add_argument("--pet", help=PET_HELP)
     g.add_argument("--ct", help="CT image")

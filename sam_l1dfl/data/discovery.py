@@ -255,6 +255,26 @@ def _channel_map(root: Path, report: DiscoveryReport) -> tuple[int | None, int |
     return pet, ct, ending
 
 
+def nnunet_pet_file(folder: "str | os.PathLike", case: str) -> Path | None:
+    """The PET image ``<case>_XXXX.<ext>`` of an nnU-Net case, or None.
+
+    ``folder`` is an images folder (``imagesTs``, ``imagesTr``: ``dataset.json`` one level up) or
+    the dataset folder holding them; ``XXXX`` is the PET channel of ``dataset.json`` (``0000``
+    without one, as :func:`discover_cases` assumes).
+    """
+    folder = Path(folder)
+    for d in (folder, folder / "imagesTs", folder / "imagesTr"):
+        if not d.is_dir():
+            continue
+        root = d if (d / "dataset.json").is_file() else d.parent
+        pet_ch = _channel_map(root, DiscoveryReport(root=root, layout="nnunet"))[0]
+        for e in IMAGE_SUFFIXES:
+            p = d / f"{case}_{pet_ch:04d}{e}"
+            if p.is_file():
+                return p
+    return None
+
+
 def _discover_nnunet(root: Path) -> DiscoveryReport:
     report = DiscoveryReport(root=root, layout="nnunet")
     pet_ch, ct_ch, ending = _channel_map(root, report)
@@ -347,4 +367,4 @@ def _read_manifest(path: Path) -> list[dict]:
     return list(reader)
 
 
-__all__ = ["CaseProblem", "DiscoveryReport", "discover_cases"]
+__all__ = ["CaseProblem", "DiscoveryReport", "discover_cases", "nnunet_pet_file"]

@@ -6,7 +6,13 @@ called by :func:`sam_l1dfl.data.io.read_image` on every file it reads and raises
 :class:`~sam_l1dfl.errors.InputError` ``"<file>: truncated or corrupt (<why>)"``:
 
 * **gzip** (``.nii.gz``, gzip-encoded NRRD): the whole stream is decompressed, in chunks of
-  ``chunk_bytes`` (nothing is kept), so its CRC-32 and length trailer are checked;
+  ``chunk_bytes`` (nothing is kept), so its CRC-32 and length trailer are checked.  A stream of
+  several members (``cat a.gz b.gz``, bgzip's BGZF blocks with their ``BC`` extra field and empty
+  end-of-file block, members split inside the NIfTI header) is read member after member, each
+  one checked, as zlib's ``gzread`` in ITK reads it; zero padding after the last member is
+  allowed (gzip's own rule), anything else after it is refused (ITK would ignore it, and a
+  damaged member cannot be told from it).  A member over 4 GiB stores its length modulo 2³²
+  (RFC 1952), which is how Python and zlib check it; the byte counts here are exact;
 * **NIfTI-1/2** (``.nii``, ``.nii.gz``): ``vox_offset + prod(dim) * bitpix / 8`` bytes must be
   present (the file size of a ``.nii``, the decompressed size of a ``.nii.gz``);
 * **MetaImage** (``.mha``, ``.mhd`` with its ``ElementDataFile``): the raw payload
@@ -67,6 +73,19 @@ def _gzip_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES, skip: int = 0) -> I
             raise _Truncated("the compressed data ends before the end of its gzip stream") from None
         except (OSError, zlib.error) as exc:  # BadGzipFile (CRC, length, magic) is an OSError
             raise _Truncated(f"gzip: {' '.join(str(exc).split())[:120]}") from None
+
+
+def _first_chunk_at_least(chunks: Iterator[bytes], n: int) -> Iterator[bytes]:
+    """``chunks`` with the first ones joined until the first holds ``n`` bytes (or all there is):
+    a reader may return short reads, e.g. at the end of each gzip member."""
+    head = b""
+    for buf in chunks:
+        head += buf
+        if len(head) >= n:
+            break
+    if head:
+        yield head
+    yield from chunks
 
 
 def _zlib_size(path: Path, offset: int, chunk_bytes: int = CHUNK_BYTES) -> int:
@@ -169,7 +188,7 @@ def _check_nifti(path: Path, count_nonfinite: bool, chunk_bytes: int = CHUNK_BYT
     if _is_gzip(path):
         hdr = counter = None
         total = 0
-        for buf in _gzip_chunks(path, max(chunk_bytes, 1 << 16)):  # the first chunk holds the header
+        for buf in _first_chunk_at_least(_gzip_chunks(path, chunk_bytes), 540):  # the first holds the header
             if hdr is None:
                 hdr = _NiftiHeader(buf[:540])
                 dt = hdr.float_dtype if count_nonfinite else None

@@ -20,7 +20,7 @@ from sam_l1dfl.formats import DELTA_FORMAT, DELTA_VERSION, MODEL_FILE
 from sam_l1dfl.io_utils import atomic_path, refuse_overwrite
 from sam_l1dfl.model.checkpoint import load_sam_med3d
 from sam_l1dfl.model.delta import is_delta_file, weights_file
-from sam_l1dfl.model.weights import resolve_model_path
+from sam_l1dfl.model.weights import resolve_model_path, save_safetensors
 
 
 def export_delta(
@@ -31,8 +31,6 @@ def export_delta(
     trust_base: bool = False,
 ) -> ExportResult:
     """Write only the tensors that differ from ``base`` (+ base SHA-256 and config) to ``out``."""
-    from safetensors.torch import save_file
-
     src = as_source(source, trust)
     out = Path(out)
     base = resolve_model_path(base)
@@ -71,7 +69,7 @@ def export_delta(
         md["metrics"] = json.dumps({k: src.metrics[k] for k in ("steps", "dice_before", "dice_after", "best")
                                     if k in src.metrics})
     with atomic_path(out) as tmp:
-        save_file(delta, str(tmp), metadata=md)
+        save_safetensors(delta, tmp, md)
     notes = [
         f"delta: {len(delta)} of {len(base_sd)} tensors differ from the base ({', '.join(groups) or 'none'}); "
         f"{size / max(total, 1):.1%} of the model's bytes",

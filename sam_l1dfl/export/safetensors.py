@@ -18,14 +18,15 @@ from sam_l1dfl.formats import CARD_FILE, CONFIG_FILE, MODEL_FILE
 from sam_l1dfl.io_utils import atomic_dir, refuse_overwrite, sha256_file, write_text_atomic
 from sam_l1dfl.model.weights import save_model_dir
 
+#: The card names no folder: an export's bytes do not depend on where it is written.
 _SAFETENSORS_USAGE = """\
 ```python
 from sam_l1dfl.model import load_sam_med3d, read_model_meta
-model = load_sam_med3d("THIS_DIR")          # config stored with the weights
-meta = read_model_meta("THIS_DIR")          # input_mode, preprocess, prompt_types, ...
+model = load_sam_med3d("MODEL_DIR")         # this folder; config stored with the weights
+meta = read_model_meta("MODEL_DIR")         # input_mode, preprocess, prompt_types, ...
 ```
-or `sam-l1dfl infer --checkpoint THIS_DIR ...`.  The weights use the official SAM-Med3D key names
-(`safetensors.torch.load_file("THIS_DIR/model.safetensors")`)."""
+or `sam-l1dfl infer --checkpoint MODEL_DIR ...`.  The weights use the official SAM-Med3D key names
+(`safetensors.torch.load_file("MODEL_DIR/model.safetensors")`)."""
 
 
 def export_safetensors(
@@ -53,7 +54,7 @@ def export_safetensors(
         save_model_dir(src.model, tmp, meta)
         files = {MODEL_FILE: sha256_file(tmp / MODEL_FILE), CONFIG_FILE: sha256_file(tmp / CONFIG_FILE)}
         card = model_card(meta, src.config, src.metrics, files, data_description or src.meta.get("data_description"),
-                          usage=_SAFETENSORS_USAGE.replace("THIS_DIR", out.name))
+                          usage=_SAFETENSORS_USAGE)
         write_text_atomic(tmp / CARD_FILE, card)
     notes = ["kept: all weights, model config, input mode, preprocessing, prompt types, loss, training summary"]
     if src.metrics_path:

@@ -32,8 +32,10 @@ def export_sam_med3d(
     except CheckpointError as exc:
         raise CheckpointError(src.given, exc.problem) from None
     sd = {k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}
-    with atomic_path(out) as tmp:
-        torch.save({"model_state_dict": sd}, tmp)
+    # into an open file: torch.save names the archive's top folder after a path it is given (the
+    # temporary name would make every export's bytes differ); a file object gets "archive"
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        torch.save({"model_state_dict": sd}, f)
     notes = [f"tensors: {len(sd)} in the official SAM-Med3D layout (torch.load(weights_only=True) reads it)"]
     if drop_boxes and src.config.use_boxes:
         notes.append("dropped: prompt_encoder.point_embeddings.2/3 (box corners)")

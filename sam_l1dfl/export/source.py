@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 from dataclasses import dataclass, field
@@ -143,13 +142,14 @@ def as_source(source, trust: bool) -> ExportSource:
 
 
 def provenance(src: ExportSource, fmt: str) -> dict:
+    """Where an export came from.  No date: the same model exports to the same bytes (the
+    weights' SHA-256 and the toolkit version say which model and which writer)."""
     return {
         "format": fmt,
         "from": src.given,
         "weights": str(src.weights),
         "weights_sha256": src.sha256,
         "sam_l1dfl_version": __version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 

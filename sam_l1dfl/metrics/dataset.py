@@ -8,8 +8,9 @@ File layout (matching is by case id):
 * predictions (``pred_dir``): flat files ``<case>.nii.gz`` (any
   :data:`~sam_l1dfl.data.io.IMAGE_SUFFIXES` ending: ``.nii``, ``.mha``, ``.nrrd``, ...) or
   ``<case>/SEG.nii.gz``; label maps are binarised (> 0);
-* PET (``pet_dir``, optional): ``<case>/SUV.nii.gz`` or ``<case>.nii.gz``; without
-  ``pet_dir`` the ``SUV.nii.gz`` beside each ``SEG.nii.gz`` is used when present.
+* PET (``pet_dir``, optional): ``<case>/SUV.nii.gz``, ``<case>.nii.gz`` or nnU-Net's
+  ``<case>_0000.nii.gz`` (the PET channel of ``dataset.json``); without ``pet_dir`` the
+  ``SUV.nii.gz`` beside each ``SEG.nii.gz`` is used when present.
 
 Several click counts: give ``pred_dir`` as ``{clicks: dir}``, as a list of dirs with
 ``clicks=[...]`` of the same length, or as one dir with subfolders ``clicks_<N>`` (or
@@ -38,6 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from sam_l1dfl.data.discovery import nnunet_pet_file
 from sam_l1dfl.data.geometry import Grid, grid_mismatches
 from sam_l1dfl.data.io import IMAGE_SUFFIXES, image_suffix, read_image, read_mask, strip_suffix
 from sam_l1dfl.data.dicom.suv_sanity import warn_if_not_suv
@@ -111,7 +113,11 @@ def find_pet(case: str, gt_path: Path, pet_dir: "str | Path | None") -> Path | N
         cand = _find_named(pet_dir / head / tail, "SUV")
         if cand is not None:
             return cand
-    raise InputError(pet_dir, f"no PET for case {case!r} (looked for {case}/SUV.nii.gz and {case}.nii.gz)")
+    cand = nnunet_pet_file(pet_dir, case)  # imagesTs/<case>_0000.nii.gz
+    if cand is not None:
+        return cand
+    raise InputError(pet_dir, f"no PET for case {case!r} (looked for {case}/SUV.nii.gz, {case}.nii.gz and "
+                              f"nnU-Net's {case}_0000.nii.gz)")
 
 
 def masks_origin(pred_dir: "str | Path") -> str:

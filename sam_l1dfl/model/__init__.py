@@ -65,32 +65,24 @@ the golden case made with the official code, ``tests/data/golden/`` (tests/test_
    so the initial outputs equal the PET-only outputs exactly.
 """
 
-from sam_l1dfl.model.checkpoint import LoadReport, load_sam_med3d, read_checkpoint
 from sam_l1dfl.model.config import SamMed3DConfig
-from sam_l1dfl.model.delta import is_delta_file, read_delta_checkpoint
-from sam_l1dfl.model.sam import SamMed3D, build_sam_med3d
-from sam_l1dfl.model.weights import (
-    infer_config,
-    official_state_dict,
-    read_model_meta,
-    read_weights,
-    resolve_model_path,
-    save_model_dir,
-)
 
-__all__ = [
-    "SamMed3DConfig",
-    "SamMed3D",
-    "build_sam_med3d",
-    "load_sam_med3d",
-    "save_model_dir",
-    "read_model_meta",
-    "official_state_dict",
-    "infer_config",
-    "read_checkpoint",
-    "read_weights",
-    "read_delta_checkpoint",
-    "is_delta_file",
-    "resolve_model_path",
-    "LoadReport",
-]
+#: The rest of the API and the submodule it lives in, imported on first use (PEP 562), so that
+#: the config layer (``SamMed3DConfig``, read by every training config) stays free of torch.
+LAZY = {
+    "LoadReport": "checkpoint", "load_sam_med3d": "checkpoint", "read_checkpoint": "checkpoint",
+    "is_delta_file": "delta", "read_delta_checkpoint": "delta",
+    "SamMed3D": "sam", "build_sam_med3d": "sam",
+    "infer_config": "weights", "official_state_dict": "weights", "read_model_meta": "weights",
+    "read_weights": "weights", "resolve_model_path": "weights", "save_model_dir": "weights",
+}
+
+__all__ = ["SamMed3DConfig", *LAZY]
+
+
+def __getattr__(name):
+    if name in LAZY:  # the four all need torch: import them together
+        from sam_l1dfl.model import checkpoint, delta, sam, weights
+
+        return getattr({"checkpoint": checkpoint, "delta": delta, "sam": sam, "weights": weights}[LAZY[name]], name)
+    raise AttributeError(f"module 'sam_l1dfl.model' has no attribute {name!r}")

@@ -10,6 +10,10 @@
   compared) instead, so running the download twice costs nothing.  When the file is neither
   downloadable nor cached (offline, no network, unknown revision) the one-line
   :class:`~sam_l1dfl.errors.CheckpointError` gives the URL and where to put the file by hand.
+  Without a network that line comes within seconds: one HEAD request through
+  ``huggingface_hub``'s HTTP session (proxies, ``HF_ENDPOINT``), no retries, at most
+  :data:`PROBE_TIMEOUT_S` (:func:`hub_reachable`), decides; when the hub cannot be reached the
+  cache alone is read, instead of ``hf_hub_download``'s ~23 s of retries.
 * :func:`check_weights` reads a checkpoint with the safe loader
   (:func:`sam_l1dfl.model.weights.read_weights`: ``torch.load(weights_only=True)`` with the
   allowlist; nothing else is ever unpickled unless ``trust``) and checks its structure: the key
@@ -48,6 +52,8 @@ from sam_l1dfl.model.config import SamMed3DConfig
 from sam_l1dfl.model.weights import compare_state_dicts, describe_fit, infer_config, read_weights, skeleton
 
 SHA256_SUFFIX = ".sha256"
+#: Seconds the one reachability request may take (a hub that answers does so well within it).
+PROBE_TIMEOUT_S = 3.0
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -134,9 +140,35 @@ def _revision_of(cached: Path) -> Optional[str]:
     return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
 
 
+def hub_reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the hub answers one HEAD request for ``url`` within ``timeout`` seconds.
+
+    Any HTTP answer counts (a 401 or 404: the download then says what is wrong).  The request
+    goes through ``huggingface_hub``'s own HTTP session (its proxy and TLS settings) but without
+    its headers, whose user agent would first fetch a registry from the same unreachable hub.
+    """
+    try:
+        hf_utils.get_session().head(url, timeout=timeout)
+    except Exception:  # connection refused, DNS failure, timeout, proxy or TLS failure: no answer
+        return False
+    return True
+
+
 def _fetch(repo_id: str, filename: str, revision: Optional[str], cache_dir, dest: Path, progress: bool) -> Path:
-    """``hf_hub_download`` into the cache; every failure is one line saying where to put the file."""
+    """``hf_hub_download`` into the cache; every failure is one line saying where to put the file.
+
+    When the hub cannot be reached (:func:`hub_reachable`) the cache alone is read
+    (``try_to_load_from_cache``), instead of ``hf_hub_download``'s ~23 s of retries.
+    """
     url = huggingface_hub.hf_hub_url(repo_id, filename, revision=revision)
+    offline = hf_constants.is_offline_mode()
+    unreachable = ("offline (HF_HUB_OFFLINE=1)" if offline else "huggingface.co cannot be reached")
+    unreachable += " and the file is not in the Hugging Face cache"
+    if not offline and not hub_reachable(url):
+        cached = huggingface_hub.try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
+        if isinstance(cached, str):
+            return Path(cached)
+        raise _cannot_download(dest, repo_id, filename, url, unreachable)
     level, bars_off = hf_logging.get_verbosity(), hf_utils.are_progress_bars_disabled()
     hf_logging.set_verbosity_error()  # no retry warnings: a failure is the one line below
     if not progress:
@@ -144,8 +176,7 @@ def _fetch(repo_id: str, filename: str, revision: Optional[str], cache_dir, dest
     try:
         return Path(huggingface_hub.hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir))
     except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled):
-        why = ("offline (HF_HUB_OFFLINE=1)" if hf_constants.is_offline_mode() else "huggingface.co cannot be reached")
-        why += " and the file is not in the Hugging Face cache"
+        why = unreachable
     except hf_errors.RepositoryNotFoundError:
         why = f"the repository {repo_id} does not exist or is private"
     except hf_errors.RevisionNotFoundError:
@@ -158,9 +189,13 @@ def _fetch(repo_id: str, filename: str, revision: Optional[str], cache_dir, dest
         hf_logging.set_verbosity(level)
         if not progress and not bars_off:
             hf_utils.enable_progress_bars()
-    raise CheckpointError(dest, f"cannot download {filename} from Hugging Face ({repo_id}): {why}; "
-                                f"download {url} by hand and put it at {dest.absolute()}, then run "
-                                f"`sam-l1dfl weights check {dest}`")
+    raise _cannot_download(dest, repo_id, filename, url, why)
+
+
+def _cannot_download(dest: Path, repo_id: str, filename: str, url: str, why: str) -> CheckpointError:
+    return CheckpointError(dest, f"cannot download {filename} from Hugging Face ({repo_id}): {why}; "
+                                 f"download {url} by hand and put it at {dest.absolute()}, then run "
+                                 f"`sam-l1dfl weights check {dest}`")
 
 
 def download_weights(out_dir: "str | os.PathLike" = WEIGHTS_DIR, *, repo_id: str = WEIGHTS_REPO,
@@ -198,5 +233,5 @@ def download_weights(out_dir: "str | os.PathLike" = WEIGHTS_DIR, *, repo_id: str
     return DownloadResult(dest, _write_record(dest, chk.sha256), chk, downloaded=True, revision=_revision_of(cached))
 
 
-__all__ = ["DownloadResult", "WeightsCheck", "check_recorded_sha256", "check_weights", "download_weights",
-           "record_weights", "sha256_record"]
+__all__ = ["PROBE_TIMEOUT_S", "DownloadResult", "WeightsCheck", "check_recorded_sha256", "check_weights",
+           "download_weights", "hub_reachable", "record_weights", "sha256_record"]

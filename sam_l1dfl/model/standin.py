@@ -9,7 +9,9 @@ way the official SAM-Med3D trains.  It lets the whole path (zero-shot → fine-t
 and be measured offline; it is **not** a model for real images.
 
 Anywhere a checkpoint is accepted, the word ``standin`` names it (:data:`STANDIN_NAME`,
-resolved by :func:`~sam_l1dfl.model.weights.resolve_model_path`).  Every ``config.json`` we write
+:func:`is_standin_name`, resolved by :func:`~sam_l1dfl.model.weights.resolve_model_path`), whatever
+the current directory holds: a folder called ``standin`` is used only when named as a path
+(``./standin``, or a :class:`~pathlib.Path` in Python).  Every ``config.json`` we write
 from it carries ``"weights_origin"`` (:func:`weights_origin`), so reports and model cards can say
 which weights a result came from: ``turbo``, ``standin``, ``random`` or ``other``.
 """
@@ -68,6 +70,12 @@ Pretraining took {seconds:.0f} s on {machine}.
 Files: `model.safetensors` (float32, SHA-256 `{sha}`), `config.json` (architecture and the
 preprocessing: PET, SAM-Med3D's z-score over voxels > 0, 1.5 mm, 128³).
 """
+
+
+def is_standin_name(checkpoint: "str | os.PathLike | None") -> bool:
+    """Whether ``checkpoint`` is the word ``standin`` (a ``str``; a ``Path`` is always a path):
+    the packaged stand-in, even when the current directory holds a ``standin`` folder."""
+    return isinstance(checkpoint, str) and checkpoint == STANDIN_NAME
 
 
 def standin_available() -> bool:
@@ -164,5 +172,5 @@ def install_standin(run_dir: "str | os.PathLike", *, cohort_cases: int, cohort_s
     return Path(dest)
 
 
-__all__ = ["CARD_FILE", "MAX_BYTES", "ORIGIN_WORDS", "STANDIN_DIR", "STANDIN_NAME", "install_standin", "standin_available",
-           "weights_origin"]
+__all__ = ["CARD_FILE", "MAX_BYTES", "ORIGIN_WORDS", "STANDIN_DIR", "STANDIN_NAME", "install_standin", "is_standin_name",
+           "standin_available", "weights_origin"]

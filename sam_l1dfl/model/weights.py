@@ -9,7 +9,8 @@
 * :func:`resolve_model_path`: a run directory -> its ``best/`` (or ``last/``).
 * :func:`infer_config` (architecture from key shapes) and :func:`fit_state_dict` (box
   embeddings, inflated input channels, missing/unexpected/mismatched keys).
-* :func:`save_model_dir`, :func:`read_model_meta`, :func:`official_state_dict`: writing.
+* :func:`save_model_dir`, :func:`read_model_meta`, :func:`official_state_dict`: writing;
+  :func:`save_safetensors` writes the same bytes for the same tensors and metadata.
 
 Pickles are read by :func:`torch_load`, also used to vet training states
 (:mod:`sam_l1dfl.training.runtime`): a file that is not a ``torch.save`` file at all (text, a
@@ -47,7 +48,7 @@ from sam_l1dfl.formats import CONFIG_FILE, DELTA_FORMAT, DIR_FORMAT, META_CONFIG
 from sam_l1dfl.io_utils import atomic_dir, sha256_file, write_json_atomic
 from sam_l1dfl.model.config import SamMed3DConfig
 from sam_l1dfl.model.sam import SamMed3D
-from sam_l1dfl.model.standin import STANDIN_DIR, STANDIN_NAME, standin_available
+from sam_l1dfl.model.standin import STANDIN_DIR, is_standin_name, standin_available
 
 BOX_KEYS = ("prompt_encoder.point_embeddings.2.weight", "prompt_encoder.point_embeddings.3.weight")
 POS_POINT_KEY = "prompt_encoder.point_embeddings.1.weight"
@@ -246,8 +247,9 @@ def resolve_model_path(path: "str | os.PathLike") -> Path:
     """The weights behind ``path``: a ``finetune.py`` run directory (``runs/<name>``, holding
     ``best/`` and/or ``last/``) gives its ``best/`` (``last/`` if there is no ``best/``); a model
     directory or a file is returned as is.  The word ``standin`` names the packaged stand-in
-    (:data:`~sam_l1dfl.model.standin.STANDIN_DIR`)."""
-    if str(path) == STANDIN_NAME and not Path(path).exists():
+    (:data:`~sam_l1dfl.model.standin.STANDIN_DIR`), even when the current directory holds a
+    ``standin`` folder (that one is named ``./standin``; :func:`~sam_l1dfl.model.standin.is_standin_name`)."""
+    if is_standin_name(path):
         if not standin_available():
             raise CheckpointError(STANDIN_DIR, "the stand-in model is not installed; build it with "
                                                "scripts/pretrain_standin.py --install")
@@ -479,6 +481,33 @@ def official_state_dict(model: SamMed3D, drop_boxes: bool = False) -> "OrderedDi
     )
 
 
+def save_safetensors(tensors: dict, path: "str | os.PathLike", metadata: dict) -> None:
+    """``safetensors.torch.save_file`` whose bytes depend only on the tensors and ``metadata``.
+
+    safetensors (0.8) writes ``__metadata__`` in the random order of a Rust ``HashMap``
+    (safetensors issue #584), so two saves of one model differ.  The header is written again with
+    the metadata keys sorted (the tensors' entries keep the writer's deterministic order), padded
+    with spaces to its length, as the format allows.
+    """
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        header["__metadata__"] = dict(sorted((header.get("__metadata__") or {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= n:  # always, for our ASCII metadata: the same JSON in another order
+            f.seek(8)
+            f.write(text + b" " * (n - len(text)))
+            return
+        data = f.read()  # a longer re-encoding: the data moves (its offsets are relative to it)
+        text += b" " * (-len(text) % 8)
+        f.seek(0)
+        f.write(len(text).to_bytes(8, "little") + text + data)
+        f.truncate()
+
+
 def save_model_dir(model: SamMed3D, out_dir: "str | os.PathLike", meta: Optional[dict] = None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` into ``out_dir``
     (:func:`~sam_l1dfl.io_utils.atomic_dir`: a new directory appears whole or not at all).
@@ -487,8 +516,6 @@ def save_model_dir(model: SamMed3D, out_dir: "str | os.PathLike", meta: Optional
     ``prompt_types``, ``loss``, ``training``...); ``format``, ``version`` and ``model`` are set
     here.
     """
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise CheckpointError(out, "exists and is not a directory")
@@ -498,7 +525,7 @@ def save_model_dir(model: SamMed3D, out_dir: "str | os.PathLike", meta: Optional
     doc.update({k: v for k, v in (meta or {}).items() if k not in ("format", "version", "model")})
     doc["model"] = cfg.to_dict()
     with atomic_dir(out) as tmp:
-        save_file(sd, str(tmp / MODEL_FILE), metadata={"format": DIR_FORMAT, META_CONFIG_KEY: json.dumps(cfg.to_dict())})
+        save_safetensors(sd, tmp / MODEL_FILE, {"format": DIR_FORMAT, META_CONFIG_KEY: json.dumps(cfg.to_dict())})
         write_json_atomic(tmp / CONFIG_FILE, doc)
     return out
 

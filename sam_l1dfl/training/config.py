@@ -34,7 +34,7 @@ from typing import Any, Optional
 from sam_l1dfl.data.preprocess import IntensityConfig
 from sam_l1dfl.errors import ConfigError
 from sam_l1dfl.model.config import SamMed3DConfig
-from sam_l1dfl.model.standin import STANDIN_NAME, standin_available
+from sam_l1dfl.model.standin import is_standin_name, standin_available
 from sam_l1dfl.training.runconfig import (DataSplitConfig, LossConfig, RunConfig, TrainConfig, config_from_mapping,
                                           load_yaml, merge, parse_overrides)
 
@@ -56,8 +56,8 @@ class DataConfig(DataSplitConfig):
 class ModelConfig:
     preset: str = "vit_b_ori"
     checkpoint: Optional[str] = None
-    """Official ``.pth``, ``.safetensors`` or a model directory; null = random init (loud warning)."""
-    trust_checkpoint: bool = False
+    """Official ``.pth``, ``.safetensors`` or a model directory; null = random init (loud warning).
+    A checkpoint that needs full unpickling loads only with ``--trust`` (never from the config)."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Extra :class:`SamMed3DConfig` fields (``in_chans`` / ``use_boxes`` are set automatically)."""
 
@@ -163,14 +163,14 @@ class FinetuneConfig(RunConfig):
         except ConfigError as exc:
             raise bad("model.overrides", exc.problem) from None
         ck = self.model.checkpoint
-        if ck is not None and not Path(ck).exists():
-            if str(ck) != STANDIN_NAME:
-                raise bad("model.checkpoint", f"{ck} does not exist")
+        if is_standin_name(ck):  # the packaged stand-in, even beside a ./standin folder
             if not standin_available():
                 raise bad("model.checkpoint", "the stand-in model is not installed (scripts/pretrain_standin.py --install)")
             if self.model.preset != "tiny":
                 raise bad("model.preset", f"the stand-in is the tiny architecture; set model.preset=tiny "
                                           f"(got {self.model.preset})")
+        elif ck is not None and not Path(ck).exists():
+            raise bad("model.checkpoint", f"{ck} does not exist")
         p = self.prompts
         if not (p.points or p.boxes):
             raise bad("prompts", "enable points and/or boxes")

@@ -167,7 +167,7 @@ class FinetuneTrainer(Trainer):
         cfg = self.cfg
         mcfg = cfg.model_config()
         if cfg.model.checkpoint:
-            self.model = load_sam_med3d(cfg.model.checkpoint, cfg=mcfg, trust=cfg.model.trust_checkpoint)
+            self.model = load_sam_med3d(cfg.model.checkpoint, cfg=mcfg, trust=self.trust)
             rep = self.model.load_report
             path = resolve_model_path(cfg.model.checkpoint)
             meta = read_model_meta(path) if path.is_dir() else {}
@@ -318,8 +318,10 @@ def train(cfg: FinetuneConfig, resume: bool = False, accelerator=None, progress:
           trust: bool = False) -> TrainResult:
     """Fine-tune per ``cfg``; returns the run directory and Dice before/after (1, 3, 5 clicks).
 
-    ``trust``: with ``resume``, load a saved state even if its pickles need more than tensors
-    and plain values (:func:`~sam_l1dfl.training.runtime.check_state`); that can run code.
+    ``trust``: load a starting ``model.checkpoint`` that needs full unpickling and, with
+    ``resume``, a saved state whose pickles need more than tensors and plain values
+    (:func:`~sam_l1dfl.training.runtime.check_state`); that can run code.  Only this keyword (the
+    command line's ``--trust``) grants it: a config's ``*trust*`` key is dropped with a warning.
     """
     return FinetuneTrainer(cfg, resume=resume, accelerator=accelerator, progress=progress, trust=trust).run()
 

@@ -20,6 +20,11 @@ A training config is a tree of dataclasses whose root derives from :class:`RunCo
   writes over no input).
 * A problem with a value set by a ``key=value`` override is blamed on the override
   (:func:`blame_override`: ``command line: train.batch_size=0: ...``), not on the YAML file.
+* Trust (unpickling that can run code) is never read from a config: config files travel between
+  people and run directories.  :func:`drop_trust_keys` removes every key named ``*trust*`` (the
+  old ``model.trust_checkpoint`` included) from a file, a mapping or the overrides; one that asks
+  for trust gets one ``warning:`` line naming the key and the file, and the run goes on untrusted.
+  Trust is ``--trust`` on the command line, or ``trust=True`` in the Python API.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import dataclasses
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional, TypeVar
@@ -37,7 +43,7 @@ import yaml
 from sam_l1dfl.errors import ConfigError
 from sam_l1dfl.formats import METRICS_FILE
 from sam_l1dfl.io_utils import check_output_path, refuse_inside, refuse_overwrite
-from sam_l1dfl.losses import normalize_loss_name
+from sam_l1dfl.lossnames import normalize_loss_name
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -268,9 +274,43 @@ def from_mapping(cls: "type[C]", data: Any, source: "str | None" = None, prefix:
         raise ConfigError(source, f"{prefix or 'config'}: {exc.problem}") from None
 
 
+def _split_trust(data: Any, prefix: str = "") -> "tuple[Any, list[tuple[str, Any]]]":
+    """``(data without its *trust* keys, [(dotted key, value), ...] of those keys)``, at any depth."""
+    if not isinstance(data, dict):
+        return data, []
+    out, found = {}, []
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if "trust" in str(k).lower():
+            found.append((key, v))
+        else:
+            out[k], inner = _split_trust(v, key)
+            found += inner
+    return out, found
+
+
+def drop_trust_keys(data: Any, source: "str | None") -> Any:
+    """``data`` without its ``*trust*`` keys (at any depth); one ``warning:`` line when one asks for trust.
+
+    Trust comes only from ``--trust`` (or ``trust=True`` in the Python API), never from a config:
+    ``model.trust_checkpoint: true`` in a shared ``config.yaml`` must not let a checkpoint run code.
+    A key set to false or null asks for nothing and goes silently (older saved configs hold
+    ``trust_checkpoint: false``).
+    """
+    clean, found = _split_trust(data)
+    asked = [k for k, v in found if v not in (False, None)]
+    if asked:
+        where = f"{source}: " if source is not None else ""
+        warnings.warn(f"{where}{', '.join(asked)} ignored: trust is never read from a config; "
+                      "the run goes on untrusted (pass --trust on the command line for files you trust)",
+                      UserWarning, stacklevel=3)
+    return clean if found else data
+
+
 def config_from_mapping(cls: "type[C]", data: Any, source: "str | None" = None, validate: bool = True) -> C:
-    """A root config (a :class:`RunConfig`) from a mapping, remembering ``source``; validated."""
-    cfg = from_mapping(cls, data, source)
+    """A root config (a :class:`RunConfig`) from a mapping, remembering ``source``; validated.
+    Keys that ask for trust are dropped with a warning (:func:`drop_trust_keys`)."""
+    cfg = from_mapping(cls, drop_trust_keys(data, source), source)
     cfg.source = source
     return cfg.validate() if validate else cfg
 
@@ -351,7 +391,8 @@ def load_yaml(cls: "type[C]", path: "str | os.PathLike | None", overrides: "list
     train.batch_size=0: must be >= 1, got 0``), not the file.
     """
     data = read_yaml_mapping(path) if path is not None else {}
-    data = merge(data, parse_overrides(overrides))
+    data = drop_trust_keys(data, None if path is None else os.fspath(path))
+    data = merge(data, drop_trust_keys(parse_overrides(overrides), "command line"))
     try:
         return config_from_mapping(cls, data, None if path is None else os.fspath(path))
     except ConfigError as exc:
@@ -359,4 +400,5 @@ def load_yaml(cls: "type[C]", path: "str | os.PathLike | None", overrides: "list
 
 
 __all__ = ["DataSplitConfig", "LossConfig", "MIXED_PRECISION", "RunConfig", "TrainConfig", "blame_override",
-           "config_from_mapping", "from_mapping", "load_yaml", "merge", "parse_overrides", "read_yaml_mapping"]
+           "config_from_mapping", "drop_trust_keys", "from_mapping", "load_yaml", "merge", "parse_overrides",
+           "read_yaml_mapping"]
