@@ -275,3 +275,37 @@ def test_cuda_matches_cpu_and_training_click_never_syncs():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.equal(out[0].cpu(), ref[0]) and torch.equal(out[1].cpu(), ref[1])
+
+
+def test_training_clicks_equal_the_random_click_and_the_counts_are_exact():
+    """TrainingClicks (the step's clicks, region never materialised) = next_click(random, any), bit
+    for bit, on random masks with perfect, empty-truth and all-wrong samples; IoU and Dice from its
+    counts = the direct ones."""
+    from sam_l1dfl.metrics.volume import dice_batch
+    from sam_l1dfl.prompts.clicks import TrainingClicks
+
+    g = torch.Generator().manual_seed(5)
+    for trial in range(6):
+        gt = torch.rand(5, 1, 7, 9, 11, generator=g) < 0.15 * (trial % 3)  # trial 0, 3: empty truth
+        pred = torch.rand(5, 1, 7, 9, 11, generator=g) < 0.1
+        pred[1] = gt[1]  # perfect
+        pred[2] = ~gt[2]  # everything wrong
+        gt[3] = False
+        pred[3] = False  # perfect and empty: the click goes to the background
+        u = torch.rand(5, generator=g, dtype=torch.float64)
+        u[0] = 0.0
+        u[4] = 1.0 - 1e-12
+        tc = TrainingClicks(gt)
+        counts = tc.errors(pred)
+        got = tc.click(counts, u)
+        ref = next_click(pred, gt, mode="random", component="any", u=u)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), trial
+        inter = (pred & gt).flatten(1).sum(1).float()
+        union = (pred | gt).flatten(1).sum(1).float()
+        iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+        assert torch.equal(tc.iou(counts), iou)
+        assert torch.equal(tc.dice(counts), dice_batch(pred, gt))
+    empty = tc.empty_prediction()
+    assert torch.equal(tc.click(empty, u)[0], next_click(torch.zeros_like(gt), gt, mode="random", component="any", u=u)[0])
+    with pytest.raises(ValueError, match="bool"):
+        TrainingClicks(gt.float())
