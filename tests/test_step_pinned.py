@@ -84,26 +84,42 @@ def run_steps(loss_name: str, overrides: list[str], steps: int = STEPS, size: in
     rec: dict = {"seg": [], "iou": [], "clicks": [], "min_abs_logit": float("inf")}
     queue = list(replay or [])
 
-    def clicks_fn(pred, gt, u):
+    def next_click(sample):  # the recorded click (replay) or the sampled one (record)
         if replay is not None:
             pts, lab = queue.pop(0)
             p, l = torch.tensor(pts, dtype=torch.float32), torch.tensor(lab, dtype=torch.int64)
         else:
-            p, l = real_sample_clicks(pred, gt, u)
+            p, l = sample()
         rec["clicks"].append([p.tolist(), l.tolist()])
         return p, l
 
-    real_sample_clicks = clickloop.sample_clicks
-    real_interpolate = clickloop.F.interpolate
+    # where the loop takes its clicks: TrainingClicks.click (since the step was made fast), or
+    # sample_clicks (when the values were recorded)
+    if hasattr(clickloop, "TrainingClicks"):
+        click_owner, click_name = clickloop.TrainingClicks, "click"
+        real_click = clickloop.TrainingClicks.click
 
-    def interpolate(*a, **k):  # how close a logit that decides the next click came to 0
-        z = real_interpolate(*a, **k)
+        def clicks_fn(self, counts, u):
+            return next_click(lambda: real_click(self, counts, u))
+    else:  # pragma: no cover - the code the values were recorded from
+        click_owner, click_name = clickloop, "sample_clicks"
+        real_click = clickloop.sample_clicks
+
+        def clicks_fn(pred, gt, u):
+            return next_click(lambda: real_click(pred, gt, u))
+
+    # the upsampling (F.interpolate when the values were recorded, upsample_logits since)
+    up_owner, up_name = (clickloop, "upsample_logits") if hasattr(clickloop, "upsample_logits") else (clickloop.F, "interpolate")
+    real_upsample = getattr(up_owner, up_name)
+
+    def upsample(*a, **k):  # how close a logit that decides the next click came to 0
+        z = real_upsample(*a, **k)
         rec["min_abs_logit"] = min(rec["min_abs_logit"], float(z.detach().abs().min()))
         return z
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(clickloop, "sample_clicks", clicks_fn)
-        mp.setattr(clickloop.F, "interpolate", interpolate)
+        mp.setattr(click_owner, click_name, clicks_fn)
+        mp.setattr(up_owner, up_name, upsample)
         for step in range(steps):
             mo = mask_only_iterations("official", clicks, 0, 0, step)
             u = click_uniforms(0, 0, [2 * step, 2 * step + 1], clicks)
