@@ -75,8 +75,9 @@ from torch.profiler import record_function
 
 from sam_l1dfl.errors import ConfigError
 
-__all__ = ["L1DFLoss", "L1Histogram", "l1_bin_layout", "l1_histogram", "l1_voxel_weights", "loss_arguments",
-           "make_loss", "make_training_loss", "normalize_loss_name", "training_loss_params", "LOSS_NAMES"]
+__all__ = ["HISTOGRAM_SCOPES", "L1DFLoss", "L1Histogram", "LOSS_NAMES", "WEIGHT_REGIONS", "dilate", "l1_bin_layout",
+           "l1_histogram", "l1_voxel_weights", "l1_weight_shares", "loss_arguments", "make_loss", "make_training_loss",
+           "normalize_loss_name", "training_loss_params", "weight_regions"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,6 +274,68 @@ def l1_voxel_weights(
     _, key, flat = _histogram_keys(prob, target, eps, sync_histogram, histogram_scope, roi)
     dtype = prob.dtype if prob.is_floating_point() else torch.float32
     return _gather(flat, key, dtype)
+
+
+WEIGHT_REGIONS = ("interior", "boundary", "background")
+
+
+def weight_regions(target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The three voxel classes of :func:`l1_weight_shares`, bool, ``target``'s shape (per sample and
+    channel, 26-neighbourhood, the crop border counts as outside the target):
+
+    * ``interior``: target voxels whose whole 3x3x3 neighbourhood is target (the target eroded by
+      one voxel);
+    * ``boundary``: the rest of the target and the background voxels touching it (the target
+      dilated by one voxel minus its interior: a band two voxels thick across the surface);
+    * ``background``: everything else (the target dilated by one voxel, complemented).
+    """
+    y = target.detach() > 0.5 if target.is_floating_point() else target.detach() > 0
+    spatial = y.dim() - 2
+    outside = torch.nn.functional.pad((~y).to(torch.float32), [1, 1] * spatial, value=1.0)
+    interior = ~dilate(outside, 1)[(slice(None), slice(None)) + (slice(1, -1),) * spatial]
+    near = dilate(y, 1)
+    return {"interior": interior, "boundary": near & ~interior, "background": ~near}
+
+
+def l1_weight_shares(
+    prob: torch.Tensor, target: torch.Tensor, eps: float = 0.05, *, histogram_scope: str = "batch",
+    roi_dilation: int = 8, weight_dice: bool = True, smooth_nr: float = 1e-8, smooth_dr: float = 1e-8,
+    regions: "dict[str, torch.Tensor] | None" = None,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Where L1DFL puts its weight: the mechanism of ``docs/l1dfl.md`` ("Variants"), measured.
+
+    ``prob``: probabilities ``(B, C, *spatial)`` (sigmoid convention: every channel a binary
+    problem); ``target``: binary, same shape; the other arguments as in :class:`L1DFLoss`.
+    Returns, as 0-d float64 tensors (no host sync), per voxel class of :func:`weight_regions`
+    (``interior``, ``boundary``, ``background``):
+
+    * ``"beta"``: the share of the total weight ``sum(beta)`` that falls on the class;
+    * ``"dice_grad"``: the share of the weighted Dice's gradient magnitude ``sum |dD/dp|``, with
+      ``dD_bc/dp = beta (2 y den - 2 p num) / den^2`` (``num = 2 sum beta p y + smooth_nr``,
+      ``den = sum beta (p^2 + y^2) + smooth_dr``; ``beta = 1`` when ``weight_dice=False``);
+    * ``"voxels"``: the class's share of the voxels.
+
+    ``regions`` (optional): :func:`weight_regions` of ``target``, when already computed.
+    """
+    _check_same_shape(prob, target)
+    with torch.no_grad():
+        p = prob.detach().to(torch.float64)
+        y = target.detach().to(torch.float64)
+        beta = l1_voxel_weights(p, y, eps, histogram_scope=histogram_scope, roi_dilation=roi_dilation)
+        w = beta if weight_dice else torch.ones_like(beta)
+        b, c = p.shape[:2]
+        axes = tuple(range(2, p.dim()))
+        num = (2.0 * w * p * y).sum(axes) + smooth_nr
+        den = (w * (p * p + y * y)).sum(axes) + smooth_dr
+        shape = (b, c) + (1,) * len(axes)
+        grad = (w * (2.0 * y * den.view(shape) - 2.0 * p * num.view(shape)) / den.view(shape) ** 2).abs_()
+        regions = regions if regions is not None else weight_regions(target)
+        out: dict[str, dict[str, torch.Tensor]] = {"beta": {}, "dice_grad": {}, "voxels": {}}
+        for name, what in (("beta", beta), ("dice_grad", grad), ("voxels", torch.ones_like(p))):
+            total = what.sum().clamp_min(1e-300)
+            for r in WEIGHT_REGIONS:
+                out[name][r] = (what * regions[r]).sum() / total
+    return out
 
 
 def _check_same_shape(prob: torch.Tensor, target: torch.Tensor) -> None:
@@ -687,6 +750,26 @@ class L1DFLoss(_Loss):
                 return self.lambda_dice * dice.mean() + self.lambda_focal * (fsum.sum() / (b * c * per_row))
             return self.lambda_dice * dice.sum() + self.lambda_focal * (fsum / per_row).sum()
 
+    def weight_shares(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        """:func:`l1_weight_shares` of logits ``input`` with this loss's bins, scope and Dice
+        weighting (the channels that enter the loss; softmax mode: one-hot ``target``).  The
+        voxel classes are computed once per target tensor."""
+        with torch.no_grad():
+            x = input.detach().float()
+            if self.to_onehot_y and x.shape[1] > 1:
+                target = one_hot(target, num_classes=x.shape[1])
+            prob = torch.sigmoid(x) if self.sigmoid else torch.softmax(x, 1)
+            t = target.detach().to(prob.dtype)
+            if not self.include_background and x.shape[1] > 1:
+                prob, t = prob[:, 1:], t[:, 1:]
+            ctx = self._target_ctx.get(target)
+            if ("regions", t.shape) not in ctx:
+                ctx[("regions", t.shape)] = weight_regions(t)
+            return l1_weight_shares(prob, t, self.eps, histogram_scope=self.histogram_scope,
+                                    roi_dilation=self.roi_dilation, weight_dice=self.weight_dice,
+                                    smooth_nr=self.smooth_nr, smooth_dr=self.smooth_dr,
+                                    regions=ctx[("regions", t.shape)])
+
     def extra_repr(self) -> str:
         mode = "sigmoid" if self.sigmoid else "softmax"
         return (
@@ -775,9 +858,23 @@ def make_loss(name: str, mode: str = "sigmoid", **kwargs: Any) -> torch.nn.Modul
 
     ``**kwargs``: any ``__init__`` argument of the selected class (they override the mode's
     defaults), e.g. for ``l1dfl``: ``include_background, to_onehot_y, sigmoid, softmax, gamma,
-    alpha, lambda_dice, lambda_focal, smooth_nr, smooth_dr, batch, reduction, eps, weight_focal,
-    sync_histogram, validate``.  Unknown names, an unknown loss or mode, and invalid values raise
-    :class:`sam_l1dfl.errors.ConfigError` (a ``ValueError``) naming them.
+    alpha, lambda_dice, lambda_focal, smooth_nr, smooth_dr, batch, reduction, eps,
+    histogram_scope, roi_dilation, weight_dice, weight_focal, sync_histogram, validate``.  Unknown
+    names, an unknown loss or mode, and invalid values raise :class:`sam_l1dfl.errors.ConfigError`
+    (a ``ValueError``) naming them.
+
+    L1DFL's variants (``docs/l1dfl.md``, "Variants"; the defaults are the authors' formula):
+
+    * ``eps``: the bin width (0.05; e.g. 0.1, 0.2);
+    * ``histogram_scope``: ``"batch"`` (one histogram per batch, the authors'), ``"sample"`` (one
+      per sample), ``"roi"`` (one per sample, inside the target dilated by ``roi_dilation``
+      voxels (8) united with the predicted foreground; beta 0 outside);
+    * where beta applies: ``weight_dice`` (True) and ``weight_focal`` (False): Dice only (the
+      authors'), ``weight_dice=False, weight_focal=True`` focal only, both, or neither (the
+      plain squared Dice Focal loss).
+
+    In a fine-tuning config they go under ``loss.params``; a DiceFocal warm start is
+    ``loss.warmup_steps`` / ``loss.warmup_name`` (:mod:`sam_l1dfl.training.config`).
     """
     key = normalize_loss_name(name)
     args = loss_arguments(key, mode, **kwargs)
