@@ -376,48 +376,55 @@ class _WeightedDiceSums(torch.autograd.Function):
         return grad, None, None
 
 
+def _sigmoid_terms(z, p, g, y, ysign, alpha_t, beta, fw, gamma: float):
+    """The sums of :class:`_SigmoidL1DFSums` and the three per-voxel gradient coefficients, for
+    ``(R, V)`` rows (pure tensor code: ``train.compile`` hands it to ``torch.compile``)."""
+    # Few fresh tensors, the rest in place: on a CPU every new 16 MB tensor costs page faults.
+    q = torch.sub(1.0, p).mul_(p)  # dp/dz = p (1 - p), as torch's sigmoid backward computes it
+    by = y * beta if beta is not None else y
+    bp = p * beta if beta is not None else p.clone()
+    inter, bpp, byy = _rowdots(by, p), _rowdots(bp, p), _rowdots(by, y)
+    u1 = by.mul_(q) if beta is not None else y * q  # d inter / dz
+    u2 = bp.mul_(q).mul_(2.0)  # d bpp / dz
+    del q
+    # focal: bce = -log p_t = softplus(w) with w = z (1 - 2y) (the logit of the wrong class):
+    # relu(w) + log(1 + exp(-|w|)), stable for any z; exp2 and log are vectorised on a CPU
+    w = z * ysign
+    bce = w.abs().mul_(-1.4426950408889634).exp2_().add_(1.0).log_()
+    bce += w.relu_()
+    del w
+    gpow = g.pow(gamma) if gamma != 2.0 else g.square()  # g = 1 - p_t
+    fv = bce.mul_(gpow)  # g^gamma bce: the focal value of a voxel
+    if alpha_t is not None:
+        fv.mul_(alpha_t)
+        gpow.mul_(alpha_t)
+    if fw is not None:
+        fv.mul_(fw)
+        gpow.mul_(fw)
+    fsum = fv.sum(1)
+    # d focal / dz = (1 - 2y) (gamma (1 - g) fv + g^(gamma+1) alpha_t fw), fv first so that a
+    # 0 * huge product never meets inf
+    u3 = torch.sub(1.0, g).mul_(fv).mul_(gamma).addcmul_(gpow, g).mul_(ysign)
+    return inter, bpp, byy, fsum, u1, u2, u3
+
+
 class _SigmoidL1DFSums(torch.autograd.Function):
     """The sigmoid-mode loss in one pass: per row ``(R, V)`` of logits ``z``, the weighted Dice sums
     ``sum(beta p y)``, ``sum(beta p^2)``, ``sum(beta y^2)`` and the focal sum, with ``p = sigmoid(z)``.
 
     The inputs ``p`` (``torch.sigmoid(z)``, computed by the caller for the histogram), ``g = |p - y|``,
-    ``y``, the Dice weights and the focal weights are constants.  The focal term is MONAI's
-    ``sigmoid_focal_loss`` written with ``g = 1 - p_t``: ``alpha_t g^gamma softplus(-s)`` with
+    ``y``, ``1 - 2y``, the Dice weights and the focal weights are constants.  The focal term is
+    MONAI's ``sigmoid_focal_loss`` written with ``g = 1 - p_t``: ``alpha_t g^gamma softplus(-s)`` with
     ``s = z (2y - 1)``, whose derivative is ``alpha_t (1 - 2y) g^gamma (gamma (1 - g) bce + g)``;
     the Dice terms' derivative goes through ``dp/dz = p (1 - p)``.  Forward saves the three
     per-voxel coefficients of the gradient, so backward is one short pass (and no
-    ``log``/``exp`` is taken twice, as autograd through ``logsigmoid`` would).
+    ``log``/``exp`` is taken twice, as autograd through ``logsigmoid`` would).  ``kernel``: the
+    function computing them (:func:`_sigmoid_terms`, or its compiled twin).
     """
 
     @staticmethod
-    def forward(ctx, z, p, g, y, ysign, alpha_t, beta, fw, gamma: float):  # type: ignore[override]
-        # Few fresh tensors, the rest in place: on a CPU every new 16 MB tensor costs page faults.
-        q = torch.sub(1.0, p).mul_(p)  # dp/dz = p (1 - p), as torch's sigmoid backward computes it
-        by = y * beta if beta is not None else y
-        bp = p * beta if beta is not None else p.clone()
-        inter, bpp, byy = _rowdots(by, p), _rowdots(bp, p), _rowdots(by, y)
-        u1 = by.mul_(q) if beta is not None else y * q  # d inter / dz
-        u2 = bp.mul_(q).mul_(2.0)  # d bpp / dz
-        del q
-        # focal: bce = -log p_t = softplus(w) with w = z (1 - 2y) (the logit of the wrong class):
-        # relu(w) + log(1 + exp(-|w|)), stable for any z; exp2 and log are vectorised on a CPU
-        w = z * ysign
-        bce = w.abs().mul_(-1.4426950408889634).exp2_().add_(1.0).log_()
-        bce += w.relu_()
-        del w
-        gpow = g.pow(gamma) if gamma != 2.0 else g.square()  # g = 1 - p_t
-        fv = bce.mul_(gpow)  # g^gamma bce: the focal value of a voxel
-        if alpha_t is not None:
-            fv.mul_(alpha_t)
-            gpow.mul_(alpha_t)
-        if fw is not None:
-            fv.mul_(fw)
-            gpow.mul_(fw)
-        fsum = fv.sum(1)
-        # d focal / dz = (1 - 2y) (gamma (1 - g) fv + g^(gamma+1) alpha_t fw), fv first so that a
-        # 0 * huge product never meets inf
-        u3 = torch.sub(1.0, g).mul_(fv).mul_(gamma).addcmul_(gpow, g).mul_(ysign)
-        del fv, gpow
+    def forward(ctx, z, p, g, y, ysign, alpha_t, beta, fw, gamma: float, kernel):  # type: ignore[override]
+        inter, bpp, byy, fsum, u1, u2, u3 = kernel(z, p, g, y, ysign, alpha_t, beta, fw, gamma)
         ctx.save_for_backward(u1, u2, u3)
         ctx.mark_non_differentiable(byy)
         return inter, bpp, byy, fsum
@@ -428,7 +435,26 @@ class _SigmoidL1DFSums(torch.autograd.Function):
         grad = u1 * g_inter.unsqueeze(1)
         grad.addcmul_(u2, g_bpp.unsqueeze(1))
         grad.addcmul_(u3, g_f.unsqueeze(1))
-        return grad, None, None, None, None, None, None, None, None
+        return (grad,) + (None,) * 9
+
+
+class _Kernel:
+    """``torch.compile`` of a pure tensor function, falling back to the eager one (with a warning)
+    when compiling or running it fails (no C++ compiler, no Triton, an unsupported op)."""
+
+    def __init__(self, fn, backend: str = "inductor"):
+        self.eager, self.backend, self.failed = fn, backend, None
+        self.compiled = torch.compile(fn, backend=backend, dynamic=False)
+
+    def __call__(self, *args):
+        if self.failed is None:
+            try:
+                return self.compiled(*args)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly
+                self.failed = (f"{type(exc).__name__}: {exc}".strip().splitlines() or ["?"])[0][:300]
+                warnings.warn(f"train.compile: torch.compile ({self.backend}) of the L1DFL kernel failed "
+                              f"({self.failed}); it runs eagerly", stacklevel=2)
+        return self.eager(*args)
 
 
 class _TargetContext:
@@ -567,6 +593,20 @@ class L1DFLoss(_Loss):
         self.sync_histogram = bool(sync_histogram)
         self.validate = bool(validate)
         self._target_ctx = _TargetContext()
+        self._kernel = _sigmoid_terms
+
+    def compile_kernels(self, backend: str = "inductor") -> "L1DFLoss":
+        """``train.compile``: run the sigmoid path's per-voxel arithmetic (the Dice and focal sums
+        and their gradient coefficients, ~25 element-wise passes) through ``torch.compile``, which
+        fuses it into a few loops (CPU: C++ via Inductor; GPU: Triton).  Falls back to eager, with
+        a warning, if compiling fails.  Returns ``self``."""
+        self._kernel = _Kernel(_sigmoid_terms, backend)
+        return self
+
+    @property
+    def compile_failed(self) -> "str | None":
+        """Why ``compile_kernels`` fell back to eager (None: compiled, or not asked)."""
+        return getattr(self._kernel, "failed", None)
 
     # -- input checks ---------------------------------------------------------------------------
     def _check_shapes(self, input: torch.Tensor, target: torch.Tensor) -> None:
@@ -743,7 +783,7 @@ class L1DFLoss(_Loss):
             inter, bpp, byy, fsum = _SigmoidL1DFSums.apply(
                 input.reshape(rows), p.reshape(rows), g.reshape(rows), y.reshape(rows), ysign, alpha_t,
                 beta.reshape(rows) if (beta is not None and self.weight_dice) else None,
-                None if fw is None else fw.reshape(rows), self.gamma)
+                None if fw is None else fw.reshape(rows), self.gamma, self._kernel)
             dice = self._dice(inter, bpp + byy, b, c)
             per_row = input[0, 0].numel()
             if self.reduction == LossReduction.MEAN.value:

@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true", help="per-part profile of one more step per loss")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "no"], help="auto: bf16 on CUDA, fp32 on CPU")
-    ap.add_argument("--compile", action="store_true", help="train.compile: torch.compile the loss terms")
+    ap.add_argument("--compile", action="store_true", help="train.compile: torch.compile L1DFL's per-voxel kernel")
     ap.add_argument("--json", type=Path, help="write the results here")
     a = ap.parse_args(argv)
 
@@ -226,10 +226,9 @@ def main(argv=None) -> int:
         if not a.no_encoder and name == losses[0]:
             loops[(name, "encoder")] = ClickLoop(model, cfg.prompts, loss_fn, with_encoder=True).to(dev)
     if a.compile:
-        from sam_l1dfl.training.clickloop import compile_loss
-
         for lp in loops.values():
-            compile_loss(lp)
+            if hasattr(lp.loss_fn, "compile_kernels"):
+                lp.loss_fn.compile_kernels()
 
     counter = [0]
 

@@ -152,12 +152,15 @@ class ClickLoop(nn.Module):
 
     ``forward(label, u, embeddings=None, images=None, mask_only=())`` returns a dict with
     ``loss`` (scalar, what backward uses), ``seg_per_iter`` (n,), ``iou_mse`` and ``dice_last``
-    (detached, for logging).
+    (detached, for logging).  ``weight_shares`` (e.g. :meth:`sam_l1dfl.losses.L1DFLoss.weight_shares`)
+    adds ``beta_<region>`` and ``dgrad_<region>`` (region: interior, boundary, background), the
+    mean over the clicks of L1DFL's weight and Dice-gradient shares (``train.log_weight_shares``).
     """
 
     def __init__(self, model: nn.Module, prompts, loss_fn: nn.Module, iou_head: str = "mse",
-                 iou_loss_weight: float = 1.0, with_encoder: bool = False):
+                 iou_loss_weight: float = 1.0, with_encoder: bool = False, weight_shares=None):
         super().__init__()
+        self.weight_shares = weight_shares  # (logits, target) -> l1_weight_shares' dict, or None
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
         self.image_encoder = model.image_encoder if with_encoder else None
@@ -214,6 +217,7 @@ class ClickLoop(nn.Module):
         pts_all = labs_all = None
         mask_only = set(int(i) for i in mask_only)
         seg_terms, iou_terms = [], []
+        shares: dict[str, torch.Tensor] = {}
         for it in range(self.n_clicks):
             points = labels = None
             it_boxes = None
@@ -233,6 +237,13 @@ class ClickLoop(nn.Module):
                 logits = upsample_logits(low_res, size)
             with record_function("clickloop.loss"):
                 seg_terms.append(loss_fn(logits, gtf))
+            if self.weight_shares is not None:
+                with record_function("clickloop.shares"), torch.no_grad():
+                    sh = self.weight_shares(logits.detach(), gtf)
+                    for kind, short in (("beta", "beta"), ("dice_grad", "dgrad")):
+                        for region, v in sh[kind].items():
+                            k = f"{short}_{region}"
+                            shares[k] = v if k not in shares else shares[k] + v
             with record_function("clickloop.clicks"):
                 errors = clicks.errors((logits > 0).detach())  # the next click's region, this IoU
             if self.supervise_iou:
@@ -248,6 +259,7 @@ class ClickLoop(nn.Module):
             out["iou_mse"] = iou.detach() / len(iou_terms)
         out["loss"] = loss
         out["dice_last"] = clicks.dice(errors).mean().detach()
+        out.update({k: (v / self.n_clicks).float() for k, v in shares.items()})
         return out
 
     # -------------------------------------------------------------- validation
