@@ -451,7 +451,7 @@ class _Kernel:
             try:
                 return self.compiled(*args)
             except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly
-                self.failed = (f"{type(exc).__name__}: {exc}".strip().splitlines() or ["?"])[0][:300]
+                self.failed = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
                 warnings.warn(f"train.compile: torch.compile ({self.backend}) of the L1DFL kernel failed "
                               f"({self.failed}); it runs eagerly", stacklevel=2)
         return self.eager(*args)

@@ -226,3 +226,19 @@ def test_dilate_is_a_cube_and_keeps_the_border_as_background():
     m2[0, 0, 0, 0] = 1
     assert dilate(m2, 1).sum() == 4  # 2-D, clipped at the border
     assert torch.equal(dilate(m, 0), m)
+
+
+def test_compiled_kernel_matches_and_a_failing_compiler_falls_back_to_eager():
+    z, y = case(9)
+    ref = L1DFLoss(sigmoid=True)(z, y)
+    traced = L1DFLoss(sigmoid=True).compile_kernels(backend="eager")  # dynamo tracing, no code generation
+    assert traced(z, y).item() == pytest.approx(ref.item(), rel=1e-12) and traced.compile_failed is None
+
+    def broken(gm, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    loss = L1DFLoss(sigmoid=True).compile_kernels(backend=broken)
+    with pytest.warns(UserWarning, match="runs eagerly"):
+        out = loss(z, y)
+    assert out.item() == pytest.approx(ref.item(), rel=1e-12) and "no C++ compiler" in loss.compile_failed
+    assert loss(z, y).item() == pytest.approx(ref.item(), rel=1e-12)  # and stays eager, silently
