@@ -203,8 +203,7 @@ def _histogram_keys(
     voxel is ``table[key]``.  Scopes ``sample``/``roi`` offset each sample's bins by
     ``b*(K+1)`` (one bincount for all histograms); voxels outside ``roi`` get the last key, whose
     weight is 0.  ``g`` (optional): ``|prob - target|`` already computed (it is not modified)."""
-    eps = _check_eps(eps)
-    centres, left, widths = l1_bin_layout(eps)
+    centres, left, widths = _layout_on(eps, prob.device)
     nb = len(centres)
     with torch.no_grad():
         if g is None:
@@ -221,14 +220,26 @@ def _histogram_keys(
         if scope == "batch":
             counts = _maybe_all_reduce(counts, sync_histogram)  # per-sample histograms need no sync
         n = counts.sum(1)
-        widths = widths.to(counts.device)
         table = torch.where(counts > 0, n.to(torch.float64)[:, None] * widths / counts.to(torch.float64).clamp(min=1.0),
                             torch.zeros_like(widths))
         flat = torch.cat([table.reshape(-1), table.new_zeros(1)])
     if scope == "batch":
         counts, table, n = counts[0], table[0], n[0]
-    hist = L1Histogram(counts, left.to(counts.device), widths, centres.to(counts.device), table, n)
+    hist = L1Histogram(counts, left, widths, centres, table, n)
     return hist, key, flat
+
+
+_LAYOUTS: dict = {}
+
+
+def _layout_on(eps: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`l1_bin_layout` on ``device``, kept: a host-to-device copy per call would make a GPU
+    wait (and CUDA's sync debug mode flag it)."""
+    eps = _check_eps(eps)
+    key = (eps, str(device))
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = tuple(t.to(device) for t in l1_bin_layout(eps))
+    return _LAYOUTS[key]
 
 
 def _beta_mean(hist: L1Histogram) -> torch.Tensor:
