@@ -125,21 +125,29 @@ def _bin_index(g: torch.Tensor, eps: float, k_last: int, inplace: bool = True) -
 _PARTITIONS = 512  # CUDA: counts are privatised over this many slots, so atomics rarely collide
 
 
-def _count(keys: torch.Tensor, nbins: int) -> torch.Tensor:
-    """int64 counts of the int32 ``keys`` in ``[0, nbins)``: a bincount, host-sync free on CUDA."""
+def _count(keys: torch.Tensor, nbins: int, privatised: "bool | None" = None) -> torch.Tensor:
+    """int64 counts of the int32 ``keys`` in ``[0, nbins)``: a bincount, host-sync free on CUDA
+    (``privatised``: the CUDA way, the default there; the tests run it on a CPU too)."""
     flat = keys.reshape(-1)
-    if flat.is_cuda:
+    if flat.is_cuda if privatised is None else privatised:
         # bincount syncs with the host on CUDA (it reads the max); a scatter_add onto 21 slots
         # serialises millions of atomics on one address.  Element i adds to slot
         # (i mod P) * nbins + key: neighbouring threads hit different addresses.  Integer adds:
         # the result is exact and deterministic.
         n = flat.numel()
-        part = torch.arange(n, device=flat.device, dtype=torch.int64).remainder_(_PARTITIONS).mul_(nbins)
-        part += flat
+        key = (n, nbins, str(flat.device))
+        if _PARTITION_OFFSETS.get("key") != key:  # the same shape at every click: made once
+            _PARTITION_OFFSETS.clear()
+            _PARTITION_OFFSETS["key"] = key
+            _PARTITION_OFFSETS["offsets"] = torch.arange(n, device=flat.device).remainder_(_PARTITIONS).mul_(nbins)
+        slots = _PARTITION_OFFSETS["offsets"] + flat
         out = torch.zeros(_PARTITIONS * nbins, dtype=torch.int64, device=flat.device)
-        out.scatter_add_(0, part, torch.ones(1, dtype=torch.int64, device=flat.device).expand(n))
+        out.scatter_add_(0, slots, torch.ones(1, dtype=torch.int64, device=flat.device).expand(n))
         return out.view(_PARTITIONS, nbins).sum(0)
     return torch.bincount(flat, minlength=nbins)
+
+
+_PARTITION_OFFSETS: dict = {}
 
 
 def _maybe_all_reduce(counts: torch.Tensor, sync: bool) -> torch.Tensor:

@@ -84,7 +84,8 @@ def part_table(events, cuda: bool = False) -> dict:
 
     for e in events:
         if e.name in SYNC_OPS:
-            syncs[e.name] += 1
+            where = "optimizer" if _label_of(e, {"step.optimizer"}) else "forward/backward"
+            syncs[f"{e.name} ({where})"] += 1
         if e.name in labels:
             nested = [c for c in _descendant_labels(e, labels)]
             own = e.cpu_time_total / 1e3 - sum(c.cpu_time_total for c in nested) / 1e3
@@ -161,7 +162,10 @@ def format_profile(tables: dict, cuda: bool) -> str:
     lines.append("| **step (profiled)** | " + " | ".join(cells) + " |")
     syncs = "; ".join(f"{n}: " + (", ".join(f"{k} x{v}" for k, v in sorted(tables[n]["syncs"].items())) or "none")
                       for n in names)
-    lines.append(f"\nhost syncs in the step — {syncs}")
+    lines.append(f"\nhost reads/syncs in the step — {syncs}")
+    if not cuda:
+        lines.append("(on a CPU nothing waits for a device: these are the reads that would make a GPU wait if "
+                     "their tensor lived there; AdamW's step counters live on the host)")
     return "\n".join(lines)
 
 

@@ -242,3 +242,15 @@ def test_compiled_kernel_matches_and_a_failing_compiler_falls_back_to_eager():
         out = loss(z, y)
     assert out.item() == pytest.approx(ref.item(), rel=1e-12) and "no C++ compiler" in loss.compile_failed
     assert loss(z, y).item() == pytest.approx(ref.item(), rel=1e-12)  # and stays eager, silently
+
+
+def test_the_privatised_count_of_cuda_equals_bincount():
+    from sam_l1dfl.losses import _count
+
+    g = torch.Generator().manual_seed(3)
+    for n, nbins in ((1, 5), (1000, 21), (5000, 43)):
+        keys = torch.randint(0, nbins, (n,), generator=g, dtype=torch.int32)
+        keys[: n // 2] = 0  # a crowded bin, as the easy background makes
+        ref = torch.bincount(keys, minlength=nbins)
+        assert torch.equal(_count(keys, nbins, privatised=True), ref)
+        assert torch.equal(_count(keys.view(-1, 1) if n > 1 else keys, nbins, privatised=True), ref)
