@@ -488,6 +488,12 @@ class _TargetContext:
             self.ref, self.version, self.data = weakref.ref(target), target._version, {}
         return self.data
 
+    def __getstate__(self) -> dict:  # a pickled or copied loss starts with an empty cache
+        return {"ref": None, "version": None, "data": {}}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
 
 class L1DFLoss(_Loss):
     """L1-weighted Dice Focal Loss (L1DFL), with MONAI's argument names and reductions.

@@ -254,3 +254,22 @@ def test_the_privatised_count_of_cuda_equals_bincount():
         ref = torch.bincount(keys, minlength=nbins)
         assert torch.equal(_count(keys, nbins, privatised=True), ref)
         assert torch.equal(_count(keys.view(-1, 1) if n > 1 else keys, nbins, privatised=True), ref)
+
+
+def test_the_per_target_cache_is_safe_to_pickle_and_follows_the_target():
+    import pickle
+
+    z, y = case(10)
+    z[:, :, :3, :3, :3] = -5.0  # a missed corner once the target grows there: the ROI must follow
+    loss = L1DFLoss(sigmoid=True, histogram_scope="roi", roi_dilation=1)
+    first = loss(z, y)
+    clone = pickle.loads(pickle.dumps(loss))  # after a call: the cache holds a weak reference
+    assert clone(z, y).item() == pytest.approx(first.item(), rel=1e-12)
+    y2 = y.clone()
+    y2[:, :, :2, :2, :2] = 1.0
+    fresh = L1DFLoss(sigmoid=True, histogram_scope="roi", roi_dilation=1)(z, y2)
+    assert fresh.item() != pytest.approx(first.item(), rel=1e-3)
+    assert loss(z, y2).item() == pytest.approx(fresh.item(), rel=1e-12)  # another target: recomputed
+    loss(z, y)
+    y[:, :, :2, :2, :2] = 1.0  # in place: a new version of the same tensor
+    assert loss(z, y).item() == pytest.approx(fresh.item(), rel=1e-12)
