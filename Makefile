@@ -11,7 +11,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.sam-l1dfl-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test venv clean bench gpu-check
 
 venv: $(STAMP)
 
@@ -31,5 +31,11 @@ bench: $(STAMP)
 	$(PY) scripts/bench_loss.py
 	$(PY) scripts/bench_encoder.py
 
+# The prepared GPU check (docs/gpu.md): ~8 min on one GPU, one log in $(GPU_CHECK_DIR) (default
+# gpu_check_out/). Uses the machine's own python3 and torch (no venv is made: a GPU box may have no
+# network); WHEELS=dir installs the missing packages from a wheel folder first, offline.
+gpu-check:
+	bash scripts/gpu_check.sh $(if $(WHEELS),--wheels $(WHEELS))
+
 clean:
-	rm -rf $(DEMO_OUT) .pytest_cache
+	rm -rf $(DEMO_OUT) .pytest_cache gpu_check_out

@@ -63,6 +63,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+import weakref
 from typing import Any, NamedTuple
 
 import torch
@@ -70,12 +71,14 @@ from monai.losses.focal_loss import sigmoid_focal_loss, softmax_focal_loss
 from monai.networks import one_hot
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
+from torch.profiler import record_function
 
 from sam_l1dfl.errors import ConfigError
 from sam_l1dfl.lossnames import LOSS_NAMES, normalize_loss_name  # re-exported: the light names module
 
-__all__ = ["L1DFLoss", "L1Histogram", "l1_bin_layout", "l1_histogram", "l1_voxel_weights", "loss_arguments",
-           "make_loss", "make_training_loss", "normalize_loss_name", "training_loss_params", "LOSS_NAMES"]
+__all__ = ["HISTOGRAM_SCOPES", "L1DFLoss", "L1Histogram", "LOSS_NAMES", "WEIGHT_REGIONS", "dilate", "l1_bin_layout",
+           "l1_histogram", "l1_voxel_weights", "l1_weight_shares", "loss_arguments", "make_loss", "make_training_loss",
+           "normalize_loss_name", "training_loss_params", "weight_regions"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,18 +115,40 @@ def l1_bin_layout(eps: float = 0.05) -> tuple[torch.Tensor, torch.Tensor, torch.
     return centres, left, right - left
 
 
-def _bin_index(g: torch.Tensor, eps: float, k_last: int) -> torch.Tensor:
+def _bin_index(g: torch.Tensor, eps: float, k_last: int, inplace: bool = True) -> torch.Tensor:
     # The documented edge rule: floor(g * (1/eps) + 0.5) in g's dtype, clamped to [0, K].
-    # g >= 0, so truncation towards zero (the float -> int conversion) is the floor.
-    return g.mul_(1.0 / eps).add_(0.5).long().clamp_(0, k_last)  # (modifies g, a temporary)
+    # g >= 0, so truncation towards zero (the float -> int conversion) is the floor.  int32: the
+    # conversion, the clamp, the count and the gather are 3-10x cheaper than with int64 on a CPU.
+    t = g.mul_(1.0 / eps) if inplace else g.mul(1.0 / eps)
+    return t.add_(0.5).to(torch.int32).clamp_(0, k_last)
 
 
-def _count(idx: torch.Tensor, nbins: int) -> torch.Tensor:
-    flat = idx.reshape(-1)
-    if flat.is_cuda:  # bincount syncs with the host on CUDA (it reads the max); scatter_add does not
-        ones = torch.ones(1, dtype=torch.int64, device=flat.device).expand(flat.numel())
-        return torch.zeros(nbins, dtype=torch.int64, device=flat.device).scatter_add_(0, flat, ones)
+_PARTITIONS = 512  # CUDA: counts are privatised over this many slots, so atomics rarely collide
+
+
+def _count(keys: torch.Tensor, nbins: int, privatised: "bool | None" = None) -> torch.Tensor:
+    """int64 counts of the int32 ``keys`` in ``[0, nbins)``: a bincount, host-sync free on CUDA
+    (``privatised``: the CUDA way, the default there; the tests run it on a CPU too)."""
+    flat = keys.reshape(-1)
+    if flat.is_cuda if privatised is None else privatised:
+        # bincount syncs with the host on CUDA (it reads the max); a scatter_add onto 21 slots
+        # serialises millions of atomics on one address.  Element i adds to slot
+        # (i mod P) * nbins + key: neighbouring threads hit different addresses.  Integer adds:
+        # the result is exact and deterministic.
+        n = flat.numel()
+        key = (n, nbins, str(flat.device))
+        if _PARTITION_OFFSETS.get("key") != key:  # the same shape at every click: made once
+            _PARTITION_OFFSETS.clear()
+            _PARTITION_OFFSETS["key"] = key
+            _PARTITION_OFFSETS["offsets"] = torch.arange(n, device=flat.device).remainder_(_PARTITIONS).mul_(nbins)
+        slots = _PARTITION_OFFSETS["offsets"] + flat
+        out = torch.zeros(_PARTITIONS * nbins, dtype=torch.int64, device=flat.device)
+        out.scatter_add_(0, slots, torch.ones(1, dtype=torch.int64, device=flat.device).expand(n))
+        return out.view(_PARTITIONS, nbins).sum(0)
     return torch.bincount(flat, minlength=nbins)
+
+
+_PARTITION_OFFSETS: dict = {}
 
 
 def _maybe_all_reduce(counts: torch.Tensor, sync: bool) -> torch.Tensor:
@@ -132,62 +157,205 @@ def _maybe_all_reduce(counts: torch.Tensor, sync: bool) -> torch.Tensor:
     return counts
 
 
+HISTOGRAM_SCOPES = ("batch", "sample", "roi")
+
+
 class L1Histogram(NamedTuple):
-    """The histogram behind the L1DFL weights (all float64/int64, on the input's device)."""
+    """The histogram behind the L1DFL weights (all float64/int64, on the input's device).
+
+    With ``scope="batch"`` (the authors') ``counts``/``weights`` are ``(K+1,)`` and ``n`` is 0-d;
+    with ``"sample"``/``"roi"`` they are ``(B, K+1)`` and ``(B,)``: one histogram per sample."""
 
     counts: torch.Tensor  #: int64 population of each bin (all-reduced when synchronised)
     left_edges: torch.Tensor  #: float64 left edge of each bin
     widths: torch.Tensor  #: float64 width of each bin
     centres: torch.Tensor  #: float64 centre ``k*eps`` of each bin
     weights: torch.Tensor  #: float64 ``beta`` of a voxel in each bin (0 for empty bins)
-    n: torch.Tensor  #: int64 0-d number of elements ``N`` (sum of ``counts``)
+    n: torch.Tensor  #: int64 number of elements ``N`` (sum of ``counts``)
 
 
-def _histogram_and_index(
-    prob: torch.Tensor, target: torch.Tensor, eps: float, sync_histogram: bool
-) -> tuple[L1Histogram, torch.Tensor]:
-    eps = _check_eps(eps)
-    centres, left, widths = l1_bin_layout(eps)
-    k_last = len(centres) - 1
+def _check_scope(scope: str) -> str:
+    if scope not in HISTOGRAM_SCOPES:
+        raise ValueError(f"histogram_scope must be one of {list(HISTOGRAM_SCOPES)}, got {scope!r}")
+    return scope
+
+
+def dilate(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Binary dilation of a ``(B, C, *spatial)`` mask by ``k`` voxels (chessboard distance: a cube
+    of side ``2k+1``), per sample and channel; the border counts as background.  Separable max
+    pools, one per spatial axis; returns a bool tensor."""
+    x = mask.to(torch.float32) if mask.dtype == torch.bool or not mask.is_floating_point() else mask
+    if k <= 0:
+        return x > 0
+    for d in range(2, x.dim()):
+        moved = x.movedim(d, -1)
+        shape = moved.shape
+        pooled = torch.nn.functional.max_pool1d(moved.reshape(-1, 1, shape[-1]), 2 * k + 1, stride=1, padding=k)
+        x = pooled.reshape(shape).movedim(-1, d)
+    return x > 0
+
+
+def _roi(prob: torch.Tensor, target: torch.Tensor, dilation: int, fg_from: int) -> torch.Tensor:
+    """``(B, 1, *spatial)`` bool: the target foreground dilated by ``dilation`` voxels, united with
+    the predicted foreground (``p > 0.5``); foreground = any channel from ``fg_from`` on."""
     with torch.no_grad():
-        g = (prob.detach() - target.to(prob.dtype)).abs_()
-        idx = _bin_index(g, eps, k_last)
-        del g
-        counts = _maybe_all_reduce(_count(idx, k_last + 1), sync_histogram)
-        n = counts.sum()
-        widths = widths.to(counts.device)
-        countsf = counts.to(torch.float64)
-        table = torch.where(counts > 0, n.to(torch.float64) * widths / countsf.clamp(min=1.0), torch.zeros_like(widths))
-    hist = L1Histogram(counts, left.to(counts.device), widths, centres.to(counts.device), table, n)
-    return hist, idx
+        y = target[:, fg_from:].amax(1, keepdim=True) if target.shape[1] > fg_from else torch.zeros_like(target[:, :1])
+        pred = prob[:, fg_from:].amax(1, keepdim=True) > 0.5 if prob.shape[1] > fg_from else torch.zeros_like(y, dtype=torch.bool)
+        return dilate(y, dilation) | pred
+
+
+def _histogram_keys(
+    prob: torch.Tensor, target: torch.Tensor, eps: float, sync_histogram: bool, scope: str = "batch",
+    roi: "torch.Tensor | None" = None, g: "torch.Tensor | None" = None,
+) -> tuple[L1Histogram, torch.Tensor, torch.Tensor]:
+    """The histogram, the int32 key of every element into ``table`` and ``table``: ``beta`` of a
+    voxel is ``table[key]``.  Scopes ``sample``/``roi`` offset each sample's bins by
+    ``b*(K+1)`` (one bincount for all histograms); voxels outside ``roi`` get the last key, whose
+    weight is 0.  ``g`` (optional): ``|prob - target|`` already computed (it is not modified)."""
+    centres, left, widths = _layout_on(eps, prob.device)
+    nb = len(centres)
+    with torch.no_grad():
+        if g is None:
+            key = _bin_index((prob.detach() - target.to(prob.dtype)).abs_(), eps, nb - 1)
+        else:
+            key = _bin_index(g, eps, nb - 1, inplace=False)
+        b = prob.shape[0]
+        groups = 1 if scope == "batch" else b
+        if groups > 1:
+            key.view(b, -1).add_(torch.arange(0, b * nb, nb, device=key.device, dtype=torch.int32).unsqueeze(1))
+        if roi is not None:
+            key = key.masked_fill_(~roi.expand_as(key), groups * nb)
+        counts = _count(key, groups * nb + 1)[: groups * nb].view(groups, nb)
+        if scope == "batch":
+            counts = _maybe_all_reduce(counts, sync_histogram)  # per-sample histograms need no sync
+        n = counts.sum(1)
+        table = torch.where(counts > 0, n.to(torch.float64)[:, None] * widths / counts.to(torch.float64).clamp(min=1.0),
+                            torch.zeros_like(widths))
+        flat = torch.cat([table.reshape(-1), table.new_zeros(1)])
+    if scope == "batch":
+        counts, table, n = counts[0], table[0], n[0]
+    hist = L1Histogram(counts, left, widths, centres, table, n)
+    return hist, key, flat
+
+
+_LAYOUTS: dict = {}
+
+
+def _layout_on(eps: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`l1_bin_layout` on ``device``, kept: a host-to-device copy per call would make a GPU
+    wait (and CUDA's sync debug mode flag it)."""
+    eps = _check_eps(eps)
+    key = (eps, str(device))
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = tuple(t.to(device) for t in l1_bin_layout(eps))
+    return _LAYOUTS[key]
+
+
+def _beta_mean(hist: L1Histogram) -> torch.Tensor:
+    """mean(beta) over a histogram's voxels = sum over occupied bins of width_k, per histogram."""
+    return (hist.weights * hist.counts.to(torch.float64)).sum(-1) / hist.n.to(torch.float64).clamp(min=1.0)
+
+
+def _gather(flat: torch.Tensor, key: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return flat.to(dtype).index_select(0, key.reshape(-1)).view(key.shape)
 
 
 def l1_histogram(
-    prob: torch.Tensor, target: torch.Tensor, eps: float = 0.05, *, sync_histogram: bool = False
+    prob: torch.Tensor, target: torch.Tensor, eps: float = 0.05, *, sync_histogram: bool = False,
+    histogram_scope: str = "batch", roi_dilation: int = 8,
 ) -> L1Histogram:
     """Histogram of ``g = |prob - target|`` over every element, with the L1DFL per-bin weights.
 
     ``prob`` are probabilities (after sigmoid/softmax) and ``target`` a binary tensor of the same
     shape.  With ``sync_histogram=True`` and ``torch.distributed`` initialised, the counts are
-    summed over all processes (a collective call: every rank must make it).
+    summed over all processes (a collective call: every rank must make it).  ``histogram_scope``
+    as in :class:`L1DFLoss` (``sample``/``roi``: one histogram per sample, ``prob`` and ``target``
+    ``(B, C, *spatial)``; ``roi``: counted inside :func:`weight_roi` only, sigmoid convention:
+    every channel is foreground).
     """
     _check_same_shape(prob, target)
-    return _histogram_and_index(prob, target, eps, sync_histogram)[0]
+    roi = _roi(prob, target, roi_dilation, 0) if _check_scope(histogram_scope) == "roi" else None
+    return _histogram_keys(prob, target, eps, sync_histogram, histogram_scope, roi)[0]
 
 
 def l1_voxel_weights(
-    prob: torch.Tensor, target: torch.Tensor, eps: float = 0.05, *, sync_histogram: bool = False
+    prob: torch.Tensor, target: torch.Tensor, eps: float = 0.05, *, sync_histogram: bool = False,
+    histogram_scope: str = "batch", roi_dilation: int = 8,
 ) -> torch.Tensor:
     """The L1DFL weights ``beta = N * width_k / count_k`` of every element (not differentiable).
 
-    ``prob``: probabilities ``(B, C, *spatial)`` (or any shape); ``target``: binary, same shape.
-    Returns a tensor of ``prob``'s shape and floating dtype.  See the module docstring for the
-    bins and the edge rule; ``sync_histogram`` as in :func:`l1_histogram`.
+    ``prob``: probabilities ``(B, C, *spatial)`` (or any shape with ``scope="batch"``); ``target``:
+    binary, same shape.  Returns a tensor of ``prob``'s shape and floating dtype.  See the module
+    docstring for the bins and the edge rule; ``sync_histogram``, ``histogram_scope`` and
+    ``roi_dilation`` as in :func:`l1_histogram` (``roi``: 0 outside the region of interest).
     """
     _check_same_shape(prob, target)
-    hist, idx = _histogram_and_index(prob, target, eps, sync_histogram)
+    roi = _roi(prob, target, roi_dilation, 0) if _check_scope(histogram_scope) == "roi" else None
+    _, key, flat = _histogram_keys(prob, target, eps, sync_histogram, histogram_scope, roi)
     dtype = prob.dtype if prob.is_floating_point() else torch.float32
-    return hist.weights.to(dtype).take(idx)
+    return _gather(flat, key, dtype)
+
+
+WEIGHT_REGIONS = ("interior", "boundary", "background")
+
+
+def weight_regions(target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The three voxel classes of :func:`l1_weight_shares`, bool, ``target``'s shape (per sample and
+    channel, 26-neighbourhood, the crop border counts as outside the target):
+
+    * ``interior``: target voxels whose whole 3x3x3 neighbourhood is target (the target eroded by
+      one voxel);
+    * ``boundary``: the rest of the target and the background voxels touching it (the target
+      dilated by one voxel minus its interior: a band two voxels thick across the surface);
+    * ``background``: everything else (the target dilated by one voxel, complemented).
+    """
+    y = target.detach() > 0.5 if target.is_floating_point() else target.detach() > 0
+    spatial = y.dim() - 2
+    outside = torch.nn.functional.pad((~y).to(torch.float32), [1, 1] * spatial, value=1.0)
+    interior = ~dilate(outside, 1)[(slice(None), slice(None)) + (slice(1, -1),) * spatial]
+    near = dilate(y, 1)
+    return {"interior": interior, "boundary": near & ~interior, "background": ~near}
+
+
+def l1_weight_shares(
+    prob: torch.Tensor, target: torch.Tensor, eps: float = 0.05, *, histogram_scope: str = "batch",
+    roi_dilation: int = 8, weight_dice: bool = True, smooth_nr: float = 1e-8, smooth_dr: float = 1e-8,
+    regions: "dict[str, torch.Tensor] | None" = None,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Where L1DFL puts its weight: the mechanism of ``docs/l1dfl.md`` ("Variants"), measured.
+
+    ``prob``: probabilities ``(B, C, *spatial)`` (sigmoid convention: every channel a binary
+    problem); ``target``: binary, same shape; the other arguments as in :class:`L1DFLoss`.
+    Returns, as 0-d float64 tensors (no host sync), per voxel class of :func:`weight_regions`
+    (``interior``, ``boundary``, ``background``):
+
+    * ``"beta"``: the share of the total weight ``sum(beta)`` that falls on the class;
+    * ``"dice_grad"``: the share of the weighted Dice's gradient magnitude ``sum |dD/dp|``, with
+      ``dD_bc/dp = beta (2 y den - 2 p num) / den^2`` (``num = 2 sum beta p y + smooth_nr``,
+      ``den = sum beta (p^2 + y^2) + smooth_dr``; ``beta = 1`` when ``weight_dice=False``);
+    * ``"voxels"``: the class's share of the voxels.
+
+    ``regions`` (optional): :func:`weight_regions` of ``target``, when already computed.
+    """
+    _check_same_shape(prob, target)
+    with torch.no_grad():
+        p = prob.detach().to(torch.float64)
+        y = target.detach().to(torch.float64)
+        beta = l1_voxel_weights(p, y, eps, histogram_scope=histogram_scope, roi_dilation=roi_dilation)
+        w = beta if weight_dice else torch.ones_like(beta)
+        b, c = p.shape[:2]
+        axes = tuple(range(2, p.dim()))
+        num = (2.0 * w * p * y).sum(axes) + smooth_nr
+        den = (w * (p * p + y * y)).sum(axes) + smooth_dr
+        shape = (b, c) + (1,) * len(axes)
+        grad = (w * (2.0 * y * den.view(shape) - 2.0 * p * num.view(shape)) / den.view(shape) ** 2).abs_()
+        regions = regions if regions is not None else weight_regions(target)
+        out: dict[str, dict[str, torch.Tensor]] = {"beta": {}, "dice_grad": {}, "voxels": {}}
+        for name, what in (("beta", beta), ("dice_grad", grad), ("voxels", torch.ones_like(p))):
+            total = what.sum().clamp_min(1e-300)
+            for r in WEIGHT_REGIONS:
+                out[name][r] = (what * regions[r]).sum() / total
+    return out
 
 
 def _check_same_shape(prob: torch.Tensor, target: torch.Tensor) -> None:
@@ -198,6 +366,11 @@ def _check_same_shape(prob: torch.Tensor, target: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------------------------
 # the loss
 # ----------------------------------------------------------------------------------------------
+def _rowdots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-row dot products of two ``(R, V)`` tensors (one BLAS dot per row; rows are ``B*C``)."""
+    return torch.stack([torch.dot(a[r], b[r]) for r in range(a.shape[0])])
+
+
 class _WeightedDiceSums(torch.autograd.Function):
     """Per-row ``sum(beta*p*y)``, ``sum(beta*p*p)``, ``sum(beta*y*y)`` of ``(R, V)`` tensors.
 
@@ -210,9 +383,7 @@ class _WeightedDiceSums(torch.autograd.Function):
     def forward(ctx, p: torch.Tensor, beta: torch.Tensor, y: torch.Tensor):  # type: ignore[override]
         by = beta * y
         bp = beta * p
-        inter = torch.stack([torch.dot(by[r], p[r]) for r in range(p.shape[0])])
-        bpp = torch.stack([torch.dot(bp[r], p[r]) for r in range(p.shape[0])])
-        byy = torch.stack([torch.dot(by[r], y[r]) for r in range(p.shape[0])])
+        inter, bpp, byy = _rowdots(by, p), _rowdots(bp, p), _rowdots(by, y)
         ctx.save_for_backward(by, bp)
         ctx.mark_non_differentiable(byy)
         return inter, bpp, byy
@@ -225,6 +396,106 @@ class _WeightedDiceSums(torch.autograd.Function):
         return grad, None, None
 
 
+def _sigmoid_terms(z, p, g, y, ysign, alpha_t, beta, fw, gamma: float):
+    """The sums of :class:`_SigmoidL1DFSums` and the three per-voxel gradient coefficients, for
+    ``(R, V)`` rows (pure tensor code: ``train.compile`` hands it to ``torch.compile``)."""
+    # Few fresh tensors, the rest in place: on a CPU every new 16 MB tensor costs page faults.
+    q = torch.sub(1.0, p).mul_(p)  # dp/dz = p (1 - p), as torch's sigmoid backward computes it
+    by = y * beta if beta is not None else y
+    bp = p * beta if beta is not None else p.clone()
+    inter, bpp, byy = _rowdots(by, p), _rowdots(bp, p), _rowdots(by, y)
+    u1 = by.mul_(q) if beta is not None else y * q  # d inter / dz
+    u2 = bp.mul_(q).mul_(2.0)  # d bpp / dz
+    del q
+    # focal: bce = -log p_t = softplus(w) with w = z (1 - 2y) (the logit of the wrong class):
+    # relu(w) + log(1 + exp(-|w|)), stable for any z; exp2 and log are vectorised on a CPU
+    w = z * ysign
+    bce = w.abs().mul_(-1.4426950408889634).exp2_().add_(1.0).log_()
+    bce += w.relu_()
+    del w
+    gpow = g.pow(gamma) if gamma != 2.0 else g.square()  # g = 1 - p_t
+    fv = bce.mul_(gpow)  # g^gamma bce: the focal value of a voxel
+    if alpha_t is not None:
+        fv.mul_(alpha_t)
+        gpow.mul_(alpha_t)
+    if fw is not None:
+        fv.mul_(fw)
+        gpow.mul_(fw)
+    fsum = fv.sum(1)
+    # d focal / dz = (1 - 2y) (gamma (1 - g) fv + g^(gamma+1) alpha_t fw), fv first so that a
+    # 0 * huge product never meets inf
+    u3 = torch.sub(1.0, g).mul_(fv).mul_(gamma).addcmul_(gpow, g).mul_(ysign)
+    return inter, bpp, byy, fsum, u1, u2, u3
+
+
+class _SigmoidL1DFSums(torch.autograd.Function):
+    """The sigmoid-mode loss in one pass: per row ``(R, V)`` of logits ``z``, the weighted Dice sums
+    ``sum(beta p y)``, ``sum(beta p^2)``, ``sum(beta y^2)`` and the focal sum, with ``p = sigmoid(z)``.
+
+    The inputs ``p`` (``torch.sigmoid(z)``, computed by the caller for the histogram), ``g = |p - y|``,
+    ``y``, ``1 - 2y``, the Dice weights and the focal weights are constants.  The focal term is
+    MONAI's ``sigmoid_focal_loss`` written with ``g = 1 - p_t``: ``alpha_t g^gamma softplus(-s)`` with
+    ``s = z (2y - 1)``, whose derivative is ``alpha_t (1 - 2y) g^gamma (gamma (1 - g) bce + g)``;
+    the Dice terms' derivative goes through ``dp/dz = p (1 - p)``.  Forward saves the three
+    per-voxel coefficients of the gradient, so backward is one short pass (and no
+    ``log``/``exp`` is taken twice, as autograd through ``logsigmoid`` would).  ``kernel``: the
+    function computing them (:func:`_sigmoid_terms`, or its compiled twin).
+    """
+
+    @staticmethod
+    def forward(ctx, z, p, g, y, ysign, alpha_t, beta, fw, gamma: float, kernel):  # type: ignore[override]
+        inter, bpp, byy, fsum, u1, u2, u3 = kernel(z, p, g, y, ysign, alpha_t, beta, fw, gamma)
+        ctx.save_for_backward(u1, u2, u3)
+        ctx.mark_non_differentiable(byy)
+        return inter, bpp, byy, fsum
+
+    @staticmethod
+    def backward(ctx, g_inter, g_bpp, g_byy, g_f):  # type: ignore[override]
+        u1, u2, u3 = ctx.saved_tensors
+        grad = u1 * g_inter.unsqueeze(1)
+        grad.addcmul_(u2, g_bpp.unsqueeze(1))
+        grad.addcmul_(u3, g_f.unsqueeze(1))
+        return (grad,) + (None,) * 9
+
+
+class _Kernel:
+    """``torch.compile`` of a pure tensor function, falling back to the eager one (with a warning)
+    when compiling or running it fails (no C++ compiler, no Triton, an unsupported op)."""
+
+    def __init__(self, fn, backend: str = "inductor"):
+        self.eager, self.backend, self.failed = fn, backend, None
+        self.compiled = torch.compile(fn, backend=backend, dynamic=False)
+
+    def __call__(self, *args):
+        if self.failed is None:
+            try:
+                return self.compiled(*args)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly
+                self.failed = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+                warnings.warn(f"train.compile: torch.compile ({self.backend}) of the L1DFL kernel failed "
+                              f"({self.failed}); it runs eagerly", stacklevel=2)
+        return self.eager(*args)
+
+
+class _TargetContext:
+    """What a loss derives from a target that the click loop passes again at every click: kept
+    for the same tensor object (and version), recomputed for any other."""
+
+    def __init__(self):
+        self.ref, self.version, self.data = None, None, {}
+
+    def get(self, target: torch.Tensor) -> dict:
+        if self.ref is None or self.ref() is not target or self.version != target._version:
+            self.ref, self.version, self.data = weakref.ref(target), target._version, {}
+        return self.data
+
+    def __getstate__(self) -> dict:  # a pickled or copied loss starts with an empty cache
+        return {"ref": None, "version": None, "data": {}}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
 class L1DFLoss(_Loss):
     """L1-weighted Dice Focal Loss (L1DFL), with MONAI's argument names and reductions.
 
@@ -235,7 +506,7 @@ class L1DFLoss(_Loss):
         to_onehot_y: convert a ``(B, 1, ...)`` label map to one-hot with ``C`` channels
             (ignored, with a warning, for single-channel input).
         sigmoid: independent channels, ``p = sigmoid(logits)``, MONAI's sigmoid focal loss
-            (the mode for SAM-Med3D's single-logit output).
+            (the mode for SAM-Med3D's single logit).
         softmax: mutually exclusive classes, ``p = softmax(logits, 1)``, softmax focal loss (the
             paper's 2-class CNN form).  Exactly one of ``sigmoid``/``softmax`` must be True: the
             loss takes logits.
@@ -244,7 +515,7 @@ class L1DFLoss(_Loss):
         lambda_dice, lambda_focal: non-negative weights of the two terms (1, 1).
         smooth_nr, smooth_dr: Dice smoothing added to numerator and denominator (1e-8).
         batch: sum the Dice numerator and denominator over the batch before dividing (the
-            histogram is always pooled over the whole batch).
+            histogram scope is ``histogram_scope``).
         reduction: ``"mean"`` | ``"sum"`` | ``"none"`` with :class:`monai.losses.DiceFocalLoss`
             semantics: ``mean`` averages ``1 - D`` over (B, C) and focal over every element;
             ``sum`` sums ``1 - D`` over (B, C) and sums the spatially averaged focal loss over
@@ -252,11 +523,25 @@ class L1DFLoss(_Loss):
             ...)`` with ``batch=True``) broadcast-added to the element-wise focal loss, i.e. a
             ``(B, C, *spatial)`` tensor.
         eps: histogram bin width in (0, 0.5] (0.05).
-        weight_focal: also multiply the focal term element-wise by ``beta / mean(beta)``
-            (an ablation; the paper's loss does not).
+        histogram_scope: which voxels share a histogram (the variants of ``docs/l1dfl.md``):
+            ``"batch"`` (default, the authors'): one histogram over the whole batch;
+            ``"sample"``: one per sample (over its channels), ``N`` = the sample's elements;
+            ``"roi"``: one per sample, counted only inside a region of interest — the target
+            foreground dilated by ``roi_dilation`` voxels (a cube, chessboard distance), united
+            with the predicted foreground (``p > 0.5``) — with ``N`` = the ROI's elements.  Voxels
+            outside the ROI (certain background: not near the target, predicted background) get
+            ``beta = 0``: the weighted Dice ignores them, the focal term still sees them.
+            Foreground: every channel in sigmoid mode, channels 1.. in softmax mode.
+        roi_dilation: the ROI's margin around the target in voxels (8; ``histogram_scope="roi"``).
+        weight_dice: multiply the Dice sums by ``beta`` (True, the authors'); False gives the
+            plain squared-denominator Dice.
+        weight_focal: also multiply the focal term element-wise by ``beta / mean(beta)`` (False,
+            the authors' loss does not); the mean is per histogram; with ``histogram_scope="roi"``
+            the voxels outside the ROI keep focal weight 1.
         sync_histogram: all-reduce the bin counts (and hence ``N``) over ``torch.distributed``
             processes when it is initialised, so ``beta`` does not depend on how the global batch
-            is split.  Every rank must then call the loss at every step.
+            is split (``histogram_scope="batch"`` only: the per-sample histograms need no sync).
+            Every rank must then call the loss at every step.
         validate: check the values of the inputs (finite logits, binary / one-hot targets).  The
             checks cost one pass over the data and, on CUDA, one host synchronisation per call;
             ``False`` skips them (shape checks always run).
@@ -265,6 +550,10 @@ class L1DFLoss(_Loss):
     ``target`` is ``(B, C, *spatial)`` binary or, with ``to_onehot_y``, a ``(B, 1, *spatial)``
     label map.  ``voxel_weights`` (optional, broadcastable to the included channels) replaces
     ``beta``, e.g. ``torch.ones_like`` gives a plain squared-denominator Dice Focal loss.
+
+    Sigmoid mode with ``reduction`` ``mean``/``sum`` and no ``voxel_weights`` (the training case)
+    runs fused (:class:`_SigmoidL1DFSums`): the same sums with an analytic backward, no
+    ``logsigmoid``, int32 bins; equal to the general path up to float rounding (tested).
     """
 
     def __init__(
@@ -282,6 +571,9 @@ class L1DFLoss(_Loss):
         batch: bool = False,
         reduction: LossReduction | str = LossReduction.MEAN,
         eps: float = 0.05,
+        histogram_scope: str = "batch",
+        roi_dilation: int = 8,
+        weight_dice: bool = True,
         weight_focal: bool = False,
         sync_histogram: bool = False,
         validate: bool = True,
@@ -304,7 +596,13 @@ class L1DFLoss(_Loss):
             raise ValueError(f"smooth_nr and smooth_dr should be no less than 0.0, got {smooth_nr}, {smooth_dr}")
         if alpha is not None and not (0.0 <= float(alpha) <= 1.0):
             raise ValueError(f"alpha should be in [0, 1] or None, got {alpha}")
+        if float(gamma) < 0.0:
+            raise ValueError(f"gamma should be no less than 0.0, got {gamma}")
+        if isinstance(roi_dilation, bool) or not isinstance(roi_dilation, int) or roi_dilation < 0:
+            raise ValueError(f"roi_dilation must be an integer >= 0 (voxels), got {roi_dilation!r}")
         self.eps = _check_eps(eps)
+        self.histogram_scope = _check_scope(histogram_scope)
+        self.roi_dilation = int(roi_dilation)
         self.include_background = bool(include_background)
         self.to_onehot_y = bool(to_onehot_y)
         self.sigmoid = bool(sigmoid)
@@ -316,9 +614,25 @@ class L1DFLoss(_Loss):
         self.smooth_nr = float(smooth_nr)
         self.smooth_dr = float(smooth_dr)
         self.batch = bool(batch)
+        self.weight_dice = bool(weight_dice)
         self.weight_focal = bool(weight_focal)
         self.sync_histogram = bool(sync_histogram)
         self.validate = bool(validate)
+        self._target_ctx = _TargetContext()
+        self._kernel = _sigmoid_terms
+
+    def compile_kernels(self, backend: str = "inductor") -> "L1DFLoss":
+        """``train.compile``: run the sigmoid path's per-voxel arithmetic (the Dice and focal sums
+        and their gradient coefficients, ~25 element-wise passes) through ``torch.compile``, which
+        fuses it into a few loops (CPU: C++ via Inductor; GPU: Triton).  Falls back to eager, with
+        a warning, if compiling fails.  Returns ``self``."""
+        self._kernel = _Kernel(_sigmoid_terms, backend)
+        return self
+
+    @property
+    def compile_failed(self) -> "str | None":
+        """Why ``compile_kernels`` fell back to eager (None: compiled, or not asked)."""
+        return getattr(self._kernel, "failed", None)
 
     # -- input checks ---------------------------------------------------------------------------
     def _check_shapes(self, input: torch.Tensor, target: torch.Tensor) -> None:
@@ -380,6 +694,10 @@ class L1DFLoss(_Loss):
                 warnings.warn("single channel prediction, `to_onehot_y=True` ignored.", stacklevel=2)
             else:
                 target = one_hot(target, num_classes=n_ch)
+        if not self.include_background and n_ch == 1:
+            warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=2)
+        if self.sigmoid and voxel_weights is None and self.reduction != LossReduction.NONE.value:
+            return self._forward_sigmoid(input, target)
         target = target.to(input.dtype)
         prob = torch.sigmoid(input) if self.sigmoid else torch.softmax(input, 1)
 
@@ -388,37 +706,33 @@ class L1DFLoss(_Loss):
         else:
             focal = softmax_focal_loss(input, target, self.gamma, self.alpha)
 
-        if not self.include_background:
-            if n_ch == 1:
-                warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=2)
-            else:
-                prob, target, focal = prob[:, 1:], target[:, 1:], focal[:, 1:]
+        roi = self._roi(prob, target)
+        if not self.include_background and n_ch > 1:
+            prob, target, focal = prob[:, 1:], target[:, 1:], focal[:, 1:]
 
-        if voxel_weights is None:
-            hist, idx = _histogram_and_index(prob, target, self.eps, self.sync_histogram)
-            beta = hist.weights.to(prob.dtype).take(idx)
-            del idx
-            # mean(beta) = sum over occupied bins of width_k (global when synchronised)
-            beta_mean = (hist.weights * hist.counts.to(torch.float64)).sum() / hist.n.to(torch.float64)
-        else:
+        beta = beta_mean = None
+        if voxel_weights is None and (self.weight_dice or self.weight_focal):
+            with record_function("l1dfl.histogram"):
+                hist, key, flat = _histogram_keys(prob, target, self.eps, self.sync_histogram, self.histogram_scope, roi)
+            with record_function("l1dfl.gather"):
+                beta = _gather(flat, key, prob.dtype)
+            del key
+            beta_mean = _beta_mean(hist)  # 0-d, or (B,) per sample
+        elif voxel_weights is not None:
             beta = torch.broadcast_to(voxel_weights.detach().to(prob.dtype), prob.shape)
-            beta_mean = None
 
         # ---- weighted Dice (squared denominator), per (b, c); with batch=True summed over b
         b, c = prob.shape[:2]
         rows = (b * c, -1)
+        dice_w = beta if (beta is not None and (self.weight_dice or voxel_weights is not None)) else torch.ones_like(prob)
         inter, bpp, byy = _WeightedDiceSums.apply(
-            prob.reshape(rows), beta.reshape(rows).detach(), target.reshape(rows).detach()
+            prob.reshape(rows), dice_w.reshape(rows).detach(), target.reshape(rows).detach()
         )
-        inter, den = inter.reshape(b, c), (bpp + byy).reshape(b, c)
-        if self.batch:
-            inter, den = inter.sum(0), den.sum(0)
-        dice = 1.0 - (2.0 * inter + self.smooth_nr) / (den + self.smooth_dr)
+        dice = self._dice(inter, bpp + byy, b, c)
 
         # ---- focal
         if self.weight_focal:
-            bm = beta.mean() if beta_mean is None else beta_mean.to(beta.dtype)
-            focal = focal * (beta / bm)
+            focal = focal * self._focal_weights(beta, beta_mean, roi, voxel_weights is not None)
 
         spatial = list(range(2, focal.dim()))
         if self.reduction == LossReduction.MEAN.value:
@@ -428,13 +742,109 @@ class L1DFLoss(_Loss):
         dice = dice.reshape(list(dice.shape[0:2]) + [1] * (input.dim() - 2))
         return self.lambda_dice * dice + self.lambda_focal * focal
 
+    def _dice(self, inter: torch.Tensor, den: torch.Tensor, b: int, c: int) -> torch.Tensor:
+        inter, den = inter.reshape(b, c), den.reshape(b, c)
+        if self.batch:
+            inter, den = inter.sum(0), den.sum(0)
+        return 1.0 - (2.0 * inter + self.smooth_nr) / (den + self.smooth_dr)
+
+    def _roi(self, prob: torch.Tensor, target: torch.Tensor) -> "torch.Tensor | None":
+        """The region of interest of ``histogram_scope="roi"`` (None for the other scopes); the
+        dilated target is computed once per target tensor (the click loop passes it at every click)."""
+        if self.histogram_scope != "roi":
+            return None
+        fg_from = 1 if self.softmax else 0
+        ctx = self._target_ctx.get(target)
+        key = ("dilated", self.roi_dilation, fg_from)
+        if key not in ctx:
+            y = target[:, fg_from:].amax(1, keepdim=True) if target.shape[1] > fg_from else torch.zeros_like(target[:, :1])
+            ctx[key] = dilate(y.detach(), self.roi_dilation)
+        with torch.no_grad():
+            if prob.shape[1] > fg_from:
+                return ctx[key] | (prob[:, fg_from:].detach().amax(1, keepdim=True) > 0.5)
+            return ctx[key]
+
+    def _focal_weights(self, beta, beta_mean, roi, given: bool) -> torch.Tensor:
+        """``beta / mean(beta)`` per histogram (1 outside the ROI)."""
+        if given or beta_mean is None:
+            return beta / beta.mean()
+        bm = beta_mean.to(beta.dtype)
+        w = beta / (bm.view((-1,) + (1,) * (beta.dim() - 1)) if bm.dim() else bm)
+        if roi is not None:
+            w = torch.where(roi, w, torch.ones_like(w))
+        return w
+
+    def _forward_sigmoid(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The fused sigmoid path (mean/sum reductions, beta from the histogram)."""
+        ctx = self._target_ctx.get(target)
+        key = ("sigmoid", input.dtype, self.alpha, self.include_background)
+        if key not in ctx:  # per target: y, 1 - 2y and alpha_t (the click loop reuses its target)
+            y = target.detach().to(input.dtype)
+            if not self.include_background and y.shape[1] > 1:
+                y = y[:, 1:]
+            rows = (y.shape[0] * y.shape[1], -1)
+            alpha_t = None if self.alpha is None else (y * (2.0 * self.alpha - 1.0)).add_(1.0 - self.alpha).reshape(rows)
+            ctx[key] = (y, torch.mul(y, -2.0).add_(1.0).reshape(rows), alpha_t)
+        y, ysign, alpha_t = ctx[key]
+        n_ch = input.shape[1]
+        with torch.no_grad():
+            p = torch.sigmoid(input.detach())
+            roi = self._roi(p, target)
+            if not self.include_background and n_ch > 1:
+                input, p = input[:, 1:], p[:, 1:]
+            g = (p - y).abs_()
+            beta = fw = None
+            if self.weight_dice or self.weight_focal:
+                with record_function("l1dfl.histogram"):
+                    hist, hkey, flat = _histogram_keys(p, y, self.eps, self.sync_histogram, self.histogram_scope, roi,
+                                                       g=g)
+                with record_function("l1dfl.gather"):
+                    beta = _gather(flat, hkey, p.dtype)
+                del hkey
+                if self.weight_focal:
+                    fw = self._focal_weights(beta, _beta_mean(hist), roi, False)
+        b, c = input.shape[:2]
+        rows = (b * c, -1)
+        with record_function("l1dfl.terms"):
+            inter, bpp, byy, fsum = _SigmoidL1DFSums.apply(
+                input.reshape(rows), p.reshape(rows), g.reshape(rows), y.reshape(rows), ysign, alpha_t,
+                beta.reshape(rows) if (beta is not None and self.weight_dice) else None,
+                None if fw is None else fw.reshape(rows), self.gamma, self._kernel)
+            dice = self._dice(inter, bpp + byy, b, c)
+            per_row = input[0, 0].numel()
+            if self.reduction == LossReduction.MEAN.value:
+                return self.lambda_dice * dice.mean() + self.lambda_focal * (fsum.sum() / (b * c * per_row))
+            return self.lambda_dice * dice.sum() + self.lambda_focal * (fsum / per_row).sum()
+
+    def weight_shares(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        """:func:`l1_weight_shares` of logits ``input`` with this loss's bins, scope and Dice
+        weighting (the channels that enter the loss; softmax mode: one-hot ``target``).  The
+        voxel classes are computed once per target tensor."""
+        with torch.no_grad():
+            x = input.detach().float()
+            if self.to_onehot_y and x.shape[1] > 1:
+                target = one_hot(target, num_classes=x.shape[1])
+            prob = torch.sigmoid(x) if self.sigmoid else torch.softmax(x, 1)
+            t = target.detach().to(prob.dtype)
+            if not self.include_background and x.shape[1] > 1:
+                prob, t = prob[:, 1:], t[:, 1:]
+            ctx = self._target_ctx.get(target)
+            if ("regions", t.shape) not in ctx:
+                ctx[("regions", t.shape)] = weight_regions(t)
+            return l1_weight_shares(prob, t, self.eps, histogram_scope=self.histogram_scope,
+                                    roi_dilation=self.roi_dilation, weight_dice=self.weight_dice,
+                                    smooth_nr=self.smooth_nr, smooth_dr=self.smooth_dr,
+                                    regions=ctx[("regions", t.shape)])
+
     def extra_repr(self) -> str:
         mode = "sigmoid" if self.sigmoid else "softmax"
         return (
-            f"mode={mode}, eps={self.eps}, include_background={self.include_background}, to_onehot_y={self.to_onehot_y}, "
+            f"mode={mode}, eps={self.eps}, histogram_scope={self.histogram_scope}, "
+            f"{f'roi_dilation={self.roi_dilation}, ' if self.histogram_scope == 'roi' else ''}"
+            f"include_background={self.include_background}, to_onehot_y={self.to_onehot_y}, "
             f"gamma={self.gamma}, alpha={self.alpha}, lambda_dice={self.lambda_dice}, lambda_focal={self.lambda_focal}, "
-            f"batch={self.batch}, reduction={self.reduction}, weight_focal={self.weight_focal}, "
-            f"sync_histogram={self.sync_histogram}"
+            f"batch={self.batch}, reduction={self.reduction}, weight_dice={self.weight_dice}, "
+            f"weight_focal={self.weight_focal}, sync_histogram={self.sync_histogram}"
         )
 
 
@@ -500,9 +910,23 @@ def make_loss(name: str, mode: str = "sigmoid", **kwargs: Any) -> torch.nn.Modul
 
     ``**kwargs``: any ``__init__`` argument of the selected class (they override the mode's
     defaults), e.g. for ``l1dfl``: ``include_background, to_onehot_y, sigmoid, softmax, gamma,
-    alpha, lambda_dice, lambda_focal, smooth_nr, smooth_dr, batch, reduction, eps, weight_focal,
-    sync_histogram, validate``.  Unknown names, an unknown loss or mode, and invalid values raise
-    :class:`sam_l1dfl.errors.ConfigError` (a ``ValueError``) naming them.
+    alpha, lambda_dice, lambda_focal, smooth_nr, smooth_dr, batch, reduction, eps,
+    histogram_scope, roi_dilation, weight_dice, weight_focal, sync_histogram, validate``.  Unknown
+    names, an unknown loss or mode, and invalid values raise :class:`sam_l1dfl.errors.ConfigError`
+    (a ``ValueError``) naming them.
+
+    L1DFL's variants (``docs/l1dfl.md``, "Variants"; the defaults are the authors' formula):
+
+    * ``eps``: the bin width (0.05; e.g. 0.1, 0.2);
+    * ``histogram_scope``: ``"batch"`` (one histogram per batch, the authors'), ``"sample"`` (one
+      per sample), ``"roi"`` (one per sample, inside the target dilated by ``roi_dilation``
+      voxels (8) united with the predicted foreground; beta 0 outside);
+    * where beta applies: ``weight_dice`` (True) and ``weight_focal`` (False): Dice only (the
+      authors'), ``weight_dice=False, weight_focal=True`` focal only, both, or neither (the
+      plain squared Dice Focal loss).
+
+    In a fine-tuning config they go under ``loss.params``; a DiceFocal warm start is
+    ``loss.warmup_steps`` / ``loss.warmup_name`` (:mod:`sam_l1dfl.training.config`).
     """
     key = normalize_loss_name(name)
     args = loss_arguments(key, mode, **kwargs)

@@ -3,7 +3,11 @@
 
 Reports, for batch 1 and 4, the median seconds per volume and the peak memory of a forward
 pass (no grad), fp32 on the CPU and, where CUDA exists, bf16 autocast on the GPU, with both
-attention paths side by side and their ratio.  Also checks that both paths agree.
+attention paths side by side and their ratio, and ``auto`` (the default: the path
+``choose_attn_impl`` picks for the device and batch) with what it picked.  On CUDA,
+``--cuda-graphs`` adds the fast path replayed from a captured CUDA graph (no per-kernel launch
+cost: what the fast path does at batch 1 once the host is out of the way).  Also checks that
+both paths agree.  ``--json`` writes the rows.
 
 CPU peak memory is the peak resident set (sampled every 2 ms) of a fresh child process per
 measurement, minus its resident set before the first forward pass; GPU peak memory is ``torch.cuda.max_memory_allocated``
@@ -162,6 +166,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     ap.add_argument("--no-cpu", action="store_true", help="skip the CPU measurements")
+    ap.add_argument("--cuda-graphs", action="store_true", help="also time the fast path replayed from a CUDA graph")
+    ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child:
@@ -170,6 +176,8 @@ def main(argv=None) -> int:
 
     import torch
     from tqdm import tqdm
+
+    from sam_l1dfl.model.image_encoder import choose_attn_impl
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -180,7 +188,7 @@ def main(argv=None) -> int:
     setups = [] if args.no_cpu else [("cpu", "fp32")]
     if torch.cuda.is_available():
         setups.append(("cuda", "bf16 autocast"))
-    impls = ("faithful", "fast")
+    impls = ("faithful", "fast", "auto")
     rows = []
     jobs = [(dev, prec, b) for dev, prec in setups for b in args.batches]
     for dev, prec, b in tqdm(jobs, desc="measuring", unit="setting"):
@@ -188,23 +196,61 @@ def main(argv=None) -> int:
         s = model.config.img_size
         x = torch.randn(b, model.config.in_chans, s, s, s, device=dev)
         t = _timings(model, x, impls, args.repeats, args.warmup, dev == "cuda")
+        graph = _graph_timing(model, x, args.repeats) if (dev == "cuda" and args.cuda_graphs) else None
         del model, x
         if dev == "cpu":
-            mem = {impl: _child_memory(args.config, impl, b) for impl in impls}
+            mem = {impl: _child_memory(args.config, impl, b) for impl in impls[:2]}
             name = platform.processor() or platform.machine()
         else:
-            mem = {impl: _peak_memory(args.config, impl, b, "cuda") for impl in impls}
+            mem = {impl: _peak_memory(args.config, impl, b, "cuda") for impl in impls[:2]}
             name = torch.cuda.get_device_name()
-        rows.append(dict(device=f"{dev} ({name})", precision=prec, batch=b, time=t, mem=mem))
+        rows.append(dict(device=f"{dev} ({name})", precision=prec, batch=b, time=t, mem=mem, graph=graph,
+                         auto=choose_attn_impl(dev, b)))
     print()
-    print("| device | precision | batch | faithful s/vol | fast s/vol | speed-up | faithful peak MiB | fast peak MiB | memory ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| device | precision | batch | faithful s/vol | fast s/vol | speed-up | auto s/vol (path) | "
+          "fast + CUDA graph s/vol | faithful peak MiB | fast peak MiB | memory ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         t, m = r["time"], r["mem"]
-        print(f"| {r['device']} | {r['precision']} | {r['batch']} | {t['faithful']:.3f} | {t['fast']:.3f} | "
-              f"{t['faithful'] / t['fast']:.2f}x | {m['faithful']:.0f} | {m['fast']:.0f} | "
-              f"{m['faithful'] / max(m['fast'], 1e-9):.2f}x |")
+        g = "—" if r["graph"] is None else f"{r['graph']:.4f}"
+        print(f"| {r['device']} | {r['precision']} | {r['batch']} | {t['faithful']:.4f} | {t['fast']:.4f} | "
+              f"{t['faithful'] / t['fast']:.2f}x | {t['auto']:.4f} ({r['auto']}) | {g} | {m['faithful']:.0f} | "
+              f"{m['fast']:.0f} | {m['faithful'] / max(m['fast'], 1e-9):.2f}x |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
     return 0
+
+
+def _graph_timing(model, x, repeats: int) -> "float | None":
+    """Median s/volume of the fast path replayed from a CUDA graph (None if capture fails)."""
+    import torch
+
+    enc = model.image_encoder
+    enc.attn_impl = "fast"
+    static = x.clone()
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            for _ in range(3):
+                enc(static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            enc(static)
+    except Exception as exc:  # noqa: BLE001 - report, do not fail the benchmark
+        print(f"CUDA graph capture failed: {type(exc).__name__}: {exc}")
+        return None
+    times = []
+    for _ in range(max(repeats, 3)):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        static.copy_(x)
+        graph.replay()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) / x.shape[0])
+    return statistics.median(times)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,24 @@
-"""Suite-wide settings: the full-reference extras.
+"""Suite-wide settings: the full-reference extras, and cuBLAS determinism.
 
 Tests (or parameters) marked ``reference`` read the full official reference files in
 ``../shared/reference``, next to a checkout on the project's machines.  Their compact forms ship in
 ``tests/data`` and run on any clone; without ``../shared/reference`` the ``reference`` items are
 deselected, not skipped (``make test`` on a plain clone skips only what needs CUDA or dciodvfy),
 and the report header says so.
+
+``CUBLAS_WORKSPACE_CONFIG``: cuBLAS reads it when the process makes its first handle, so it is set
+before any test touches CUDA; the resume tests run with ``train.deterministic=true`` and need
+cuBLAS to be deterministic too.  No effect without CUDA.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 

@@ -275,3 +275,97 @@ def test_cuda_matches_cpu_and_training_click_never_syncs():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.equal(out[0].cpu(), ref[0]) and torch.equal(out[1].cpu(), ref[1])
+
+
+def test_training_clicks_equal_the_random_click_and_the_counts_are_exact():
+    """TrainingClicks (the step's clicks, region never materialised) = next_click(random, any), bit
+    for bit, on random masks with perfect, empty-truth and all-wrong samples; IoU and Dice from its
+    counts = the direct ones."""
+    from sam_l1dfl.metrics.volume import dice_batch
+    from sam_l1dfl.prompts.clicks import TrainingClicks
+
+    g = torch.Generator().manual_seed(5)
+    for trial in range(6):
+        gt = torch.rand(5, 1, 7, 9, 11, generator=g) < 0.15 * (trial % 3)  # trial 0, 3: empty truth
+        pred = torch.rand(5, 1, 7, 9, 11, generator=g) < 0.1
+        pred[1] = gt[1]  # perfect
+        pred[2] = ~gt[2]  # everything wrong
+        gt[3] = False
+        pred[3] = False  # perfect and empty: the click goes to the background
+        u = torch.rand(5, generator=g, dtype=torch.float64)
+        u[0] = 0.0
+        u[4] = 1.0 - 1e-12
+        tc = TrainingClicks(gt)
+        counts = tc.errors(pred)
+        got = tc.click(counts, u)
+        ref = next_click(pred, gt, mode="random", component="any", u=u)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), trial
+        inter = (pred & gt).flatten(1).sum(1).float()
+        union = (pred | gt).flatten(1).sum(1).float()
+        iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+        assert torch.equal(tc.iou(counts), iou)
+        assert torch.equal(tc.dice(counts), dice_batch(pred, gt))
+    empty = tc.empty_prediction()
+    assert torch.equal(tc.click(empty, u)[0], next_click(torch.zeros_like(gt), gt, mode="random", component="any", u=u)[0])
+    with pytest.raises(ValueError, match="bool"):
+        TrainingClicks(gt.float())
+
+
+# ------------------------------------------------------------------------------ the whole training step
+def _step_setup(device, scope="batch", clicks=3):
+    from sam_l1dfl.losses import make_training_loss
+    from sam_l1dfl.model import build_sam_med3d
+    from sam_l1dfl.training.clickloop import ClickLoop, configure_trainable
+    from sam_l1dfl.training.config import load_config
+
+    cfg = load_config(None, ["model.preset=tiny", f"prompts.clicks_per_sample={clicks}", "prompts.mask_only=last",
+                             "prompts.boxes=true"])
+    torch.manual_seed(0)
+    model = build_sam_med3d(cfg.model_config())
+    configure_trainable(model, cfg)
+    loss = make_training_loss("l1dfl", {"histogram_scope": scope, "roi_dilation": 2})
+    loop = ClickLoop(model, cfg.prompts, loss, weight_shares=loss.weight_shares).to(device)
+    label = torch.zeros(2, 1, 32, 32, 32, dtype=torch.uint8)
+    label[0, 0, 10:18, 9:15, 12:20] = 1
+    label[1, 0, 3:7, 20:26, 4:9] = 1
+    emb = torch.randn(2, cfg.model_config().out_chans, 8, 8, 8)
+    u = click_uniforms(0, 0, [0, 1], clicks)
+    params = [p for p in loop.parameters() if p.requires_grad]
+    return loop, label.to(device), emb.to(device), u.to(device), params
+
+
+@pytest.mark.parametrize("scope", ["batch", "sample", "roi"])
+def test_the_training_forward_and_backward_ask_the_host_nothing(scope):
+    """The whole click loop with L1DFL (and its weight shares), forward and backward, under the guard."""
+    loop, label, emb, u, params = _step_setup("cpu", scope)
+    loop(label, u, embeddings=emb, mask_only=(2,))  # warm-up: per-device tables are built once
+    with _NoHostSync():
+        out = loop(label, u, embeddings=emb, mask_only=(2,))
+        out["loss"].backward()
+    assert all(p.grad is not None for p in params) and "beta_interior" in out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("scope", ["batch", "roi"])
+def test_the_whole_training_step_never_syncs_on_cuda(scope):
+    """Forward (11 clicks, L1DFL), backward, gradient clipping and AdamW: no host sync at all."""
+    loop, label, emb, u, params = _step_setup("cuda", scope, clicks=11)
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = loop(label, u, embeddings=emb, mask_only=(4, 10))
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return out
+
+    step()  # warm-up: optimizer state, interpolation matrices, bin tables
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(out["loss"]).item()

@@ -124,7 +124,11 @@ def test_tiny_training_each_network(synth, net):
 
 
 def test_resume_equals_uninterrupted(synth):
-    """Train 2 epochs; then drop the final state (as if killed after epoch 1) and resume: same weights."""
+    """Train 2 epochs; then drop the final state (as if killed after epoch 1) and resume: same weights.
+
+    ``train.deterministic``: on a GPU, cuDNN's fastest convolution backward kernels add in a varying
+    order, and Adam turns a 1e-7 gradient difference into a visible weight difference; deterministic
+    kernels make the resume bit-identical there too (on the CPU it is either way)."""
     import shutil
 
     from safetensors.torch import load_file
@@ -133,7 +137,7 @@ def test_resume_equals_uninterrupted(synth):
     from sam_l1dfl.cnn.train import train_cnn
 
     ov = tiny_overrides(synth, "resume", "unet") + ["train.epochs=2", "train.max_steps=null", "train.batch_size=2",
-                                                    "train.val_every=0"]
+                                                    "train.val_every=0", "train.deterministic=true"]
     full = train_cnn(load_cnn_config(None, ov), progress=False)
     assert full.steps == 2 and full.epochs == 2
     straight = load_file(str(full.run_dir / "last" / "model.safetensors"))

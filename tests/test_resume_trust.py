@@ -50,7 +50,9 @@ def overrides(d: Path, name: str, steps: int = 1) -> list[str]:
     return [f"data.root={d / 'synth'}", "data.val_cases=[synth_002]", "data.max_train_crops=2",
             "data.max_val_crops=1", f"data.cache_dir={d / 'cache'}", f"output_dir={d / 'runs'}", f"name={name}",
             "prompts.clicks_per_sample=1", "train.batch_size=2", f"train.max_steps={steps}", "train.save_every=1",
-            "train.log_every=1", "train.val_every=0"]
+            "train.log_every=1", "train.val_every=0",
+            # bit-identical resumes on a GPU too (cuDNN's fast backward kernels add in varying order)
+            "train.deterministic=true"]
 
 
 def copy_run(d: Path, name: str) -> Path:

@@ -185,7 +185,7 @@ class Segmenter:
         if self.preprocess.crop_size != mc.img_size:
             raise CheckpointError(where, f"preprocess crop_size {self.preprocess.crop_size} differs from the "
                                          f"model's img_size {mc.img_size}")
-        model.image_encoder.attn_impl = "fast"
+        model.image_encoder.attn_impl = "auto"  # fast, except where the faithful path is faster (GPU, batch 1)
         self.model = model.to(self.device).eval()
         for prm in self.model.parameters():
             prm.requires_grad_(False)

@@ -10,7 +10,7 @@ Public API::
     official_state_dict(model, drop_boxes=False)
 
     model.encode(images); model.decode(embeddings, points, labels, boxes, mask_input, multimask_output)
-    model.image_encoder.attn_impl = "fast" | "faithful"
+    model.image_encoder.attn_impl = "auto" | "fast" | "faithful"   # auto: per device and batch
 
 Modules: ``config`` (SamMed3DConfig), ``sam`` / ``image_encoder`` / ``prompt_encoder`` /
 ``mask_decoder`` (the network), ``weights`` (weight files: read, fit, write), ``delta`` (reading

@@ -87,7 +87,7 @@ def load_sam_med3d(
     map_location: "str | torch.device" = "cpu",
     trust: bool = False,
     strict: bool = True,
-    attn_impl: str = "fast",
+    attn_impl: str = "auto",
     base: "str | os.PathLike | None" = None,
 ) -> SamMed3D:
     """Load a SAM-Med3D model from any accepted checkpoint (see the module docstring).

@@ -49,8 +49,10 @@ class PositionEmbeddingRandom3D(nn.Module):
 
     def forward_with_coords(self, coords: torch.Tensor, image_size: tuple[int, int, int]) -> torch.Tensor:
         """PE of (B, N, 3) voxel coordinates (already shifted by +0.5), (B, N, C)."""
-        scale = torch.tensor(image_size, dtype=torch.float32, device=coords.device)
-        return self._pe_encoding(coords.float() / scale)
+        # divide by Python numbers: a torch.tensor(image_size, device=...) would be a host-to-device
+        # copy (a host sync on CUDA) at every decoder call of the click loop
+        c = coords.float()
+        return self._pe_encoding(torch.stack([c[..., d] / float(image_size[d]) for d in range(3)], dim=-1))
 
 
 class PromptEncoder3D(nn.Module):

@@ -22,7 +22,7 @@ class SamMed3D(nn.Module):
 
     mask_threshold: float = 0.0
 
-    def __init__(self, cfg: SamMed3DConfig, attn_impl: str = "fast") -> None:
+    def __init__(self, cfg: SamMed3DConfig, attn_impl: str = "auto") -> None:
         super().__init__()
         self.config = cfg
         g = cfg.grid_size
@@ -107,7 +107,7 @@ class SamMed3D(nn.Module):
         return self.decode(self.encode(images), points, labels, boxes, mask_input, multimask_output)
 
 
-def build_sam_med3d(cfg: "SamMed3DConfig | str | None" = None, attn_impl: str = "fast") -> SamMed3D:
+def build_sam_med3d(cfg: "SamMed3DConfig | str | None" = None, attn_impl: str = "auto") -> SamMed3D:
     """Build a randomly initialised model (``cfg``: a config, a preset name, or None = vit_b_ori)."""
     if cfg is None:
         cfg = SamMed3DConfig.preset("vit_b_ori")

@@ -388,7 +388,7 @@ def infer_config(sd: dict[str, torch.Tensor], source: "str | os.PathLike | None"
 
 
 # ---------------------------------------------------------------------------------- fitting
-def skeleton(cfg: SamMed3DConfig, attn_impl: str = "fast") -> SamMed3D:
+def skeleton(cfg: SamMed3DConfig, attn_impl: str = "auto") -> SamMed3D:
     """The model for ``cfg`` on the meta device (no memory, no initialisation): its
     ``state_dict()`` is what :func:`fit_state_dict` fits a file to."""
     with torch.device("meta"):

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterator, Sequence
+from typing import Callable, ContextManager, Iterator, NamedTuple, Sequence
 
 import torch
 
@@ -99,7 +99,8 @@ def error_regions(pred: torch.Tensor, gt: torch.Tensor, threshold: float = 0.5) 
     p, g = _binary(pred, threshold), _binary(gt, threshold)
     b = g.shape[0]
     fn, fp = g & ~p, p & ~g
-    nfn, nfp = fn.flatten(1).sum(1), fp.flatten(1).sum(1)
+    # int32 sums: a bool sum into int64 converts every element first (~20x slower on a CPU)
+    nfn, nfp = fn.flatten(1).sum(1, dtype=torch.int32), fp.flatten(1).sum(1, dtype=torch.int32)
     is_pos = nfn >= nfp
     region = torch.where(is_pos.view(b, 1, 1, 1, 1), fn, fp)
     perfect = (nfn + nfp) == 0
@@ -247,9 +248,10 @@ def _per_sample(like: torch.Tensor, values: Sequence[int]) -> torch.Tensor:
     return torch.stack([like.new_full((like.shape[0],), int(v)) for v in values], 1)
 
 
-def _centre_if_empty(region: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+def _centre_if_empty(region: torch.Tensor, pts: torch.Tensor, empty: "torch.Tensor | None" = None) -> torch.Tensor:
     d, h, w = region.shape[2:]
-    empty = ~region.flatten(1).any(1)
+    if empty is None:
+        empty = ~region.flatten(1).any(1)
     return torch.where(empty[:, None], _per_sample(pts, (d // 2, h // 2, w // 2)), pts)
 
 
@@ -287,12 +289,36 @@ def random_point(region: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     ``u``: ``(B,)`` uniforms in [0, 1) on the region's device; uniform over the region.  Sync-free.
     A sample with an empty region gets the crop centre.
     """
-    cs = region.flatten(1).cumsum(1, dtype=torch.int32)
-    n = cs[:, -1]
+    b = region.shape[0]
+    rows = region.reshape(b, -1, region.shape[-1])
+    idx, n = _draw(rows.sum(-1, dtype=torch.int32), u, lambda r: _take_rows(rows, r))
+    return _centre_if_empty(region, _unravel(idx, region.shape[2:]), n == 0)
+
+
+def _take_rows(rows: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Row ``r[b]`` of ``rows[b]`` for each sample: ``(B, L)`` from ``(B, R, L)`` and ``(B, 1)``."""
+    return rows.gather(1, r.unsqueeze(-1).expand(-1, 1, rows.shape[-1])).squeeze(1)
+
+
+def _draw(row_counts: torch.Tensor, u: torch.Tensor, row_of) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat index of the ``floor(u * n)``-th True voxel (raster order) of each sample, from the
+    region's per-row counts ``(B, R)`` (int32; rows = the last axis) and ``row_of(r)``, which gives
+    the region's row ``r`` ``(B, 1)`` as ``(B, L)`` bool.  Returns ``(index (B,) long, n (B,))``.
+
+    The same voxel as a cumulative sum over the whole region, at the cost of one reduction over
+    it: the row is found by a binary search of the row counts' cumulative sum, the voxel by one
+    within the row.  Sync-free.
+    """
+    ccs = row_counts.cumsum(1, dtype=torch.int32)
+    n = ccs[:, -1]
     k = (u.to(torch.float64) * n.to(torch.float64)).floor().to(torch.int32)
-    k = torch.minimum(k, (n - 1).clamp_min(0))
-    idx = (cs > k[:, None]).to(torch.uint8).argmax(1)
-    return _centre_if_empty(region, _unravel(idx, region.shape[2:]))
+    k = torch.minimum(k, (n - 1).clamp_min(0)).unsqueeze(1)
+    nrows = ccs.shape[1]
+    r = torch.searchsorted(ccs, k, right=True).clamp_(max=nrows - 1)  # first row with more than k before its end
+    k_in = k - (ccs.gather(1, r) - row_counts.gather(1, r))
+    line = row_of(r).cumsum(1, dtype=torch.int32)
+    c = torch.searchsorted(line, k_in, right=True).clamp_(max=line.shape[1] - 1)
+    return (r * line.shape[1] + c).squeeze(1), n
 
 
 def next_click(
@@ -339,8 +365,91 @@ def sample_clicks(pred: torch.Tensor, gt: torch.Tensor, u: torch.Tensor) -> tupl
 
     ``pred``/``gt``: bool ``(B, 1, D, H, W)``; ``u``: ``(B,)`` in [0, 1) (a column of
     :func:`click_uniforms`).  The ``floor(u * n)``-th voxel of the region in raster order.
+    (The training loop uses :class:`TrainingClicks`, the same click with the ground truth's work
+    done once per step.)
     """
-    return next_click(pred, gt, mode="random", component="any", u=u)
+    _check(pred, gt)
+    tc = TrainingClicks(_binary(gt, 0.5))
+    return tc.click(tc.errors(_binary(pred, 0.5)), u)
+
+
+class ErrorCounts(NamedTuple):
+    """A prediction's errors against the ground truth, per sample (:meth:`TrainingClicks.errors`)."""
+
+    err: torch.Tensor  #: (B, 1, D, H, W) bool: ``pred XOR gt``
+    rows_fn: torch.Tensor  #: (B, D*H) int32 false negatives per row (last axis)
+    rows_err: torch.Tensor  #: (B, D*H) int32 errors per row
+    nfn: torch.Tensor  #: (B,) int32 false negatives
+    nerr: torch.Tensor  #: (B,) int32 errors (false negatives + false positives)
+
+
+class TrainingClicks:
+    """The training step's clicks and IoU targets for one batch of ground truth, host-sync free.
+
+    :func:`sample_clicks` split in two so that the click loop does each part once: the ground
+    truth's row counts once per step; :meth:`errors` once per iteration (one XOR, one AND and two
+    row-count reductions over the crop), shared by the click of the next iteration (:meth:`click`)
+    and the IoU head's target of this one (:meth:`iou`).  The click is the one of
+    :func:`sample_clicks` (the error region of :func:`error_regions`, the voxel of
+    :func:`random_point`), bit for bit; the region is never materialised: its row counts are the
+    false negatives', the false positives' (errors minus false negatives) or, for a perfect
+    prediction, the ground truth's (or the background's).
+    """
+
+    def __init__(self, gt: torch.Tensor):
+        if gt.dim() != 5 or gt.shape[1] != 1 or gt.dtype != torch.bool:
+            raise ValueError(f"gt must be a bool (B, 1, D, H, W) tensor, got {tuple(gt.shape)} {gt.dtype}")
+        self.gt = gt
+        self.b, self.width = gt.shape[0], gt.shape[-1]
+        self.rows_gt = self._rows(gt).sum(-1, dtype=torch.int32)
+        self.ngt = self.rows_gt.sum(1, dtype=torch.int32)
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(self.b, -1, self.width)
+
+    def empty_prediction(self) -> ErrorCounts:
+        """The counts of an empty prediction (iteration 0), without a pass over the crop."""
+        return ErrorCounts(self.gt, self.rows_gt, self.rows_gt, self.ngt, self.ngt)
+
+    def errors(self, pred: torch.Tensor) -> ErrorCounts:
+        """The counts of a bool ``(B, 1, D, H, W)`` prediction."""
+        err = pred ^ self.gt
+        rows_fn = self._rows(err & self.gt).sum(-1, dtype=torch.int32)
+        rows_err = self._rows(err).sum(-1, dtype=torch.int32)
+        return ErrorCounts(err, rows_fn, rows_err, rows_fn.sum(1, dtype=torch.int32),
+                           rows_err.sum(1, dtype=torch.int32))
+
+    def iou(self, c: ErrorCounts) -> torch.Tensor:
+        """(B,) float32 IoU of the prediction with the ground truth (1 when both are empty)."""
+        inter = (self.ngt - c.nfn).float()
+        union = (self.ngt + c.nerr - c.nfn).float()
+        return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+    def dice(self, c: ErrorCounts) -> torch.Tensor:
+        """(B,) Dice of the prediction (:func:`sam_l1dfl.metrics.volume.dice_from_counts`'s convention)."""
+        inter = self.ngt - c.nfn
+        tot = 2 * inter + c.nerr  # |pred| + |gt|
+        empty = tot == 0
+        return (2 * inter + empty) / (tot + empty)
+
+    def click(self, c: ErrorCounts, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next click: ``(points (B, 1, 3) float32, labels (B, 1) int64)``, ``u``: ``(B,)``."""
+        nfp = c.nerr - c.nfn
+        perfect = c.nerr == 0
+        g_any = self.ngt > 0
+        is_pos = torch.where(perfect, g_any, c.nfn >= nfp)
+        width = self.width
+        row_counts = torch.where(perfect[:, None], torch.where(g_any[:, None], self.rows_gt, width - self.rows_gt),
+                                 torch.where(is_pos[:, None], c.rows_fn, c.rows_err - c.rows_fn))
+        err_rows, gt_rows = self._rows(c.err), self._rows(self.gt)
+
+        def row_of(r: torch.Tensor) -> torch.Tensor:
+            e, g = _take_rows(err_rows, r), _take_rows(gt_rows, r)
+            return (e | perfect[:, None]) & (g == is_pos[:, None])  # fn, fp, gt or background
+
+        idx, n = _draw(row_counts, u, row_of)
+        pts = _centre_if_empty(self.gt, _unravel(idx, self.gt.shape[2:]), n == 0)
+        return pts.to(torch.float32).unsqueeze(1), is_pos.to(torch.int64).unsqueeze(1)
 
 
 # ---------------------------------------------------------------------------------- the loop
@@ -445,6 +554,8 @@ __all__ = [
     "COMPONENTS",
     "MODES",
     "ClickRound",
+    "ErrorCounts",
+    "TrainingClicks",
     "accumulate_clicks",
     "click_uniforms",
     "error_regions",

@@ -43,9 +43,54 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from sam_l1dfl.metrics.volume import dice_batch
-from sam_l1dfl.prompts.clicks import label_boxes, sample_clicks, simulate_clicks
+from sam_l1dfl.prompts.clicks import TrainingClicks, label_boxes, simulate_clicks
+
+
+# ---------------------------------------------------------------------- upsampling
+_MATRICES: dict = {}
+
+
+def _interp_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """``(n_out, n_in)`` float32 matrix of 1-D linear interpolation with ``align_corners=False``
+    (``F.interpolate``'s rule: source ``max((i + 0.5) * n_in / n_out - 0.5, 0)``, edge clamped)."""
+    key = (n_in, n_out, str(device))
+    m = _MATRICES.get(key)
+    if m is None:
+        src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0.0)
+        i0 = src.floor().long().clamp(max=n_in - 1)
+        i1 = (i0 + 1).clamp(max=n_in - 1)
+        lam = src - i0
+        m = torch.zeros(n_out, n_in, dtype=torch.float64)
+        rows = torch.arange(n_out)
+        m.index_put_((rows, i0), 1.0 - lam, accumulate=True)
+        m.index_put_((rows, i1), lam, accumulate=True)
+        m = _MATRICES[key] = m.to(device=device, dtype=torch.float32)
+    return m
+
+
+def upsample_logits(low: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Trilinear upsampling of ``(B, C, d, h, w)`` logits to ``size``, in float32: the same map as
+    ``F.interpolate(mode="trilinear", align_corners=False)`` (equal up to float rounding, ~1e-7
+    relative) as three 1-D interpolation matrices applied axis by axis (w, then h, then d).
+
+    Why: the backward of ``upsample_trilinear3d`` scatters every output gradient into the input
+    (atomics on CUDA: nondeterministic; ~10x the forward's time on a CPU), while the transposed
+    matrices make the backward three small matrix products — deterministic and 4-5x faster per
+    click on the CPU (``BENCHMARKS.md``).  Runs outside autocast: bf16 logits would lose the
+    precision that the loss's bins and the ``logits > 0`` clicks read.
+    """
+    b, c, d, h, w = low.shape
+    dd, hh, ww = (int(v) for v in size)
+    dev = low.device
+    with torch.autocast(dev.type, enabled=False):
+        x = low.float()
+        x = (x.reshape(-1, w) @ _interp_matrix(w, ww, dev).t()).view(b * c * d, h, ww)
+        x = torch.matmul(_interp_matrix(h, hh, dev), x).view(b * c, d, hh * ww)
+        x = torch.matmul(_interp_matrix(d, dd, dev), x)
+    return x.view(b, c, dd, hh, ww)
 
 
 # ---------------------------------------------------------------------- trainable parameters
@@ -107,12 +152,15 @@ class ClickLoop(nn.Module):
 
     ``forward(label, u, embeddings=None, images=None, mask_only=())`` returns a dict with
     ``loss`` (scalar, what backward uses), ``seg_per_iter`` (n,), ``iou_mse`` and ``dice_last``
-    (detached, for logging).
+    (detached, for logging).  ``weight_shares`` (e.g. :meth:`sam_l1dfl.losses.L1DFLoss.weight_shares`)
+    adds ``beta_<region>`` and ``dgrad_<region>`` (region: interior, boundary, background), the
+    mean over the clicks of L1DFL's weight and Dice-gradient shares (``train.log_weight_shares``).
     """
 
     def __init__(self, model: nn.Module, prompts, loss_fn: nn.Module, iou_head: str = "mse",
-                 iou_loss_weight: float = 1.0, with_encoder: bool = False):
+                 iou_loss_weight: float = 1.0, with_encoder: bool = False, weight_shares=None):
         super().__init__()
+        self.weight_shares = weight_shares  # (logits, target) -> l1_weight_shares' dict, or None
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
         self.image_encoder = model.image_encoder if with_encoder else None
@@ -149,7 +197,11 @@ class ClickLoop(nn.Module):
 
     # -------------------------------------------------------------- training forward
     def forward(self, label: torch.Tensor, u: torch.Tensor, embeddings: Optional[torch.Tensor] = None,
-                images: Optional[torch.Tensor] = None, mask_only: Sequence[int] = ()) -> dict[str, torch.Tensor]:
+                images: Optional[torch.Tensor] = None, mask_only: Sequence[int] = (),
+                loss_fn: Optional[nn.Module] = None) -> dict[str, torch.Tensor]:
+        """One training step's click loop; ``loss_fn`` (optional) replaces the module's loss for
+        this call (the warm-start schedule of :mod:`sam_l1dfl.training.loop`)."""
+        loss_fn = self.loss_fn if loss_fn is None else loss_fn
         emb = self.embed(embeddings, images)
         wdtype = self.mask_decoder.iou_token.weight.dtype
         if emb.dtype != wdtype and not torch.is_autocast_enabled(emb.device.type):
@@ -158,34 +210,45 @@ class ClickLoop(nn.Module):
         gtf = gt.to(torch.float32)
         size = gt.shape[-3:]
         boxes = label_boxes(gt) if self.use_boxes else None
-        pred = torch.zeros_like(gt)
+        with record_function("clickloop.clicks"):
+            clicks = TrainingClicks(gt)
+            errors = clicks.empty_prediction()
         low = self._low_res_zeros(emb, gt)
         pts_all = labs_all = None
         mask_only = set(int(i) for i in mask_only)
         seg_terms, iou_terms = [], []
-        dice_last = None
+        shares: dict[str, torch.Tensor] = {}
         for it in range(self.n_clicks):
             points = labels = None
             it_boxes = None
             if it not in mask_only:
                 if self.use_points:
-                    p, lab = sample_clicks(pred, gt, u[:, it])
-                    if self.click_mode == "cumulative" and pts_all is not None:
-                        pts_all, labs_all = torch.cat([pts_all, p], 1), torch.cat([labs_all, lab], 1)
-                    else:
-                        pts_all, labs_all = p, lab
+                    with record_function("clickloop.clicks"):
+                        p, lab = clicks.click(errors, u[:, it])
+                        if self.click_mode == "cumulative" and pts_all is not None:
+                            pts_all, labs_all = torch.cat([pts_all, p], 1), torch.cat([labs_all, lab], 1)
+                        else:
+                            pts_all, labs_all = p, lab
                     points, labels = pts_all, labs_all
                 it_boxes = boxes
-            low_res, iou_pred = self.decode(emb, points, labels, it_boxes, low)
-            logits = F.interpolate(low_res, size=size, mode="trilinear", align_corners=False).float()
-            seg_terms.append(self.loss_fn(logits, gtf))
-            pred = (logits > 0).detach()
+            with record_function("clickloop.decoder"):
+                low_res, iou_pred = self.decode(emb, points, labels, it_boxes, low)
+            with record_function("clickloop.upsample"):
+                logits = upsample_logits(low_res, size)
+            with record_function("clickloop.loss"):
+                seg_terms.append(loss_fn(logits, gtf))
+            if self.weight_shares is not None:
+                with record_function("clickloop.shares"), torch.no_grad():
+                    sh = self.weight_shares(logits.detach(), gtf)
+                    for kind, short in (("beta", "beta"), ("dice_grad", "dgrad")):
+                        for region, v in sh[kind].items():
+                            k = f"{short}_{region}"
+                            shares[k] = v if k not in shares else shares[k] + v
+            with record_function("clickloop.clicks"):
+                errors = clicks.errors((logits > 0).detach())  # the next click's region, this IoU
             if self.supervise_iou:
-                with torch.no_grad():
-                    inter = (pred & gt).flatten(1).sum(1).float()
-                    union = (pred | gt).flatten(1).sum(1).float()
-                    iou_true = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
-                iou_terms.append(F.mse_loss(iou_pred[:, 0].float(), iou_true))
+                with record_function("clickloop.iou"):
+                    iou_terms.append(F.mse_loss(iou_pred[:, 0].float(), clicks.iou(errors)))
             low = low_res.detach() if self.detach_mask_prompt else low_res
         seg = torch.stack(seg_terms)
         loss = seg.sum()
@@ -195,7 +258,8 @@ class ClickLoop(nn.Module):
             loss = loss + self.iou_loss_weight * iou
             out["iou_mse"] = iou.detach() / len(iou_terms)
         out["loss"] = loss
-        out["dice_last"] = dice_batch(pred, gt).mean().detach()
+        out["dice_last"] = clicks.dice(errors).mean().detach()
+        out.update({k: (v / self.n_clicks).float() for k, v in shares.items()})
         return out
 
     # -------------------------------------------------------------- validation

@@ -34,6 +34,7 @@ from typing import Any, Optional
 from sam_l1dfl.data.preprocess import IntensityConfig
 from sam_l1dfl.errors import ConfigError
 from sam_l1dfl.model.config import SamMed3DConfig
+from sam_l1dfl.lossnames import normalize_loss_name
 from sam_l1dfl.model.standin import is_standin_name, standin_available
 from sam_l1dfl.training.runconfig import (DataSplitConfig, LossConfig, RunConfig, TrainConfig, config_from_mapping,
                                           load_yaml, merge, parse_overrides)
@@ -116,6 +117,33 @@ class AugmentConfig:
 
 
 @dataclass
+class FinetuneLossConfig(LossConfig):
+    """``name`` and ``params`` (L1DFL's variants: ``eps``, ``histogram_scope``, ``roi_dilation``,
+    ``weight_dice``, ``weight_focal``; see ``docs/l1dfl.md``), plus a warm start."""
+
+    warmup_steps: int = 0
+    """The first N optimizer steps train with ``warmup_name`` instead (0: none); a resumed run
+    picks the loss of its step."""
+    warmup_name: str = "dicefocal"
+    """The warm-start loss (any loss ``name`` accepts)."""
+    warmup_params: dict[str, Any] = field(default_factory=dict)
+    """Its keyword arguments, as ``params``."""
+
+
+@dataclass
+class FinetuneTrainConfig(TrainConfig):
+    """The shared loop settings plus the fine-tuning step's own."""
+
+    compile: bool = False
+    """``torch.compile`` the loss (one fused kernel per click; Inductor needs a C++ compiler on a
+    CPU, Triton on a GPU).  If compiling fails the step runs eagerly, with a warning."""
+    log_weight_shares: bool = False
+    """With ``loss.name: l1dfl``: log the share of L1DFL's weight and of its Dice gradient on the
+    lesion interior, boundary and background (:func:`sam_l1dfl.losses.l1_weight_shares`, mean over
+    the clicks) in ``train_log.jsonl`` (``beta_interior`` ... ``dgrad_background``)."""
+
+
+@dataclass
 class FinetuneConfig(RunConfig):
     """SAM-Med3D fine-tuning; ``name``, ``output_dir``, ``seed``, ``loss`` (sigmoid mode: the
     single logit), ``train`` (``val_every``/``save_every`` in optimizer steps) and the checks shared
@@ -137,6 +165,14 @@ class FinetuneConfig(RunConfig):
     """Image-embedding cache."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     """Crop jitter."""
+    loss: FinetuneLossConfig = field(default_factory=FinetuneLossConfig)
+    """The loss (sigmoid mode), its parameters and an optional warm start."""
+    train: FinetuneTrainConfig = None  # type: ignore[assignment]  # FinetuneTrainConfig() after __init__
+    """The loop settings."""
+
+    def __post_init__(self):
+        if self.train is None:
+            self.train = FinetuneTrainConfig(**self.train_defaults)
 
     # -------------------------------------------------------------- derived
     def encoder_frozen(self) -> bool:
@@ -171,6 +207,15 @@ class FinetuneConfig(RunConfig):
                                           f"(got {self.model.preset})")
         elif ck is not None and not Path(ck).exists():
             raise bad("model.checkpoint", f"{ck} does not exist")
+        lo = self.loss
+        if lo.warmup_steps < 0:
+            raise bad("loss.warmup_steps", f"must be >= 0, got {lo.warmup_steps}")
+        try:
+            normalize_loss_name(lo.warmup_name)
+        except ConfigError as exc:
+            raise bad("loss.warmup_name", exc.problem) from None
+        if self.train.log_weight_shares and normalize_loss_name(lo.name) != "l1dfl":
+            raise bad("train.log_weight_shares", f"measures L1DFL's weights; loss.name is {lo.name!r}")
         p = self.prompts
         if not (p.points or p.boxes):
             raise bad("prompts", "enable points and/or boxes")
@@ -239,6 +284,6 @@ def load_config(path: "str | os.PathLike | None", overrides: "list[str] | None" 
     return load_yaml(FinetuneConfig, path, overrides)
 
 
-__all__ = ["AugmentConfig", "CacheConfig", "DataConfig", "FinetuneConfig", "IntensityConfig", "LossConfig",
-           "ModelConfig", "OptimConfig", "PromptConfig", "TrainConfig", "TrainableConfig", "config_from_dict",
-           "load_config", "merge", "parse_overrides"]
+__all__ = ["AugmentConfig", "CacheConfig", "DataConfig", "FinetuneConfig", "FinetuneLossConfig", "FinetuneTrainConfig",
+           "IntensityConfig", "LossConfig", "ModelConfig", "OptimConfig", "PromptConfig", "TrainConfig",
+           "TrainableConfig", "config_from_dict", "load_config", "merge", "parse_overrides"]

@@ -116,9 +116,10 @@ class FinetuneTrainer(Trainer):
         self.build_data()
         self.build_model()
         self.build_inputs()
-        loss_fn = make_training_loss(cfg.loss.name, cfg.loss.params, mode="sigmoid")
-        loop = ClickLoop(self.model, cfg.prompts, loss_fn, cfg.trainable.iou_head, cfg.trainable.iou_loss_weight,
-                         with_encoder=not self.use_cache)
+        self.build_losses()
+        loop = ClickLoop(self.model, cfg.prompts, self.loss_fn, cfg.trainable.iou_head, cfg.trainable.iou_loss_weight,
+                         with_encoder=not self.use_cache,
+                         weight_shares=self.loss_fn.weight_shares if cfg.train.log_weight_shares else None)
         self.params = [p for p in loop.parameters() if p.requires_grad]
         groups = [{"params": [p for p in self.params if p.ndim >= 2], "weight_decay": cfg.optim.weight_decay},
                   {"params": [p for p in self.params if p.ndim < 2], "weight_decay": 0.0}]
@@ -137,6 +138,29 @@ class FinetuneTrainer(Trainer):
             self.optimizer, lr_lambda(cfg.optim.warmup_steps, self.total_steps, cfg.optim.min_lr_ratio))
         self.loop, self.optimizer, self.train_dl, self.val_dl = self.prepare(loop, self.optimizer, train_dl, val_dl)
         self.samples_since = 0
+
+    def build_losses(self) -> None:
+        """The loss, and the warm-start loss of the first ``loss.warmup_steps`` optimizer steps;
+        ``train.compile`` compiles L1DFL's per-voxel kernel (eager fallback, with a warning)."""
+        lo = self.cfg.loss
+        self.loss_fn = make_training_loss(lo.name, lo.params, mode="sigmoid")
+        self.warm_loss = make_training_loss(lo.warmup_name, lo.warmup_params, mode="sigmoid") \
+            if lo.warmup_steps > 0 else None
+        if self.cfg.train.compile:
+            compiled = [f for f in (self.loss_fn, self.warm_loss) if hasattr(f, "compile_kernels")]
+            for f in compiled:
+                f.compile_kernels()
+            self.say("train.compile: " + ("L1DFL's per-voxel kernel goes through torch.compile" if compiled
+                                          else f"nothing to compile for loss {lo.name} (only L1DFL has a kernel)"))
+        if self.warm_loss is not None:
+            self.say(f"loss: {lo.warmup_name} for the first {lo.warmup_steps} optimizer steps, then {lo.name}")
+
+    def step_loss(self):
+        """The loss of the optimizer step being computed (the warm start's for steps 1..N; a resumed
+        run's step counter restores the schedule)."""
+        if self.warm_loss is not None and self.state.global_step < self.cfg.loss.warmup_steps:
+            return self.warm_loss
+        return self.loss_fn
 
     def build_data(self) -> None:
         """Lesion crops of the training and validation cases (cached on disk)."""
@@ -224,9 +248,10 @@ class FinetuneTrainer(Trainer):
         n_clicks = cfg.prompts.clicks_per_sample
         mo = mask_only_iterations(cfg.prompts.mask_only, n_clicks, cfg.seed, epoch, st.batch_in_epoch)
         u = click_uniforms(cfg.seed, epoch, batch["index"], n_clicks).to(acc.device, non_blocking=True)
+        loss_fn = self.step_loss()
         with acc.accumulate(self.loop):
             out = self.loop(label=batch["label"], u=u, embeddings=batch.get("embedding"),
-                            images=batch.get("image"), mask_only=mo)
+                            images=batch.get("image"), mask_only=mo, loss_fn=loss_fn)
             acc.backward(out["loss"])
             if acc.sync_gradients and cfg.optim.grad_clip:
                 acc.clip_grad_norm_(self.params, cfg.optim.grad_clip)
@@ -234,8 +259,12 @@ class FinetuneTrainer(Trainer):
             self.optimizer.zero_grad(set_to_none=True)
         st.batch_in_epoch += 1
         self.samples_since += self.gb
-        return {"loss": out["loss"].detach(), "seg_first": out["seg_per_iter"][0],
-                "seg_last": out["seg_per_iter"][-1], "iou": out.get("iou_mse"), "dice": out["dice_last"]}
+        parts = {"loss": out["loss"].detach(), "seg_first": out["seg_per_iter"][0],
+                 "seg_last": out["seg_per_iter"][-1], "iou": out.get("iou_mse"), "dice": out["dice_last"]}
+        if self.warm_loss is not None:  # the share of the logged steps that used the warm-start loss
+            parts["warmup"] = torch.full((), float(loss_fn is self.warm_loss), device=out["loss"].device)
+        parts.update({k: v for k, v in out.items() if k.startswith(("beta_", "dgrad_"))})
+        return parts
 
     def throughput(self, seconds: float) -> dict:
         rate = self.samples_since / max(seconds, 1e-9)
@@ -289,7 +318,9 @@ class FinetuneTrainer(Trainer):
         cfg, pre = self.cfg, self.cfg.preprocess
         meta = {"input_mode": pre.input_mode, "preprocess": pre.to_dict(),
                 "prompt_types": [t for t, on in (("points", cfg.prompts.points), ("boxes", cfg.prompts.boxes)) if on],
-                "loss": {"name": cfg.loss.name, **cfg.loss.params},
+                "loss": {"name": cfg.loss.name, **cfg.loss.params,
+                         **({"warmup_steps": cfg.loss.warmup_steps, "warmup_name": cfg.loss.warmup_name}
+                            if cfg.loss.warmup_steps else {})},
                 "training": {"step": self.state.global_step, "val_dice": _summary(res or {}),
                              "best_is_initial": which == "best" and self.best_is_initial,
                              "start_from": self.start_from, "config": cfg.to_dict()}}

@@ -95,6 +95,10 @@ class TrainConfig:
     """``accelerator.save_state`` every N steps/epochs (and at the end)."""
     keep_last: int = 3
     log_every: int = 10
+    deterministic: bool = False
+    """Deterministic kernels (cuDNN deterministic, no benchmark, ``torch.use_deterministic_algorithms``
+    with warnings for ops that have none): a resume continues bit for bit on a GPU too, at some
+    speed.  The CPU is deterministic either way."""
 
 
 @dataclass

@@ -39,6 +39,7 @@ vetted the same way, then loaded as the registered objects they were.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -62,6 +63,29 @@ from sam_l1dfl.seeding import seed_of
 from sam_l1dfl.training.distributed import make_accelerator
 
 STATE_PREFIX = "step_"
+
+
+# ---------------------------------------------------------------------- determinism
+@contextlib.contextmanager
+def deterministic_kernels(on: bool):
+    """``train.deterministic``: while the run lasts, cuDNN picks deterministic algorithms and no
+    benchmark, and ``torch.use_deterministic_algorithms(True, warn_only=True)`` makes every op
+    that has only a nondeterministic CUDA kernel say so (a warning naming it).  Sets
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` when unset (cuBLAS reads it when its handle is made, i.e.
+    before the process's first CUDA matrix product).  The previous settings come back at the end."""
+    if not on:
+        yield
+        return
+    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[2], prev[3]
 
 
 # ---------------------------------------------------------------------- data order
@@ -563,14 +587,16 @@ class Trainer:
         return res
 
     def run(self):
-        """setup → restore (the state vetted when the trainer was made) → on_train_start → fit → finish."""
-        self.setup()
-        self.restore(self.to_restore)
-        self.log = RunLog(self.acc, self.run_dir, resumed_at=self.state.global_step if self.resumed_from else None)
-        self.on_train_start()
-        self.fit()
-        return self.finish()
+        """setup → restore (the state vetted when the trainer was made) → on_train_start → fit → finish,
+        with deterministic kernels when ``train.deterministic``."""
+        with deterministic_kernels(self.cfg.train.deterministic):
+            self.setup()
+            self.restore(self.to_restore)
+            self.log = RunLog(self.acc, self.run_dir, resumed_at=self.state.global_step if self.resumed_from else None)
+            self.on_train_start()
+            self.fit()
+            return self.finish()
 
 
 __all__ = ["EpochSampler", "Progress", "RunLog", "RunResult", "RunningMeans", "STATE_PREFIX", "Trainer", "check_state",
-           "latest_state", "open_run", "peak_memory_mb", "save_run_state", "seed_of", "split_cases"]
+           "deterministic_kernels", "latest_state", "open_run", "peak_memory_mb", "save_run_state", "seed_of", "split_cases"]
