@@ -116,6 +116,7 @@ def main(argv=None) -> int:
         from sam_l1dfl.io_utils import check_output_path, input_files, refuse_inside, refuse_overwrite
         from sam_l1dfl.training.runconfig import merge
 
+        require(args.launcher)  # a missing extra: one line, before anything else
         if args.status or args.merge:
             if args.data or args.out:
                 raise ConfigError(None, "--merge OUT / --status OUT take the sweep's output folder alone (no --data/--out)")
@@ -136,7 +137,6 @@ def main(argv=None) -> int:
                   sam_overrides=st.get("sam"), loss_params=st.get("loss_params"),
                   lesion_free_dice=args.lesion_free_dice, progress=not args.quiet, threads=args.threads)
         if args.plan or args.dry_run:
-            require(args.launcher)
             plan, jobs = prepare_comparison(args.data, args.out, resources=resources, **kw)
             if args.plan:
                 print(describe_plan(plan) + "\n" + describe_jobs(jobs), end="")

@@ -496,24 +496,28 @@ def redirect_output(path: Path) -> Iterator[None]:
             os.close(x)
 
 
-def _accelerate_command(job: Job, spec_path: Path) -> list[str]:
-    """``accelerate launch`` of a job's processes on this node (one per GPU; gloo on a CPU node)."""
-    import torch
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(job.resources.processes),
-           "--num_machines", "1", "--multi_gpu", "--main_process_port", "0"]
-    if not torch.cuda.is_available():
-        cmd.append("--cpu")
-    return cmd + ["-m", "sam_l1dfl.cluster.jobs", "work", str(spec_path)]
+
+def _accelerate_command(job: Job, spec_path: Path) -> list[str]:
+    """``accelerate launch`` of a job's processes on this node: one per GPU (gloo processes on a
+    node without CUDA), each running ``python -m sam_l1dfl.cluster.jobs work``."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+            str(job.resources.processes), "--num_machines", "1", "--main_process_port", str(_free_port()),
+            "--dynamo_backend", "no", "-m", "sam_l1dfl.cluster.jobs", "work", str(spec_path)]
 
 
 def _call(job: Job) -> None:
     if job.resources.processes > 1:
         spec_path = Path(job.folder) / SPEC_FILE
         write_json_atomic(spec_path, job.to_dict())
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        env["OMP_NUM_THREADS"] = str(max(1, job.resources.cpus // job.resources.processes))
         r = subprocess.run(_accelerate_command(job, spec_path), env=env)
         if r.returncode != 0:
             raise InputError(job.folder, f"{job.resources.processes} Accelerate processes: exit status {r.returncode}")

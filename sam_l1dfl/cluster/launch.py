@@ -391,6 +391,9 @@ def describe_submission(jobs: Sequence["Job | dict"], launcher: str = "local", *
         for j in jobs:
             L.append(f"{j.name} ({j.resources.describe()}): "
                      + " ".join(_local_command(work_dir / "local" / f"{j.name}.json")))
+    elif launcher == "submitit" and submitit_cluster == "local":
+        L.append("submitit LocalExecutor: every job a local process at once (no SLURM):")
+        L += [f"  {j.name} ({j.resources.describe()}) -> {j.folder}" for j in jobs]
     elif launcher == "submitit":
         if submitit_cluster not in SUBMITIT_CLUSTERS:
             _check_submitit_cluster(submitit_cluster)

@@ -2,8 +2,8 @@
 
 :class:`Resources` is read from a config mapping (``resources:`` in ``compare_losses.py
 --config``, ``resources.gpus=1`` on its command line, the launcher flags ``--gpus`` ... of every
-command) with the typed checks of :func:`sam_l1dfl.training.runconfig.from_mapping`: an unknown
-key or a wrong type is one ``error:`` line.  Each launcher translates it (:func:`submitit_parameters`
+command): an unknown key or a wrong type is one ``error:`` line.  (This module and
+:mod:`sam_l1dfl.cluster.jobs` import no torch: ``--status`` and a job's lock are quick.)  Each launcher translates it (:func:`submitit_parameters`
 for SLURM through submitit, :func:`ray_options` for a Ray task); docs/cluster.md has the table of
 what each key becomes, and tests/test_cluster_sweep.py checks the sbatch script against it.
 
@@ -13,11 +13,10 @@ A job with ``gpus > 1`` trains as that many Accelerate processes on one node
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Optional
 
 from sam_l1dfl.errors import ConfigError
-from sam_l1dfl.training.runconfig import from_mapping, merge
 
 
 @dataclass(frozen=True)
@@ -69,15 +68,40 @@ class Resources:
 PER_MODEL_KEY = "models"
 
 
+_TYPES = {"gpus": int, "cpus": int, "mem_gb": float, "time_min": int, "partition": str, "account": str, "slurm": dict}
+
+
+def _merged(base: dict, upd: dict) -> dict:
+    out = dict(base)
+    for k, v in upd.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def resources_from(mapping: "dict | None", source: "str | None" = None, prefix: str = "resources",
                    default: "Resources | None" = None) -> Resources:
     """:class:`Resources` from a mapping (unknown keys, wrong types: one-line ConfigError)."""
+    mapping = mapping or {}
+    if not isinstance(mapping, dict):
+        raise ConfigError(source, f"{prefix}: expected a mapping of {', '.join(_TYPES)}, got {mapping!r}")
+    unknown = sorted(set(mapping) - {f.name for f in fields(Resources)})
+    if unknown:
+        raise ConfigError(source, f"unknown key(s) {', '.join(repr(f'{prefix}.{k}') for k in unknown)}; known: "
+                                  + ", ".join(f"{prefix}.{k}" for k in _TYPES))
+    kw = {}
+    for k, v in mapping.items():
+        tp = _TYPES[k]
+        ok = v is None and k in ("partition", "account") or (
+            isinstance(v, tp) if tp is not float else isinstance(v, (int, float))) and not isinstance(v, bool)
+        if tp is int and isinstance(v, float) and v == int(v):
+            v, ok = int(v), True
+        if not ok:
+            raise ConfigError(source, f"{prefix}.{k}: expected {tp.__name__.replace('dict', 'a mapping')}, got {v!r}")
+        kw[k] = float(v) if tp is float else v
     try:
-        return from_mapping(Resources, mapping or {}, source, prefix, default)
+        return replace(default or Resources(), **kw)
     except ConfigError as exc:
-        if exc.path is None and source is not None:
-            raise ConfigError(source, exc.problem) from None
-        raise
+        raise ConfigError(source, exc.problem) from None
 
 
 def job_resources(mapping: "dict | None", group: "str | None" = None, source: "str | None" = None) -> Resources:
@@ -88,7 +112,7 @@ def job_resources(mapping: "dict | None", group: "str | None" = None, source: "s
     if not isinstance(per, dict):
         raise ConfigError(source, f"resources.{PER_MODEL_KEY}: expected a mapping of model -> resources")
     if group is not None and group in per:
-        mapping = merge(mapping, per[group] or {})
+        mapping = _merged(mapping, per[group] or {})
     return resources_from(mapping, source, f"resources.{PER_MODEL_KEY}.{group}" if group in per else "resources")
 
 
