@@ -3,7 +3,7 @@
 A :class:`Job` is a function to call (``target``, ``"package.module:function"``, called with the
 JSON ``payload``), the folder it alone writes into, the resources it needs and its
 **fingerprint**: a hash of its config, of its data split and the code version
-(:func:`make_fingerprint`, :func:`code_version`).  :func:`run_job` runs one in the current process,
+(:func:`make_fingerprint`, :func:`code_version`: the package version and a hash of its source).  :func:`run_job` runs one in the current process,
 whatever started it (the local launcher, a SLURM job through submitit, a Ray task):
 
 1. take the folder's **lock** (:class:`JobLock`); a folder locked by another process is left
@@ -16,7 +16,8 @@ whatever started it (the local launcher, a SLURM job through submitit, a Ray tas
 
 Job folder::
 
-    fingerprint.json  what the job is: config, data and code hashes (written once, atomically)
+    fingerprint.json  what the job is: config, data and code hashes (written once, atomically), and
+                      the git commit it was made from, for people
     job.json          the last attempt: state (running, done, failed), attempt count, host, pid,
                       launcher, start and end times
     failed.json       the last failure's one-line reason and traceback tail (removed on success)
@@ -97,8 +98,21 @@ def digest(obj: Any) -> str:
 # ---------------------------------------------------------------------- fingerprint
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """The package version, and in a git checkout its commit (``0.1.0+g1a2b3c4d5e6f``), plus
-    ``.dirty<hash>`` of the uncommitted changes to ``sam_l1dfl/`` when there are any."""
+    """``0.1.0+src.1a2b3c4d5e6f``: the package version and a hash of every ``sam_l1dfl/**/*.py``
+    file (its path and bytes).  Any change to the code changes it, in a git checkout or an
+    installed copy alike, and a compute node needs no git to check it (:func:`git_describe` says
+    which commit that was, for people)."""
+    pkg = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted(pkg.rglob("*.py")):
+        h.update(str(f.relative_to(pkg)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return f"{__version__}+src.{h.hexdigest()[:12]}"
+
+
+@functools.lru_cache(maxsize=1)
+def git_describe() -> "str | None":
+    """The git commit of the checkout the package runs from (``1a2b3c4d5e6f``, ``+dirty`` with
+    uncommitted changes to ``sam_l1dfl/``), or None outside a git checkout."""
     root = Path(__file__).resolve().parents[2]
 
     def git(*args: str) -> str:
@@ -107,17 +121,11 @@ def code_version() -> str:
 
     try:
         if Path(git("rev-parse", "--show-toplevel").strip()).resolve() != root:
-            return __version__  # installed inside some other repository
-        v = f"{__version__}+g{git('rev-parse', 'HEAD').strip()[:12]}"
-        diff = git("diff", "HEAD", "--", "sam_l1dfl")
-        untracked = git("ls-files", "--others", "--exclude-standard", "--", "sam_l1dfl")
-        if diff or untracked:
-            extra = [(p, hashlib.sha256((root / p).read_bytes()).hexdigest()) for p in untracked.split()
-                     if (root / p).is_file()]
-            v += f".dirty{digest([diff, extra])[:8]}"
-        return v
+            return None  # installed inside some other repository
+        dirty = git("status", "--porcelain", "--", "sam_l1dfl").strip()
+        return git("rev-parse", "HEAD").strip()[:12] + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return __version__
+        return None
 
 
 def file_sizes(paths) -> list:
@@ -550,7 +558,7 @@ def run_job(job: "Job | dict", launcher: str = "local") -> dict:
                                       f"{code_version()}); plan it again")
         if fp is None:
             write_json_atomic(folder / FINGERPRINT_FILE, {"format": "sam-l1dfl-job-fingerprint", "version": 1,
-                                                          "job": job.name, **job.fingerprint})
+                                                          "job": job.name, **job.fingerprint, "git": git_describe()})
         info = holder_info(launcher)
         rec = {"format": "sam-l1dfl-job", "version": 1, "name": job.name, "fingerprint": job.id, "state": "running",
                "attempt": int(rec.get("attempt", 0)) + 1, "host": info["host"], "pid": info["pid"],
@@ -610,6 +618,6 @@ if __name__ == "__main__":
 
 
 __all__ = ["FAILED_FILE", "FINGERPRINT_FILE", "HEARTBEAT_S", "JOB_FILE", "Job", "JobLock", "LOCK_FILE", "LOG_FILE",
-           "STALE_S", "STATES", "check_not_conflicting", "clear_job", "code_version", "digest", "file_sizes",
+           "STALE_S", "STATES", "check_not_conflicting", "clear_job", "code_version", "digest", "file_sizes", "git_describe",
            "fingerprint_difference", "job_state", "lock_holder", "locked", "make_fingerprint", "mark_failed",
            "now_iso", "redirect_output", "run_job", "run_job_logged"]

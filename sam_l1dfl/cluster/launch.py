@@ -70,6 +70,17 @@ def require(launcher: str):
                                 f"pip install 'sam-l1dfl[{extra}]'") from None
 
 
+def check_launcher(launcher: str, submitit_cluster: str = "slurm", wait: bool = True) -> None:
+    """Everything about the launcher options that can be refused before any work: a missing extra,
+    no SLURM here, ``--no-wait`` with a launcher whose jobs end with this process."""
+    require(launcher)
+    if launcher == "submitit":
+        _check_submitit_cluster(submitit_cluster)
+    if not wait and launcher != "submitit":
+        raise ConfigError(None, f"--no-wait is for --launcher submitit (SLURM keeps the jobs); {launcher} jobs end "
+                                "with this process")
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
@@ -310,12 +321,7 @@ def launch(jobs: Sequence["Job | dict"], launcher: str = "local", *, work_dir: "
     """Run (or submit) every job that has not finished; returns each job's state at the end
     (``{"state": "done" | "failed" | "queued" | ...}``).  ``wait=False`` (submitit only): return
     once submitted.  Conflicting job folders must have been refused (or cleared) before."""
-    require(launcher)
-    if launcher == "submitit":
-        _check_submitit_cluster(submitit_cluster)
-    if not wait and launcher != "submitit":
-        raise ConfigError(None, f"--no-wait is for --launcher submitit (SLURM keeps the jobs); {launcher} jobs end "
-                                "with this process")
+    check_launcher(launcher, submitit_cluster, wait)
     jobs = [Job.coerce(j) for j in jobs]
     if launcher != "local":  # torch threads = the CPUs the job asked for (not every core of the node)
         jobs = [j if j.threads else dataclasses.replace(j, threads=j.resources.cpus) for j in jobs]
@@ -430,5 +436,5 @@ def status_table(states: dict[str, dict]) -> str:
     return f"jobs: {sum(counts.values())}: " + SweepMonitor.summary(counts) + "\n" + "\n".join(L) + "\n"
 
 
-__all__ = ["EXTRAS", "LAUNCHERS", "POLL_S", "SUBMITIT_CLUSTERS", "SubmititCall", "SweepMonitor",
+__all__ = ["EXTRAS", "LAUNCHERS", "POLL_S", "SUBMITIT_CLUSTERS", "SubmititCall", "SweepMonitor", "check_launcher",
            "describe_submission", "launch", "require", "sbatch_script", "status_table"]

@@ -170,10 +170,12 @@ def launch_shards(args, module: str) -> int:
     from pathlib import Path
 
     from sam_l1dfl.cluster.jobs import Job, check_not_conflicting, clear_job, file_sizes, make_fingerprint
-    from sam_l1dfl.cluster.launch import describe_submission, launch, status_table
+    from sam_l1dfl.cluster.launch import check_launcher, describe_submission, launch, status_table
     from sam_l1dfl.cluster.resources import resources_from
     from sam_l1dfl.data.discovery import discover_cases, select_shard, shard_dir_name
 
+    if not args.dry_run:
+        check_launcher(args.launcher, args.submitit_cluster, not args.no_wait)
     n = args.shards
     cases = discover_cases(args.data).cases
     out = Path(args.out_dir).resolve()

@@ -34,9 +34,9 @@ import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
-from sam_l1dfl.cluster.jobs import (Job, check_not_conflicting, clear_job, code_version, file_sizes, job_state,
+from sam_l1dfl.cluster.jobs import (Job, check_not_conflicting, clear_job, code_version, file_sizes, git_describe,
                                     make_fingerprint, now_iso)
-from sam_l1dfl.cluster.launch import SweepMonitor, launch, require
+from sam_l1dfl.cluster.launch import SweepMonitor, check_launcher, launch
 from sam_l1dfl.cluster.resources import check_resources_mapping, job_resources
 from sam_l1dfl.compare import report
 from sam_l1dfl.compare.runner import (BUDGETS, LOSSES, MODELS, plan_comparison, run_baselines, run_ensemble,
@@ -109,7 +109,7 @@ def run_comparison(data: "str | os.PathLike", out: "str | os.PathLike", models: 
     ``wait=False`` (submitit) it returns ``{"submitted": True, "states": ...}`` once the jobs are
     queued; merge later.  ``kw``: the settings of
     :func:`~sam_l1dfl.compare.runner.plan_comparison` (``folds``, ``split_seed``, overrides, ...)."""
-    require(launcher)  # a missing extra: one line, before anything is written
+    check_launcher(launcher, submitit_cluster, wait)  # a missing extra, no SLURM: one line, nothing written
     plan = plan_comparison(data, out, models, losses, seeds, budget, write=False, progress=progress, **kw)
     jobs = comparison_jobs(plan, resources)
     out, splits, meta = Path(out), plan["splits"], plan["meta"]
@@ -120,7 +120,8 @@ def run_comparison(data: "str | os.PathLike", out: "str | os.PathLike", models: 
         check_not_conflicting(jobs)
     write_splits(out, splits)
     write_json_atomic(out / SWEEP_FILE, {"format": "sam-l1dfl-sweep", "version": 1, "created": now_iso(),
-                                         "code": code_version(), "launcher": launcher, "meta": meta,
+                                         "code": code_version(), "git": git_describe(), "launcher": launcher,
+                                         "meta": meta,
                                          "jobs": [j.to_dict() for j in jobs]})
     log(f"split (seed {splits['split_seed']}): {len(splits['train'])} train, {len(splits['val'])} validation, "
         f"{len(splits['test'])} test cases" + (f", {meta['folds']} folds" if meta["folds"] else "")
