@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -26,6 +27,7 @@ from sam_l1dfl.cluster.jobs import job_state, lock_holder
 from sam_l1dfl.compare.sweep import merge_comparison, run_comparison
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {"preprocess": {"spacing": 8.0}, "network": {"width": 0.125}, "augment": {"crop_size": 32},
         "train": {"epochs": 6, "batch_size": 1, "val_every": 3, "save_every": 1}}
@@ -68,7 +70,16 @@ def same_weights(a: Path, b: Path) -> bool:
     return all(wa[w].keys() == wb[w].keys() and all(torch.equal(wa[w][k], wb[w][k]) for k in wa[w]) for w in wa)
 
 
-def test_submitit_local_executor_sigkill_resubmit_and_same_report(sweep):
+def _script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_losses", ROOT / "scripts" / "compare_losses.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_submitit_local_executor_sigkill_resubmit_and_same_report(sweep, capfd):
     pytest.importorskip("submitit")
     out = sweep / "submitit"
     victim = out / "runs" / "unet-l1dfl-s0"
@@ -101,11 +112,21 @@ def test_submitit_local_executor_sigkill_resubmit_and_same_report(sweep):
     status = json.loads((out / "status.json").read_text())
     assert status["counts"]["done"] == 3 and status["counts"]["failed"] == 1 and not status["complete"]
     assert not (victim / "result.json").exists()
+    # the merge stage alone says so too (exit status 1), and --status names the failed job
+    capfd.readouterr()
+    assert _script().main(["--merge", str(out), "--quiet"]) == 1
+    o, e = capfd.readouterr()
+    assert "INCOMPLETE: 1 job(s) did not finish (unet-l1dfl-s0); 1 failed" in e and "partial/table.md" in o
+    assert _script().main(["--status", str(out)]) == 0
+    o = capfd.readouterr().out
+    assert "done 3, running 0, failed 1" in o and re.search(r"unet-l1dfl-s0\s+failed\s+\S", o)
     # re-submitted: the three finished jobs are skipped, the killed one resumes from its last state
     logs.clear()
     t0 = time.perf_counter()
-    s2 = run_comparison(sweep / "synth", out, launcher="submitit", submitit_cluster="local", log=logs.append, **KW)
+    s2 = run_comparison(sweep / "synth", out, launcher="submitit", submitit_cluster="local", log=logs.append,
+                        **{**KW, "progress": True})
     second = time.perf_counter() - t0
+    assert "jobs: 4/4" in capfd.readouterr().err  # the progress over the sweep (plain lines off a terminal)
     print(f"submitit LocalExecutor: {first:.0f} s, re-submission {second:.0f} s")
     assert s2["complete"] and not (out / "partial").exists() and (out / "table.md").is_file()
     assert sum("finished earlier, skipped" in ln for ln in logs) == 3

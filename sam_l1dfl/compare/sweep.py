@@ -197,11 +197,12 @@ def merge_comparison(out: "str | os.PathLike", force: bool = False, progress: bo
                                                   force=force, progress=progress))
                 else:
                     log(f"no {model}-{loss} ensemble: {sum(n not in results for n in names)} of {len(names)} folds missing")
-        report.write_report(target / "folds", list(results.values()), splits,
-                            {**meta, "evaluation": "per fold (each fold's best checkpoint on the test set; case "
-                                                   "values averaged over folds)"})
+        if results:
+            report.write_report(target / "folds", list(results.values()), splits,
+                                {**meta, "evaluation": "per fold (each fold's best checkpoint on the test set; case "
+                                                       "values averaged over folds)"})
+            log(f"per-fold report: {target / 'folds' / 'table.md'}")
         summary = report.write_report(target, ensembles + baselines, splits, meta)
-        log(f"per-fold report: {target / 'folds' / 'table.md'}")
     if complete and (out / PARTIAL_DIR).is_dir():
         shutil.rmtree(out / PARTIAL_DIR)  # an earlier partial report, superseded
     log(f"report: {target / 'table.md'}" + ("" if complete else
