@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import os
 import shutil
 import subprocess
@@ -54,6 +55,7 @@ EXTRAS = {"submitit": ("submitit", "slurm"), "ray": ("ray", "ray")}
 SUBMITIT_CLUSTERS = ("slurm", "local")
 #: Seconds between two looks at the jobs while waiting (per launcher).
 POLL_S = {"local": 1.0, "submitit": 15.0, "ray": 2.0}
+SUBMITTED_FILE = "submitted.json"
 
 
 def require(launcher: str):
@@ -231,7 +233,26 @@ def _submit_submitit(jobs: list[Job], mon: SweepMonitor, work_dir: Path, cluster
             mon.note(j.name, state="queued", since=now_iso(), scheduler_job_id=str(h.job_id))
         what = f"SLURM array {str(hs[0].job_id).split('_')[0]}" if cluster == "slurm" else "local processes"
         log(f"submitted {len(group)} job(s) ({res.describe()}) as {what}: {', '.join(j.name for j in group)}")
+    # what was queued, for --status after this process has gone (SLURM keeps the jobs)
+    book = work_dir / SUBMITTED_FILE
+    old = _read_submitted(work_dir)
+    write_json_atomic(book, {**old, **{n: mon.seen[n] for n in handles}})
     return handles
+
+
+def _read_submitted(work_dir: Path) -> dict:
+    try:
+        d = json.loads((Path(work_dir) / SUBMITTED_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def note_submitted(mon: "SweepMonitor", work_dir: "str | os.PathLike") -> None:
+    """Tell a monitor what an earlier launcher queued (``--status`` of a ``--no-wait`` sweep)."""
+    for name, info in _read_submitted(Path(work_dir)).items():
+        if isinstance(info, dict) and any(j.name == name for j in mon.jobs):
+            mon.note(name, **info)
 
 
 def _wait_submitit(jobs: list[Job], handles: dict, mon: SweepMonitor, poll_s: float) -> None:
@@ -437,4 +458,4 @@ def status_table(states: dict[str, dict]) -> str:
 
 
 __all__ = ["EXTRAS", "LAUNCHERS", "POLL_S", "SUBMITIT_CLUSTERS", "SubmititCall", "SweepMonitor", "check_launcher",
-           "describe_submission", "launch", "require", "sbatch_script", "status_table"]
+           "describe_submission", "launch", "note_submitted", "require", "sbatch_script", "status_table"]

@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 
 from sam_l1dfl.cluster.jobs import (Job, check_not_conflicting, clear_job, code_version, file_sizes, git_describe,
                                     make_fingerprint, now_iso)
-from sam_l1dfl.cluster.launch import SweepMonitor, check_launcher, launch
+from sam_l1dfl.cluster.launch import SweepMonitor, check_launcher, launch, note_submitted
 from sam_l1dfl.cluster.resources import check_resources_mapping, job_resources
 from sam_l1dfl.compare import report
 from sam_l1dfl.compare.runner import (BUDGETS, LOSSES, MODELS, plan_comparison, run_baselines, run_ensemble,
@@ -155,6 +155,7 @@ def sweep_status(out: "str | os.PathLike") -> dict[str, dict]:
     sweep = read_sweep(out)
     mon = SweepMonitor([Job.coerce(j) for j in sweep["jobs"]], out / STATUS_FILE, sweep.get("launcher", "local"),
                        progress=False, log=lambda m: None)
+    note_submitted(mon, out / LAUNCH_DIR)  # jobs queued by an earlier --no-wait submission
     try:
         return mon.update()
     finally:
