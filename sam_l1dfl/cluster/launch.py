@@ -8,7 +8,8 @@ or as Ray tasks; the progress of the whole list on the terminal and in a JSON st
   (``python -m sam_l1dfl.cluster.jobs run``; ``isolate=False``: in this process).
 * ``submitit``: ``submitit.AutoExecutor``; the jobs of one stage with the same resources are
   **one SLURM job array** (``executor.batch()``).  Each job is a checkpointable callable: at its
-  time limit (or on pre-emption) submitit requeues it and it resumes from its last saved state.
+  time limit (or on pre-emption) submitit requeues it (up to :data:`MAX_REQUEUES` times) and it
+  resumes from its last saved state, so a job may be longer than the partition's time limit.
   ``submitit_cluster="local"`` runs the same submission as local processes (submitit's
   ``LocalExecutor``; what the tests use), ``"slurm"`` (the default) needs ``srun`` on the PATH.
 * ``ray``: one Ray task per job (``num_cpus``, ``num_gpus``, ``memory`` from the job's
@@ -56,6 +57,8 @@ SUBMITIT_CLUSTERS = ("slurm", "local")
 #: Seconds between two looks at the jobs while waiting (per launcher).
 POLL_S = {"local": 1.0, "submitit": 15.0, "ray": 2.0}
 SUBMITTED_FILE = "submitted.json"
+#: How often SLURM may requeue a job that reached its time limit (it resumes each time).
+MAX_REQUEUES = 20
 
 
 def require(launcher: str):
@@ -222,7 +225,8 @@ def _check_submitit_cluster(cluster: str) -> None:
 def _submit_submitit(jobs: list[Job], mon: SweepMonitor, work_dir: Path, cluster: str, log) -> dict:
     submitit = require("submitit")
     _check_submitit_cluster(cluster)
-    ex = submitit.AutoExecutor(folder=work_dir / "submitit" / "%j", cluster=cluster)
+    ex = submitit.AutoExecutor(folder=work_dir / "submitit" / "%j", cluster=cluster,
+                               slurm_max_num_timeout=MAX_REQUEUES)
     handles = {}
     for res, group in _groups(jobs):
         ex.update_parameters(**submitit_parameters(res, _array_name(group), len(group)))
@@ -457,5 +461,5 @@ def status_table(states: dict[str, dict]) -> str:
     return f"jobs: {sum(counts.values())}: " + SweepMonitor.summary(counts) + "\n" + "\n".join(L) + "\n"
 
 
-__all__ = ["EXTRAS", "LAUNCHERS", "POLL_S", "SUBMITIT_CLUSTERS", "SubmititCall", "SweepMonitor", "check_launcher",
+__all__ = ["EXTRAS", "LAUNCHERS", "MAX_REQUEUES", "POLL_S", "SUBMITIT_CLUSTERS", "SubmititCall", "SweepMonitor", "check_launcher",
            "describe_submission", "launch", "note_submitted", "require", "sbatch_script", "status_table"]
