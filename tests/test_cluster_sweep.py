@@ -26,7 +26,7 @@ import pytest
 from sam_l1dfl.cluster.jobs import job_state, lock_holder
 from sam_l1dfl.compare.sweep import merge_comparison, run_comparison
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # several job processes: slow on a loaded machine
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {"preprocess": {"spacing": 8.0}, "network": {"width": 0.125}, "augment": {"crop_size": 32},
