@@ -515,7 +515,8 @@ def _accelerate_command(job: Job, spec_path: Path) -> list[str]:
     node without CUDA), each running ``python -m sam_l1dfl.cluster.jobs work``."""
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
             str(job.resources.processes), "--num_machines", "1", "--main_process_port", str(_free_port()),
-            "--dynamo_backend", "no", "-m", "sam_l1dfl.cluster.jobs", "work", str(spec_path)]
+            # the run's own config sets its precision (Accelerator(mixed_precision=...) wins over this)
+            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sam_l1dfl.cluster.jobs", "work", str(spec_path)]
 
 
 def _call(job: Job) -> None:
