@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from sam_l1dfl.cluster.jobs import job_state, lock_holder
-from sam_l1dfl.compare.sweep import merge_comparison, run_comparison
+from sam_l1dfl.compare.sweep import merge_comparison, run_comparison, sweep_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # several job processes: slow on a loaded machine
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,26 +120,29 @@ def test_submitit_local_executor_sigkill_resubmit_and_same_report(sweep, capfd):
     assert _script().main(["--status", str(out)]) == 0
     o = capfd.readouterr().out
     assert "done 3, running 0, failed 1" in o and re.search(r"unet-l1dfl-s0\s+failed\s+\S", o)
-    # re-submitted: the three finished jobs are skipped, the killed one resumes from its last state
+    # re-submitted without waiting (--no-wait): the three finished jobs are skipped, the killed one
+    # is queued and resumes from its last state; --status follows it, --merge makes the report
     logs.clear()
     t0 = time.perf_counter()
     s2 = run_comparison(sweep / "synth", out, launcher="submitit", submitit_cluster="local", log=logs.append,
-                        **{**KW, "progress": True})
-    second = time.perf_counter() - t0
-    assert "jobs: 4/4" in capfd.readouterr().err  # the progress over the sweep (plain lines off a terminal)
-    print(f"submitit LocalExecutor: {first:.0f} s, re-submission {second:.0f} s")
-    assert s2["complete"] and not (out / "partial").exists() and (out / "table.md").is_file()
+                        wait=False, **{**KW, "progress": True})
+    assert s2["submitted"] and s2["states"]["unet-l1dfl-s0"]["state"] in ("queued", "running")
     assert sum("finished earlier, skipped" in ln for ln in logs) == 3
+    assert "jobs: 3/4" in capfd.readouterr().err  # the progress over the sweep (plain lines off a terminal)
+    while (st := sweep_status(out)["unet-l1dfl-s0"])["state"] in ("queued", "running"):
+        assert time.perf_counter() - t0 < 600, st
+        time.sleep(0.5)
+    assert st["state"] == "done", st
+    s3 = merge_comparison(out, progress=False, log=lambda m: None)
+    second = time.perf_counter() - t0
+    print(f"submitit LocalExecutor: {first:.0f} s, re-submission {second:.0f} s")
+    assert s3["complete"] and not (out / "partial").exists() and (out / "table.md").is_file()
     m = json.loads((victim / "metrics.json").read_text())
     assert m["resumed_from"] and 1 <= int(Path(m["resumed_from"]).name.split("_")[1]) < 6  # mid-training
     assert json.loads((victim / "job.json").read_text())["attempt"] == 2
     for name in NAMES:  # the resumed job too: the weights of the uninterrupted local run
         assert same_weights(out / "runs" / name, sweep / "local" / "runs" / name), name
     assert report_numbers(out) == report_numbers(sweep / "local")
-    # the merge alone, again: the same report
-    before = (out / "stats.csv").read_text()
-    assert merge_comparison(out, progress=False, log=lambda m: None)["complete"]
-    assert (out / "stats.csv").read_text() == before
 
 
 def test_ray_local_cluster_same_report(sweep):
