@@ -76,7 +76,7 @@ def test_report_from_fixed_numbers(tmp_path):
 
 @pytest.mark.slow
 def test_runner_end_to_end_and_resume(tmp_path):
-    from sam_l1dfl.compare.runner import run_comparison
+    from sam_l1dfl.compare.sweep import run_comparison
     from sam_l1dfl.data.synthetic import generate_dataset
 
     generate_dataset(tmp_path / "synth", 3, seed=1, progress=False)
@@ -123,7 +123,7 @@ def test_runner_end_to_end_and_resume(tmp_path):
 
 
 def test_runner_argument_errors(tmp_path):
-    from sam_l1dfl.compare.runner import run_comparison
+    from sam_l1dfl.compare.sweep import run_comparison
 
     with pytest.raises(ConfigError, match="unknown model"):
         run_comparison(tmp_path, tmp_path / "o", models=["vnet"])
@@ -147,7 +147,7 @@ def test_script_reports_one_line_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_sam_arm_one_click_per_lesion(tmp_path):
     """The SAM-Med3D arm: fine-tuning API with the loss, then 1 simulated click per lesion on the test case."""
-    from sam_l1dfl.compare.runner import run_comparison
+    from sam_l1dfl.compare.sweep import run_comparison
     from sam_l1dfl.data.synthetic import generate_dataset
 
     generate_dataset(tmp_path / "synth", 3, seed=1, progress=False)

@@ -234,7 +234,7 @@ def test_out_holding_an_input_is_refused_before_any_work(tmp_path, capsys):
 def test_folds_and_ensemble_end_to_end(tmp_path):
     import json
 
-    from sam_l1dfl.compare.runner import run_comparison
+    from sam_l1dfl.compare.sweep import run_comparison
     from sam_l1dfl.data.io import read_mask
     from sam_l1dfl.data.synthetic import generate_dataset
 

@@ -19,7 +19,10 @@ A whole data set (``--data DIR``, discovered like ``sam-l1dfl data``)::
     sam-l1dfl infer --data DIR --prompts-from-mask --clicks 3 --checkpoint ... --out-dir O
 
 writes ``O/<case>.nii.gz`` (binary; what ``sam-l1dfl evaluate --pred-dir O`` reads),
-``O/lesions/<case>.nii.gz``, ``O/<case>.json`` and ``O/summary.json``.  A case without a prompt
+``O/lesions/<case>.nii.gz``, ``O/<case>.json`` and ``O/summary.json``.  ``--shard K/N`` segments
+part K of N of the cases (sorted by id) into ``O/shard-K-of-N/``; ``--shards N`` runs every part
+as a job with the launcher options (``--launcher submitit|ray``, ``--gpus``, ..., docs/cluster.md);
+``evaluate --pred-dir O`` merges the parts and refuses a missing one.  A case without a prompt
 file (or, with ``--prompts-from-mask``, without a lesion) gets an empty mask; a case whose files
 are unusable is listed with its one-line reason (exit status 1 after the others are written).
 Every output is written atomically.
@@ -40,7 +43,8 @@ from __future__ import annotations
 
 import argparse
 
-from sam_l1dfl.commands import DATA_HELP, DEVICE_HELP, PET_HELP, add_output_flags, case_inputs, image_output
+from sam_l1dfl.commands import (DATA_HELP, DEVICE_HELP, PET_HELP, add_output_flags, add_shard_arguments, case_inputs,
+                                check_shard_arguments, image_output, launch_shards, shard_cases)
 
 HELP = "prompted inference on PET (and CT) volumes"
 #: Shown by ``--help``; each one runs (or parses) in tests/test_help_examples.py.
@@ -98,6 +102,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--allow-checksum-mismatch", action="store_true",
                    help="use prompt files made for an image with another SHA-256 (warning only)")
     add_output_flags(p, verbose="report lesions, encoder passes, seconds per stage")
+    add_shard_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(None, "--clicks simulates clicks against a reference: add --prompts-from-mask")
     if args.batch_size < 1:
         raise InputError(None, f"--batch-size must be >= 1, got {args.batch_size}")
+    check_shard_arguments(args)
     if args.method == "sam" and args.checkpoint is None:
         raise InputError(None, "--checkpoint is required with --method sam (or use --method threshold)")
     unused = [o for o, v in (("--checkpoint", args.checkpoint), ("--ct", args.ct), ("--clicks", args.clicks),
@@ -144,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
     from sam_l1dfl.inference import Segmenter
 
     device = parse_device(args.device)
+    if args.shards:  # every part a job (each runs this command with --shard K/N)
+        return launch_shards(args, __name__)
     cases = _check_one(args) if single else _check_dataset(args)  # output paths, before any work
     if args.method == "threshold":
         from sam_l1dfl.baselines import ThresholdSegmenter
@@ -184,8 +192,8 @@ def _check_dataset(args) -> list:
     from sam_l1dfl.data.discovery import discover_cases
     from sam_l1dfl.io_utils import check_output_path, check_outputs, input_files
 
+    cases = shard_cases(args, discover_cases(args.data).cases)  # --shard K/N: its part, into OUT_DIR/shard-K-of-N
     out = check_output_path(args.out_dir, folder=True)
-    cases = discover_cases(args.data).cases
     files = [out / "summary.json"]
     for rec in cases:
         files += [out / f"{rec.case_id}.nii.gz", out / "lesions" / f"{rec.case_id}.nii.gz", out / f"{rec.case_id}.json"]

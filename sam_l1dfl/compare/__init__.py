@@ -1,7 +1,8 @@
 """The paper's experiment: Dice vs Dice-Focal vs L1DFL across MONAI CNNs and SAM-Med3D.
 
     plan_comparison(...), describe_plan(plan)                  # sam_l1dfl.compare.runner (--plan)
-    run_comparison(data, out, models, losses, seeds, budget, folds=K)
+    run_comparison(data, out, models, losses, seeds, budget, folds=K, launcher=...)   # .sweep
+    merge_comparison(out)                                      # the report (--merge OUT)
     make_folds, majority_vote, vote_share                      # sam_l1dfl.compare.folds
     wilcoxon_paired, rank_biserial, bonferroni                 # sam_l1dfl.compare.stats
     write_report(out, results, splits, meta)                   # sam_l1dfl.compare.report
@@ -16,7 +17,7 @@ __all__ = ["bonferroni", "rank_biserial", "run_comparison", "wilcoxon_paired"]
 
 def __getattr__(name):  # lazy
     if name == "run_comparison":
-        from sam_l1dfl.compare.runner import run_comparison
+        from sam_l1dfl.compare.sweep import run_comparison
 
         return run_comparison
     if name in ("bonferroni", "rank_biserial", "wilcoxon_paired"):

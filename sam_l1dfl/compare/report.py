@@ -545,6 +545,12 @@ def write_report(out: "str | Path", results: Sequence[dict], splits: dict, meta:
         L.append("> **SMOKE-SCALE RESULT** (`--budget small`): tiny networks, short training, few cases. It shows "
                  "that the machinery runs end to end; it is **not** evidence for or against the paper's claim.")
         L.append("")
+    if meta.get("complete") is False:  # the merge of a sweep with jobs missing (compare.sweep)
+        L.append(f"> **INCOMPLETE: {len(meta.get('missing', []))} of {meta.get('n_runs', '?')} jobs did not finish** "
+                 "(missing: " + (", ".join(meta.get("missing", [])) or "none") + "; failed: "
+                 + (", ".join(meta.get("failed", [])) or "none") + "). This table shows the jobs that finished only; "
+                 "it is **not** the comparison's result.")
+        L.append("")
     L.append(f"Budget `{meta['budget']}`: {meta['budget_description']}  ")
     L.append(f"Data `{meta['data']}`: {len(splits['train'])} training, {len(splits['val'])} validation, "
              f"{len(splits['test'])} test cases (split seed {splits['split_seed']}; the same for every run). "

@@ -1,7 +1,8 @@
 """The loss comparison: every (model, loss, fold or seed) trained, validated and tested the same way.
 
 ``plan_comparison(...)`` resolves everything a comparison will do without training (what
-``compare_losses.py --plan`` prints with :func:`describe_plan`); ``run_comparison(...)`` runs it:
+``compare_losses.py --plan`` prints with :func:`describe_plan`); :func:`execute_run` is one run
+(one job of :mod:`sam_l1dfl.compare.sweep`, which launches them and merges the report):
 
 1. **Split once** (``splits.json``): the labelled cases of ``data`` are shuffled with
    ``split_seed``; a fixed ``test_fraction`` is the test set, the rest the train/validation pool.
@@ -17,8 +18,9 @@
    :class:`sam_l1dfl.inference.Segmenter`), evaluates them with
    :func:`sam_l1dfl.metrics.evaluate_case` and records wall time, peak memory and a probability
    histogram of correct and incorrect voxels.  Test masks go to ``runs/<run>/pred/`` (seeds) or
-   ``pred/<model>/<loss>/fold<k>/`` (folds).  ``result.json`` marks a finished run; a rerun
-   skips it (resume), unless its settings changed (then it refuses: another ``--out`` or ``--force``).
+   ``pred/<model>/<loss>/fold<k>/`` (folds).  The run folder is a job folder
+   (:mod:`sam_l1dfl.cluster.jobs`): a finished run is skipped, an interrupted one resumes, one
+   made with other settings is refused (another ``--out`` or ``--force``).
 3. **Fold ensemble** (folds only): the majority vote of the K fold masks per test case (a voxel
    is lesion when more than K/2 folds say so: > 2 of 5, the authors' ``ensemble_predict.py``),
    written to ``pred/<model>/<loss>/ensemble/`` and evaluated like a run.
@@ -32,7 +34,8 @@ Budgets (:data:`BUDGETS`): ``small`` (2 CPU cores, < 45 min on 16 synthetic case
 is given, one split and 1 seed — a SMOKE-SCALE result), ``paper`` (the authors' settings, for
 GPUs; docs/reproducing-the-paper.md has them side by side).  Any setting of either trainer can be
 overridden (``cnn_overrides`` / ``sam_overrides``, ``cnn.train.epochs=20`` on the command line).
-Runs execute in a subprocess each by default (clean memory figures and state).
+The per-job resources of each budget (``BUDGETS[b]["resources"]``, per model under ``models``)
+are what the cluster launchers ask for (:mod:`sam_l1dfl.cluster.resources`).
 """
 
 from __future__ import annotations
@@ -40,8 +43,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -60,7 +61,7 @@ from sam_l1dfl.compare.folds import make_folds, majority_vote, vote_share
 from sam_l1dfl.data.discovery import discover_cases
 from sam_l1dfl.data.geometry import Grid
 from sam_l1dfl.data.io import CaseRecord, load_case, read_image, read_mask
-from sam_l1dfl.errors import ConfigError, InputError, SamL1dflError
+from sam_l1dfl.errors import ConfigError, InputError
 from sam_l1dfl.inference import Segmenter
 from sam_l1dfl.io_utils import atomic_path, write_image_atomic, write_json_atomic
 from sam_l1dfl.losses import LOSS_NAMES, loss_arguments, normalize_loss_name, training_loss_params
@@ -108,6 +109,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
                 "optim": {"lr": 1e-3, "warmup_steps": 0},
                 "train": {"epochs": 8, "batch_size": 2, "val_every": 0, "save_every": 0, "keep_last": 1,
                           "log_every": 5, "mixed_precision": "no"}},
+        # per job (sam_l1dfl.cluster.resources); measured: <= 2 min and < 2 GB per run on 2 CPU cores
+        "resources": {"gpus": 0, "cpus": 2, "mem_gb": 4, "time_min": 30},
     },
     "paper": {
         "description": "the authors' settings (ObedDzik/pca_segment): full widths, 2 mm, 128³ crops (Attention U-Net "
@@ -131,6 +134,10 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "sam": {"model": {"preset": "vit_b_ori"},
                 "train": {"epochs": 100, "batch_size": 8, "mixed_precision": "bf16", "val_every": 500,
                           "save_every": 500}},
+        # per job: one GPU; time limits from the cost model of docs/cluster.md (a job that reaches
+        # its limit is requeued by SLURM and resumes from its last saved state)
+        "resources": {"gpus": 1, "cpus": 8, "mem_gb": 64, "time_min": 1440,
+                      "models": {"attentionunet": {"mem_gb": 96}}},
     },
 }
 
@@ -206,8 +213,6 @@ def make_splits(data: "str | os.PathLike", out: Path, split_seed: int, test_frac
     (:func:`~sam_l1dfl.compare.folds.make_folds`, ``splits["folds"]``); ``train`` is the whole pool
     and ``val`` is empty (each fold run validates on its fold).  ``write=False``: nothing is written
     (``--plan``)."""
-    import csv
-
     rep = discover_cases(data)
     recs = sorted((c for c in rep.cases if c.label is not None), key=lambda r: r.case_id)
     missing_ct = [r.case_id for r in recs if r.ct is None]
@@ -244,18 +249,27 @@ def make_splits(data: "str | os.PathLike", out: Path, split_seed: int, test_frac
               "records": {r.case_id: r.to_dict() for r in recs}}
     if fold_ids is not None:
         splits["folds"] = fold_ids
-    if not write:
-        return splits
+    if write:
+        write_splits(out, splits)
+    return splits
+
+
+def write_splits(out: Path, splits: dict) -> None:
+    """``splits.json`` and ``trainval.csv`` (the manifest of the training + validation cases, what
+    the trainers read) into ``out``."""
+    import csv
+
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "splits.json", splits)
     with atomic_path(out / "trainval.csv") as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["case_id", "pet", "ct", "label"])
             w.writeheader()
-            for r in sorted(train + val, key=lambda r: r.case_id):
+            for cid in sorted(splits["train"] + splits["val"]):
+                r = CaseRecord.coerce(splits["records"][cid])
                 w.writerow({k: ("" if v is None else str(Path(v).resolve()) if k != "case_id" else v)
                             for k, v in r.to_dict().items()})
-    return splits
 
 
 # ---------------------------------------------------------------------- one run
@@ -345,11 +359,18 @@ def _evaluate_test(spec: dict, predict) -> dict:
     return scores.result()
 
 
-def _run_cnn(spec: dict) -> dict:
+def is_main_process() -> bool:
+    """Rank 0 of a multi-process (``accelerate launch``) job, or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _run_cnn(spec: dict) -> "dict | None":
     import SimpleITK as sitk
 
     cfg = cnn_config(spec)
     res = train_cnn(cfg, resume=True, progress=spec.get("progress", True))
+    if not is_main_process():  # the other training processes of a multi-GPU job are done
+        return None
     seg = AutoSegmenter(Path(res.run_dir) / "best")
 
     def predict(case):
@@ -360,11 +381,13 @@ def _run_cnn(spec: dict) -> dict:
             "epochs": res.epochs, **_evaluate_test(spec, predict)}
 
 
-def _run_sam(spec: dict) -> dict:
+def _run_sam(spec: dict) -> "dict | None":
     import SimpleITK as sitk
 
     cfg = sam_config(spec)
     res = train(cfg, resume=True, progress=spec.get("progress", True))
+    if not is_main_process():
+        return None
     best = Path(res.run_dir) / "best"
     seg = Segmenter(best if best.is_dir() else Path(res.run_dir) / "last", batch_size=2)
 
@@ -384,8 +407,11 @@ def _run_sam(spec: dict) -> dict:
             "start_from": res.metrics.get("start_from"), **_evaluate_test(spec, predict)}
 
 
-def execute_run(spec: dict) -> dict:
-    """Train + test one (model, loss, fold or seed); writes and returns ``result.json``'s content."""
+def execute_run(spec: dict) -> "dict | None":
+    """Train + test one (model, loss, fold or seed); writes and returns ``result.json``'s content.
+    Training resumes from the run's last saved state.  In a multi-process job (``accelerate
+    launch``, one process per GPU) every process trains and rank 0 alone tests and writes (the
+    others return None)."""
     import torch
 
     if spec.get("threads"):
@@ -393,6 +419,8 @@ def execute_run(spec: dict) -> dict:
     t0 = time.perf_counter()
     with PeakMemory() as mem:
         out = _run_sam(spec) if spec["model"] == SAM_MODEL else _run_cnn(spec)
+    if out is None:
+        return None
     result = {"format": "sam-l1dfl-compare-run", "version": 1, "name": spec["name"], "model": spec["model"],
               "loss": spec["loss"], "seed": spec["seed"], **({} if spec.get("fold") is None else {"fold": spec["fold"]}),
               "fingerprint": spec["fingerprint"], "wall_seconds": round(time.perf_counter() - t0, 2),
@@ -448,7 +476,8 @@ def run_ensemble(out: Path, fold_specs: Sequence[dict], fold_results: Sequence[d
     first = fold_specs[0]
     model, loss, k = first["model"], first["loss"], len(fold_specs)
     d = ensemble_dir(out, model, loss)
-    fp = fingerprint([s["fingerprint"] for s in fold_specs])
+    # the folds' settings and their outcomes: a fold trained again (--force) makes a new ensemble
+    fp = fingerprint([[s["fingerprint"] for s in fold_specs], [r.get("wall_seconds") for r in fold_results]])
     rj = d / "result.json"
     if rj.is_file() and not force:
         prev = json.loads(rj.read_text())
@@ -625,97 +654,6 @@ def describe_plan(plan: dict) -> str:
     return "\n".join(L) + "\n"
 
 
-# ---------------------------------------------------------------------- the comparison
-def run_comparison(data: "str | os.PathLike", out: "str | os.PathLike", models: Sequence[str] = ("unet",),
-                   losses: Sequence[str] = LOSSES, seeds: int = 1, budget: str = "small", *, folds: int = 0,
-                   split_seed: int = 0, sam_checkpoint: "str | None" = None, isolate: bool = True,
-                   force: bool = False, cnn_overrides: "dict | None" = None, sam_overrides: "dict | None" = None,
-                   loss_params: "dict | None" = None, lesion_free_dice: "str | None" = None,
-                   progress: bool = True, threads: "int | None" = None, log=print) -> dict:
-    """Run every (model, loss, fold or seed), skipping finished ones, then the fold ensembles and
-    the report; returns the report's summary."""
-    plan = plan_comparison(data, out, models, losses, seeds, budget, folds=folds, split_seed=split_seed,
-                           sam_checkpoint=sam_checkpoint, cnn_overrides=cnn_overrides, sam_overrides=sam_overrides,
-                           loss_params=loss_params, lesion_free_dice=lesion_free_dice, progress=progress,
-                           threads=threads)
-    out, splits, specs, meta = Path(out), plan["splits"], plan["specs"], plan["meta"]
-    log(f"split (seed {split_seed}): {len(splits['train'])} train, {len(splits['val'])} validation, "
-        f"{len(splits['test'])} test cases" + (f", {folds} folds" if folds else "") + f" -> {out / 'splits.json'}")
-    log(f"budget {budget}: {meta['budget_description']}")
-    t0 = time.perf_counter()
-    done, ran = 0, 0
-    for i, spec in enumerate(specs, 1):
-        rj = Path(spec["run_dir"]) / "result.json"
-        if rj.is_file() and not force:
-            prev = json.loads(rj.read_text())
-            if prev.get("fingerprint") != spec["fingerprint"]:
-                raise ConfigError(rj, "finished with other settings (budget, split, overrides); use another --out "
-                                      "or --force to rerun")
-            log(f"[{i}/{len(specs)}] {spec['name']}: finished earlier, skipped")
-            done += 1
-            continue
-        if force:
-            import shutil
-
-            for d in (spec["run_dir"], spec["pred_dir"]):
-                if Path(d).exists():
-                    shutil.rmtree(d)
-        log(f"[{i}/{len(specs)}] {spec['name']}: training ...")
-        t1 = time.perf_counter()
-        if isolate:
-            _run_subprocess(spec, out)
-        else:
-            execute_run(spec)
-        ran += 1
-        log(f"[{i}/{len(specs)}] {spec['name']}: done in {time.perf_counter() - t1:.0f} s")
-    results = [json.loads((Path(s["run_dir"]) / "result.json").read_text()) for s in specs]
-    meta.update(skipped=done, ran=ran, seconds_this_invocation=round(time.perf_counter() - t0, 1))
-    baselines = run_baselines(out, splits, force=force, progress=progress)
-    if not folds:
-        summary = report.write_report(out, results + baselines, splits, meta)
-    else:
-        ensembles = []
-        for model in meta["models"]:
-            for loss in meta["losses"]:
-                idx = [j for j, s in enumerate(specs) if s["model"] == model and s["loss"] == loss]
-                ensembles.append(run_ensemble(out, [specs[j] for j in idx], [results[j] for j in idx], force=force,
-                                              progress=progress))
-        log(f"fold ensembles: {out / 'pred'}/<model>/<loss>/ensemble/")
-        report.write_report(out / "folds", results, splits, {**meta, "evaluation": "per fold (each fold's best "
-                                                                    "checkpoint on the test set; case values averaged "
-                                                                    "over folds)"})
-        summary = report.write_report(out, ensembles + baselines, splits, meta)
-        log(f"per-fold report: {out / 'folds' / 'table.md'}")
-    log(f"report: {out / 'table.md'}")
-    return summary
-
-
-def _run_subprocess(spec: dict, out: Path) -> None:
-    sp = Path(spec["run_dir"]) / "spec.json"
-    write_json_atomic(sp, spec)
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, "-m", "sam_l1dfl.compare.runner", str(sp)], env=env)
-    if r.returncode != 0:
-        raise InputError(Path(spec["run_dir"]), f"run {spec['name']} failed (exit {r.returncode}); see the output above")
-
-
-def _main(argv: "list[str]") -> int:  # the subprocess entry: python -m sam_l1dfl.compare.runner spec.json
-
-    spec = json.loads(Path(argv[0]).read_text())
-    try:
-        execute_run(spec)
-    except SamL1dflError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
-
-
 __all__ = ["AUTHORS_LOSS_PARAMS", "BUDGETS", "CNN_MODELS", "LESION_FREE_DICE", "LOSSES", "MODELS", "PeakMemory",
-           "SAM_MODEL", "TestScores", "cnn_config", "describe_plan", "ensemble_dir", "execute_run", "make_splits",
-           "plan_comparison", "run_baselines", "run_comparison", "run_config", "run_ensemble", "sam_config"]
+           "SAM_MODEL", "TestScores", "cnn_config", "describe_plan", "ensemble_dir", "execute_run", "is_main_process", "make_splits",
+           "plan_comparison", "run_baselines", "run_config", "run_ensemble", "sam_config", "write_splits"]

@@ -367,4 +367,35 @@ def _read_manifest(path: Path) -> list[dict]:
     return list(reader)
 
 
-__all__ = ["CaseProblem", "DiscoveryReport", "discover_cases", "nnunet_pet_file"]
+# ---------------------------------------------------------------------- shards
+#: The folder a shard writes its outputs into, below the command's ``--out-dir``.
+SHARD_DIR = re.compile(r"^shard-(\d+)-of-(\d+)$")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)`` with 1 <= K <= N (``--shard 2/3``: the second of three parts)."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise InputError(None, f"--shard must be K/N with 1 <= K <= N (e.g. 2/3), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_dir_name(k: int, n: int) -> str:
+    """``shard-K-of-N``: where shard K of N writes below the output folder."""
+    return f"shard-{k}-of-{n}"
+
+
+def select_shard(cases: "Iterable[CaseRecord]", k: int, n: int) -> list[CaseRecord]:
+    """Part ``k`` of ``n`` (1-based) of ``cases``: sorted by case id and cut into ``n`` consecutive
+    parts whose sizes differ by at most one (the first ``len % n`` parts hold one more), so every
+    case is in exactly one part and the parts depend only on the set of case ids (``split -n K/N``)."""
+    if not 1 <= k <= n:
+        raise InputError(None, f"shard {k}/{n}: need 1 <= K <= N")
+    ordered = sorted(cases, key=lambda c: c.case_id)
+    q, r = divmod(len(ordered), n)
+    start = (k - 1) * q + min(k - 1, r)
+    return ordered[start:start + q + (1 if k <= r else 0)]
+
+
+__all__ = ["SHARD_DIR", "CaseProblem", "DiscoveryReport", "discover_cases", "nnunet_pet_file", "parse_shard", "select_shard",
+           "shard_dir_name"]

@@ -7,7 +7,9 @@ File layout (matching is by case id):
   ``<patient>_<study>``), or flat files ``<case>.nii.gz``;
 * predictions (``pred_dir``): flat files ``<case>.nii.gz`` (any
   :data:`~sam_l1dfl.data.io.IMAGE_SUFFIXES` ending: ``.nii``, ``.mha``, ``.nrrd``, ...) or
-  ``<case>/SEG.nii.gz``; label maps are binarised (> 0);
+  ``<case>/SEG.nii.gz``; label maps are binarised (> 0); or the shard folders ``shard-K-of-N/``
+  that ``infer --shard`` / ``infer-auto --shard`` write, merged (every shard present and finished,
+  no case twice; a missing one is refused, naming it);
 * PET (``pet_dir``, optional): ``<case>/SUV.nii.gz``, ``<case>.nii.gz`` or nnU-Net's
   ``<case>_0000.nii.gz`` (the PET channel of ``dataset.json``); without ``pet_dir`` the
   ``SUV.nii.gz`` beside each ``SEG.nii.gz`` is used when present.
@@ -39,7 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from sam_l1dfl.data.discovery import nnunet_pet_file
+from sam_l1dfl.data.discovery import SHARD_DIR, nnunet_pet_file, shard_dir_name
 from sam_l1dfl.data.geometry import Grid, grid_mismatches
 from sam_l1dfl.data.io import IMAGE_SUFFIXES, image_suffix, read_image, read_mask, strip_suffix
 from sam_l1dfl.data.dicom.suv_sanity import warn_if_not_suv
@@ -65,11 +67,42 @@ def _find_named(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def _shard_masks(folder: Path, shards: dict[int, dict[int, Path]]) -> dict[str, Path]:
+    """The masks of every shard of ``folder`` (``shard-K-of-N/``, ``--shard K/N``): one N, every K
+    from 1 to N present and finished (its ``summary.json`` written last), no case twice."""
+    if len(shards) > 1:
+        raise InputError(folder, f"holds shards of {len(shards)} different splits (N = {', '.join(map(str, sorted(shards)))}); "
+                                 "keep the folders of one")
+    (n, parts), = shards.items()
+    absent = [k for k in range(1, n + 1) if k not in parts]
+    if absent:
+        raise InputError(folder / shard_dir_name(absent[0], n),
+                         f"missing: {len(absent)} of {n} shard(s) not run ({', '.join(f'{k}/{n}' for k in absent)}); "
+                         "run them with --shard K/N")
+    out: dict[str, Path] = {}
+    for k in range(1, n + 1):
+        if not (parts[k] / "summary.json").is_file():
+            raise InputError(parts[k], f"shard {k}/{n} did not finish (no summary.json); run it again")
+        for case, path in find_masks(parts[k]).items():
+            if case in out:
+                raise InputError(path, f"case {case!r} is in two shards (also {out[case]})")
+            out[case] = path
+    return out
+
+
 def find_masks(folder: "str | Path") -> dict[str, Path]:
-    """Case id -> mask file in ``folder`` (see the module docstring for the layouts)."""
+    """Case id -> mask file in ``folder`` (see the module docstring for the layouts); a folder of
+    shards (``shard-K-of-N/``, written by ``infer --shard``) is merged (:func:`_shard_masks`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "is not a folder")
+    shards: dict[int, dict[int, Path]] = {}
+    for p in folder.iterdir():
+        m = SHARD_DIR.match(p.name)
+        if m and p.is_dir():
+            shards.setdefault(int(m.group(2)), {})[int(m.group(1))] = p
+    if shards:
+        return _shard_masks(folder, shards)
     out: dict[str, Path] = {}
 
     def add(case: str, path: Path) -> None:
@@ -123,8 +156,9 @@ def find_pet(case: str, gt_path: Path, pet_dir: "str | Path | None") -> Path | N
 def masks_origin(pred_dir: "str | Path") -> str:
     """Where the masks in ``pred_dir`` came from, in words, from the ``summary.json`` that
     ``sam-l1dfl infer`` writes beside them (method, checkpoint and its weights' origin)."""
+    first = sorted(p for p in Path(pred_dir).glob("shard-*-of-*") if SHARD_DIR.match(p.name))  # sharded: shard 1's
     try:
-        info = json.loads((Path(pred_dir) / "summary.json").read_text())
+        info = json.loads(((first[0] if first else Path(pred_dir)) / "summary.json").read_text())
     except (OSError, ValueError):
         return "not recorded (no summary.json from sam-l1dfl infer)"
     if not isinstance(info, dict) or "method" not in info:
@@ -344,9 +378,11 @@ def evaluate_dataset(
         preds = find_masks(folder)
         missing = sorted(set(gt) - set(preds))
         if missing and not missing_as_empty:
+            more = f"; all {len(missing)} without one: {', '.join(missing[:20])}{', ...' if len(missing) > 20 else ''}" \
+                if len(missing) > 1 else ""
             raise InputError(folder / f"{missing[0]}.nii.gz",
-                             f"no prediction for reference case {missing[0]!r} ({len(missing)} case(s) without one; "
-                             "use --missing-as-empty to count them as empty predictions)")
+                             f"no prediction for reference case {missing[0]!r}{more} (use --missing-as-empty to count "
+                             "them as empty predictions)")
         if len(missing) == len(gt):
             raise InputError(folder, f"no prediction matches a reference case in {gt_dir}")
         missing_all[str(folder)] = missing
