@@ -5,7 +5,6 @@ merged by ``evaluate``, and the sbatch script of ``--dry-run`` checked against d
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from _script_helpers import load_script
 from sam_l1dfl.cluster import jobs as jobs_mod
 from sam_l1dfl.cluster.jobs import (Job, check_not_conflicting, clear_job, job_state, lock_holder, make_fingerprint,
                                     run_job)
@@ -32,10 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("compare_losses", ROOT / "scripts" / "compare_losses.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("compare_losses")
 
 
 # ---------------------------------------------------------------------- shards

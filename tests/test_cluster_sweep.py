@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from _script_helpers import load_script
 from sam_l1dfl.cluster.jobs import job_state, lock_holder
 from sam_l1dfl.compare.sweep import merge_comparison, run_comparison, sweep_status
 
@@ -71,12 +72,7 @@ def same_weights(a: Path, b: Path) -> bool:
 
 
 def _script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("compare_losses", ROOT / "scripts" / "compare_losses.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("compare_losses")
 
 
 def test_submitit_local_executor_sigkill_resubmit_and_same_report(sweep, capfd):

@@ -134,11 +134,9 @@ def test_runner_argument_errors(tmp_path):
 
 
 def test_script_reports_one_line_error(tmp_path, capsys):
-    import importlib.util
+    from _script_helpers import load_script
 
-    spec = importlib.util.spec_from_file_location("compare_losses", ROOT / "scripts" / "compare_losses.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("compare_losses")
     assert mod.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "missing" in err and "\n" not in err

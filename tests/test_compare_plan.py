@@ -6,7 +6,6 @@ reads their labels.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from _script_helpers import load_script
 from sam_l1dfl.compare.folds import majority_vote, make_folds, vote_share
 from sam_l1dfl.errors import ConfigError
 
@@ -21,10 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("compare_losses", ROOT / "scripts" / "compare_losses.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("compare_losses")
 
 
 def tiny_cases(root: Path, n: int, lesion_free: "set[int]" = frozenset()) -> Path:

@@ -108,13 +108,11 @@ def test_resume_refuses_a_planted_payload(run, capsys, name, kind):
 
 def test_train_cnn_refuses_a_planted_payload(run, capsys):
     """The CNN trainer shares the vetting (before any work); scripts/train_cnn.py has --trust too."""
-    import importlib.util
-
     from accelerate.state import AcceleratorState
 
-    spec = importlib.util.spec_from_file_location("train_cnn_script", ROOT / "scripts" / "train_cnn.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from _script_helpers import load_script
+
+    script = load_script("train_cnn")
     rdir = copy_run(run, "cnn_planted")
     marker = run / "MARKER_cnn"
     plant(rdir / STEP / "random_states_0.pkl", marker, "torch.save")
