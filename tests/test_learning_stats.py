@@ -19,6 +19,7 @@ def test_variants_parse_into_loss_overrides():
     assert parse_variant("dicefocal") == ("dicefocal", [])
     assert parse_variant("l1dfl[eps=0.1, histogram_scope=roi,warmup_steps=50]") == (
         "l1dfl", ["loss.params.eps=0.1", "loss.params.histogram_scope=roi", "loss.warmup_steps=50"])
+    assert parse_variant("l1dfl[train.log_every=5]") == ("l1dfl", ["train.log_every=5"])
     for bad in ("l1dfl[eps=0.1", "l1dfl[eps]", "l1dfl[=1]"):
         with pytest.raises(InputError):
             parse_variant(bad)

@@ -161,7 +161,8 @@ def parse_variant(spec: str) -> tuple[str, list[str]]:
 
     ``l1dfl`` is the authors' L1DFL; ``l1dfl[eps=0.1,histogram_scope=roi]`` sets
     ``loss.params.eps`` and ``loss.params.histogram_scope``; ``warmup_steps``/``warmup_name`` go to the
-    ``loss`` section itself (a DiceFocal warm start).
+    ``loss`` section itself (a DiceFocal warm start); a dotted key (``train.log_weight_shares=true``)
+    is a config override as it stands.
     """
     spec = str(spec).strip()
     name, _, rest = spec.partition("[")
@@ -174,8 +175,11 @@ def parse_variant(spec: str) -> tuple[str, list[str]]:
             if not eq or not key.strip():
                 raise InputError(None, f"variant {spec!r}: {item!r} is not key=value")
             key = key.strip()
-            overrides.append(f"loss.{key}={value.strip()}" if key in LOSS_SECTION_KEYS else
-                             f"loss.params.{key}={value.strip()}")
+            if "." in key:  # a full config key, e.g. train.log_weight_shares
+                overrides.append(f"{key}={value.strip()}")
+            else:
+                overrides.append(f"loss.{key}={value.strip()}" if key in LOSS_SECTION_KEYS else
+                                 f"loss.params.{key}={value.strip()}")
     return name.strip(), overrides
 
 
