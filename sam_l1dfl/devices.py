@@ -4,10 +4,14 @@
 in any case, and refuses anything else, or a device this machine does not have, with one
 :class:`~sam_l1dfl.errors.InputError` line.  ``None`` stays ``None`` (each stage's default:
 CUDA when available, else the CPU).
+
+:func:`cpu_threads` sets torch's CPU thread count for a block and puts it back afterwards (a job
+run in-process must not leave the caller's process on another thread count).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import torch
@@ -44,3 +48,17 @@ def parse_device(spec: "str | None") -> "str | None":
 
 
 __all__ = ["DEVICE_NAMES", "parse_device"]
+
+
+@contextlib.contextmanager
+def cpu_threads(n: "int | None"):
+    """``torch.set_num_threads(n)`` inside the block, the previous count after it (``n`` None or
+    0: unchanged)."""
+    prev = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(prev)

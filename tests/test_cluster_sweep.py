@@ -44,8 +44,17 @@ def sweep(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("sweep")
     generate_dataset(root / "synth", 3, seed=1, progress=False)
-    t0 = time.perf_counter()
-    s = run_comparison(root / "synth", root / "local", launcher="local", isolate=False, log=lambda m: None, **KW)
+    import torch
+
+    t0, threads = time.perf_counter(), torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        s = run_comparison(root / "synth", root / "local", launcher="local", isolate=False, log=lambda m: None, **KW)
+        # the jobs ran on threads=1 in this process, then handed the count back (a later in-process
+        # training on another count would round differently from its subprocess twin)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     print(f"local launcher (in process): {time.perf_counter() - t0:.0f} s")
     assert s["complete"] and not s["missing"]
     return root

@@ -107,7 +107,7 @@ def test_paper_report_c3_primary_pooled_and_per_case(tmp_path):
     assert (st["0 lesions"]["fp"], st["1 lesion"]["tp"]) == (1, 1)
     assert s["strata"]["suv_max"]["unet/l1dfl"]["SUVmax >=10"]["tp"] == 1  # c2's lesion, SUVmax 15
     assert s["strata"]["spread"]["unet/l1dfl"]["lesion-free"]["fp"] == 1
-    assert set(s["strata"]) == {"size", "suv_max", "tlu", "lesion_count", "spread"}
+    assert set(s["strata"]) == {"size", "size_fine", "suv_max", "tlu", "lesion_count", "spread"}
     # calibration over the margin: pooled ECE from pooled bins, per-case ECE in the table
     mg = s["calibration"]["unet/l1dfl"]["margin"]
     assert math.isfinite(mg["ece"]) and 0 <= mg["ece"] <= 1 and sum(mg["count"]) > 0

@@ -23,11 +23,12 @@ from sam_l1dfl.data.dicom.synth import write_synthetic_study
 from sam_l1dfl.errors import InputError
 from sam_l1dfl.export.dicom_seg import write_dicom_seg
 
-SLICES = (5, 35)  # seed 1: all four lesions lie in these slices
+SEED = 36  # phantom 2.0: all four lesions of this seed lie in slices 12-26
+SLICES = (5, 35)
 
 
 def _study(root, **kw) -> dict:
-    st = write_synthetic_study(root, seed=1, contours=(), n_lesions=4, slices=SLICES, **kw)
+    st = write_synthetic_study(root, seed=SEED, contours=(), n_lesions=4, slices=SLICES, **kw)
     labels = sitk.GetImageFromArray(st["case"].instances[SLICES[0]:SLICES[1]].astype(np.uint16))
     labels.CopyInformation(st["suv"])
     st["labels"] = labels

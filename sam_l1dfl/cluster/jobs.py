@@ -531,11 +531,17 @@ def _call(job: Job) -> None:
         if r.returncode != 0:
             raise InputError(job.folder, f"{job.resources.processes} Accelerate processes: exit status {r.returncode}")
         return
-    if job.threads:
-        import torch
+    if not job.threads:
+        _target(job.target)(job.payload)
+        return
+    import torch  # here, not at the top: the planning and status commands never load torch
 
-        torch.set_num_threads(int(job.threads))
-    _target(job.target)(job.payload)
+    prev = torch.get_num_threads()  # an in-process job leaves the caller's thread count as it was
+    torch.set_num_threads(int(job.threads))
+    try:
+        _target(job.target)(job.payload)
+    finally:
+        torch.set_num_threads(prev)
 
 
 def run_job(job: "Job | dict", launcher: str = "local") -> dict:

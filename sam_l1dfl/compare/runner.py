@@ -61,6 +61,7 @@ from sam_l1dfl.compare.folds import make_folds, majority_vote, vote_share
 from sam_l1dfl.data.discovery import discover_cases
 from sam_l1dfl.data.geometry import Grid
 from sam_l1dfl.data.io import CaseRecord, load_case, read_image, read_mask
+from sam_l1dfl.devices import cpu_threads
 from sam_l1dfl.errors import ConfigError, InputError
 from sam_l1dfl.inference import Segmenter
 from sam_l1dfl.io_utils import atomic_path, write_image_atomic, write_json_atomic
@@ -414,10 +415,8 @@ def execute_run(spec: dict) -> "dict | None":
     others return None)."""
     import torch
 
-    if spec.get("threads"):
-        torch.set_num_threads(int(spec["threads"]))
     t0 = time.perf_counter()
-    with PeakMemory() as mem:
+    with cpu_threads(spec.get("threads")), PeakMemory() as mem:
         out = _run_sam(spec) if spec["model"] == SAM_MODEL else _run_cnn(spec)
     if out is None:
         return None
