@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_learning.py [--out bench_out/learning] [--seeds 0 1 2]
         [--methods l1dfl dicefocal dicece 'l1dfl[histogram_scope=roi]'] [--train-cases 8] [--steps N]
-        [--val-cases 8] [--test-cases 24] [--curve 16x300 32x600] [--curve-seeds 0]
+        [--val-cases 8] [--test-cases 24] [--curve 16x300 32x600] [--curve-seeds 0] [--curve-methods ...]
         [--init standin] [--config configs/demo.yaml] [--markdown learning.md] [key=value ...]
 
 Rows (:mod:`sam_l1dfl.compare.benchmark`), on a held-out phantom test set with its own seed (one click
@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     ap.add_argument("--test-cases", type=int, default=24)
     ap.add_argument("--curve", nargs="*", default=[], help="extra budgets CASESxSTEPS for the budget curve")
     ap.add_argument("--curve-seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--curve-methods", nargs="+", default=None, help="variants of the budget curve (default: --methods)")
     ap.add_argument("--init", default="standin", help="starting checkpoint (default: the packaged stand-in)")
     ap.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
     ap.add_argument("--markdown", default=None, help="also write the Markdown section to this file")
@@ -55,6 +56,7 @@ def main(argv=None) -> int:
     res = run_benchmark(args.out, init=args.init, config=args.config, seeds=args.seeds, methods=args.methods,
                         train_cases=args.train_cases, steps=args.steps, val_cases=args.val_cases,
                         test_cases=args.test_cases, curve=args.curve, curve_seeds=args.curve_seeds,
+                        curve_methods=args.curve_methods,
                         overrides=args.overrides, log=lambda m: print(m, flush=True))
     head = (f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch "
             f"{torch.__version__}, {time.strftime('%Y-%m-%d')}; whole benchmark {time.perf_counter() - t0:.0f} s.  "

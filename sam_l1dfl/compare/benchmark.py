@@ -92,6 +92,7 @@ def parse_budget(text: str) -> tuple[int, int]:
 def run_benchmark(out: "str | Path", *, init: str, config: "str | Path", seeds: Sequence[int],
                   methods: Sequence[str], train_cases: int, steps: "int | None" = None, val_cases: int = 8,
                   test_cases: int = 24, curve: Sequence[str] = (), curve_seeds: Sequence[int] = (0,),
+                  curve_methods: "Sequence[str] | None" = None,
                   overrides: Sequence[str] = (), log: Callable[[str], None] = print) -> dict:
     """Run the benchmark into ``out``; returns ``{"runs": [MethodRun...], "sets": {...}}`` (also
     written to ``out/learning.json`` with every per-lesion row)."""
@@ -117,12 +118,12 @@ def run_benchmark(out: "str | Path", *, init: str, config: "str | Path", seeds: 
     score("threshold", "threshold", out / "pred" / "threshold")
     if steps is None:
         steps = load_config(config, list(overrides)).train.max_steps
-    plan = [(f"{train_cases}x{steps}", train_cases, steps, s) for s in seeds]
-    plan += [(b, *parse_budget(b), s) for b in curve for s in curve_seeds]
-    for budget, n_cases, n_steps, seed in plan:
+    plan = [(f"{train_cases}x{steps}", train_cases, steps, s, list(methods)) for s in seeds]
+    plan += [(b, *parse_budget(b), s, list(curve_methods or methods)) for b in curve for s in curve_seeds]
+    for budget, n_cases, n_steps, seed, specs in plan:
         root = out / f"train_seed{seed}_n{n_cases}"
         generate_dataset(root, n_cases, seed=TRAIN_SEED_BASE + seed, n_oblique=1, progress=False)
-        for spec in methods:
+        for spec in specs:
             loss, extra = parse_variant(spec)
             budget_over = [f"train.max_steps={n_steps}", f"train.val_every={max(25, n_steps // 3)}",
                            f"train.save_every={max(25, n_steps // 3)}"]
