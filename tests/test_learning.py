@@ -1,15 +1,17 @@
-"""Fine-tuning the packaged stand-in visibly works: held-out 1-click Dice rises, beating zero-shot.
+"""Fine-tuning the packaged stand-in with the recommended L1DFL visibly works (issue #20).
 
-The test fine-tunes the decoder of ``sam_l1dfl/resources/sam_med3d_standin`` with the demo's
-config (DiceFocal here, cached embeddings, 100 steps) on the training split of the benchmark's
-seed-0 data (``scripts/bench_learning.py``: 8 synthetic PSMA cases, seed 100; ``val_fraction``
-0.25 holds out 2 cases the decoder never trains on).  ``dice_before`` is the stand-in zero-shot
-on those held-out lesions, ``dice_after`` the fine-tuned decoder on the same lesions and clicks
-(the validation is deterministic).
+The tests fine-tune the decoder of ``sam_l1dfl/resources/sam_med3d_standin`` with the demo's config
+(cached embeddings, 1 click per sample) on the learning benchmark's seed-0 training cases (8 phantom
+cases, seed 100) and validate on the first 4 cases of its validation set (seed 4000), which the
+decoder never trains on.  ``dice_before`` is the stand-in zero-shot on those held-out lesions,
+``dice_after`` the fine-tuned decoder on the same lesions and clicks (deterministic).
 
-The margin: see ``MARGIN``.  A decoder that learns nothing (lr 0, or no trainable parameter)
-gives a gain of exactly 0 and fails; so does the L1DFL fine-tune at this budget (it leaves the
-held-out Dice at its starting value, BENCHMARKS.md, "Learning").
+The margin: see ``MARGINS`` (half the measured gain, +0.074 on 10 held-out lesions).  A decoder that
+learns nothing (lr 1e-9) gains exactly 0 (0.286 -> 0.286) and fails.  DiceFocal gains as much on this
+split (0.286 -> 0.358); it is measured by ``scripts/bench_learning.py``, not here, to keep the suite
+within its time.
+The stand-in's size calibration is pinned too (``test_standin_size_calibration``), and the goal it
+does not meet yet is an expected failure that says so.
 """
 
 from __future__ import annotations
@@ -19,41 +21,58 @@ from pathlib import Path
 
 import pytest
 
+from sam_l1dfl.compare.benchmark import VAL_SEED
+from sam_l1dfl.compare.learning import SIZE_CALIBRATION_RANGE, parse_variant, run_name, size_calibration
+from sam_l1dfl.data.cohort import HELDOUT_SEED, generate_cohort
 from sam_l1dfl.data.synthetic import generate_dataset
 from sam_l1dfl.model.standin import STANDIN_DIR, standin_available
 from sam_l1dfl.training import load_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Held-out 1-click Dice gain required.  Measured at this budget on this split: 0.176 -> 0.526
-#: (+0.35; 2-core CPU, 2026-11-29).  Less than half the measured gain leaves room for platform
-#: noise; a decoder that does not learn gains 0 (lr 1e-9: 0.176 -> 0.176, the test fails).
-#: This split was chosen because it shows learning: on the benchmark's seed 1 no loss beat step 0
-#: at this budget (BENCHMARKS.md, "Learning").
-MARGIN = 0.15
+#: Held-out 1-click Dice gain required per variant (see the module docstring); MEASURED holds what
+#: this budget gave on this split (2-core CPU, 2026-12-04).  The margin is half the measured gain,
+#: leaving room for platform noise; a decoder that does not learn gains 0.
+#: The authors' L1DFL (batch histogram) falls on this split at this budget (0.286 -> 0.142,
+#: BENCHMARKS.md "L1DFL on decoder crops"), which is why the ROI-histogram variant is the one tested.
+MEASURED = {"l1dfl[histogram_scope=roi]": (0.286, 0.360)}
+MARGINS = {k: 0.5 * (after - before) for k, (before, after) in MEASURED.items()}
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    root = tmp_path_factory.mktemp("learn")
+    generate_dataset(root / "train", 8, seed=100, n_oblique=1, progress=False)  # bench_learning's seed-0 data
+    generate_dataset(root / "val", 4, seed=VAL_SEED, progress=False)
+    return root
+
+
+def _finetune(split, variant: str, *extra: str):
+    loss, over = parse_variant(variant)
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [
+        f"data.root={split / 'train'}", f"data.val_root={split / 'val'}", "data.max_val_crops=null",
+        f"output_dir={split / 'runs'}", f"name={run_name(variant + ''.join(extra))}",
+        "model.checkpoint=standin", f"loss.name={loss}", "train.max_steps=100", "train.val_every=0",
+        "train.save_every=0", *over, *extra])
+    return train(cfg, progress=False)
+
+
+@pytest.mark.parametrize("variant", list(MARGINS))
+def test_finetuning_the_standin_beats_zero_shot(split, variant):
+    res = _finetune(split, variant)
+    before, after = res.dice_before["dice@1"], res.dice_after["dice@1"]
+    assert res.dice_before["n_lesions"] >= 8
+    assert after - before >= MARGINS[variant], f"{variant}: held-out 1-click Dice {before:.3f} -> {after:.3f}"
 
 
 def test_standin_is_packaged_and_small():
     assert standin_available(), "sam_l1dfl/resources/sam_med3d_standin is missing (scripts/pretrain_standin.py)"
     size = sum(f.stat().st_size for f in STANDIN_DIR.iterdir())
-    assert size <= 5_000_000
+    assert size <= 8_000_000
     card = (STANDIN_DIR / "MODEL_CARD.md").read_text()
     assert "synthetic" in card.lower() and "not for real images" in card.lower()
-
-
-def test_finetuning_the_standin_beats_zero_shot(tmp_path):
-    train_root = tmp_path / "train"
-    generate_dataset(train_root, 8, seed=100, n_oblique=1, progress=False)  # bench_learning's seed-0 data
-    cfg = load_config(ROOT / "configs" / "demo.yaml", [
-        f"data.root={train_root}", f"output_dir={tmp_path / 'runs'}", "model.checkpoint=standin",
-        "loss.name=dicefocal", "train.max_steps=100", "train.val_every=0", "train.save_every=0",
-    ])
-    res = train(cfg, progress=False)
-    before, after = res.dice_before["dice@1"], res.dice_after["dice@1"]
-    assert res.dice_before["n_lesions"] >= 3
-    assert after - before >= MARGIN, f"held-out 1-click Dice {before:.3f} -> {after:.3f}"
 
 
 def test_outputs_say_they_came_from_the_standin(tmp_path):
@@ -93,7 +112,6 @@ def test_standin_needs_the_tiny_preset(tmp_path):
 
 
 def test_cohort_folder_holds_one_cohort(tmp_path):
-    import json
 
     from sam_l1dfl.data.cohort import generate_cohort
 
@@ -103,3 +121,31 @@ def test_cohort_folder_holds_one_cohort(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("pre_*")) == ["pre_000"]
     assert (tmp_path / "pre_000" / "SUV.nii.gz").read_bytes() != first
     assert json.loads((tmp_path / "dataset.json").read_text())["seed"] == 1
+
+
+#: The packaged stand-in's zero-shot size calibration (median predicted/reference volume per size
+#: bin) on the first 4 held-out cohort cases, as measured when it was installed (2026-12-04).
+CALIBRATION = {"<0.5 mL": (10, 17.78), "0.5-2 mL": (3, 1.352), "2-10 mL": (3, 0.395), ">=10 mL": (7, 0.093)}
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cal")
+    generate_cohort(root / "held", 4, seed=HELDOUT_SEED)
+    return size_calibration("standin", root / "held", root / "out")
+
+
+def test_standin_size_calibration(calibration):
+    """Pinned: the shipped stand-in's calibration, within a factor 1.25 of what was measured."""
+    for name, want in CALIBRATION.items():
+        got = calibration["bins"][name]
+        assert got["n"] == want[0], name
+        assert want[1] / 1.25 <= got["median_ratio"] <= want[1] * 1.25, (name, got)
+
+
+@pytest.mark.xfail(strict=True, reason="issue #20 §1: the stand-in's one-click masks are the same small blob "
+                                       "whatever the object's size (BENCHMARKS.md, 'Stand-in v2'); a stand-in "
+                                       "that meets the goal makes this pass, and the strict xfail then fails")
+def test_standin_size_calibration_goal(calibration):
+    lo, hi = SIZE_CALIBRATION_RANGE
+    assert all(lo <= b["median_ratio"] <= hi for b in calibration["bins"].values() if b["n"]), calibration["bins"]
