@@ -116,7 +116,12 @@ def test_run_layout_then_sigkill_and_resume(synth):
 def test_two_processes_match_one_process(synth):
     ov = [o for o in base_overrides(synth, "one") if not o.startswith(("train.", "name="))]
     common = ["train.max_steps=2", "train.save_every=0", "train.log_every=1", "train.val_every=0"]
-    one = train_in_process(ov + common + ["name=one", "train.batch_size=4"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the kernels of the two 1-thread processes below (reduction order)
+    try:
+        one = train_in_process(ov + common + ["name=one", "train.batch_size=4"])
+    finally:
+        torch.set_num_threads(threads)
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"  # 2 processes on 2 cores
     cmd = [str(Path(PY).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
@@ -138,6 +143,7 @@ def test_two_processes_match_one_process(synth):
     # gradient all-reduce can flip parameters whose gradients are ~0: bounded by 2 * lr * steps,
     # and rare; everything else agrees tightly.
     assert float(d.max()) <= 2 * 3e-3 * 2
+    print(f"share of parameters off by > 1e-5: {float((d > 1e-5).float().mean()):.2e}")
     assert float((d > 1e-5).float().mean()) < 1e-3, float((d > 1e-5).float().mean())
     assert m["dice_after"]["n_lesions"] == one.metrics["dice_after"]["n_lesions"] == 1  # no duplicate from padding
 
