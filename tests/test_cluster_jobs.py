@@ -154,6 +154,34 @@ def test_lock_held_by_a_live_process_then_freed_by_sigkill(tmp_path, monkeypatch
     assert not (Path(job.folder) / ".lock.excl").exists()
 
 
+FORKING_HOLDER = textwrap.dedent("""
+    import os, sys, time
+    from sam_l1dfl.cluster.jobs import JobLock, holder_info
+    lock = JobLock(sys.argv[1])
+    assert lock.acquire(holder_info("test"))
+    if os.fork() == 0:  # a DataLoader worker: shares the flock, outlives a SIGKILLed parent a while
+        time.sleep(2.5)
+        os._exit(0)
+    print("held", flush=True)
+    time.sleep(600)
+""")
+
+
+def test_a_killed_job_is_marked_failed_once_its_forked_workers_let_go(tmp_path):
+    """The race behind a flaky sweep test: the launcher saw the SIGKILLed job end, but its forked
+    worker still held the flock, and a 1 s wait recorded no failure (the job then read as running
+    or interrupted, not failed)."""
+    job = _job(tmp_path)
+    p = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(job.folder)], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "SAM_L1DFL_LOCK": "flock"})
+    assert p.stdout.readline().strip() == "held"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert lock_holder(job.folder) is not None  # the orphaned worker still holds it
+    jobs_mod.mark_failed(job, "killed (test)", "test")
+    assert job_state(job) == {"state": "failed", "error": "killed (test)"}
+
+
 def test_excl_lock_of_a_silent_holder_on_another_node_goes_stale(tmp_path, monkeypatch):
     monkeypatch.setenv("SAM_L1DFL_LOCK", "excl")
     monkeypatch.setattr(jobs_mod, "LOCK_WAIT_S", 0.3)

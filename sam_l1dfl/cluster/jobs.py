@@ -466,13 +466,19 @@ def clear_job(job: "Job | dict", launcher: str = "local") -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+#: How long :func:`mark_failed` waits for a killed job's lock.  A job's forked DataLoader workers
+#: share its ``flock`` and outlive a SIGKILLed job until their watchdog notices (PyTorch checks
+#: every 5 s), so a 1 s wait sometimes found the dead job's lock still held and recorded nothing.
+MARK_FAILED_WAIT_S = 30.0
+
+
 def mark_failed(job: "Job | dict", reason: str, launcher: str) -> None:
     """Record a failure the job could not record itself (killed; seen by the launcher)."""
     job = Job.coerce(job)
     folder = Path(job.folder)
     if not folder.is_dir():
         return
-    with locked(folder, launcher, wait_s=1.0) as held:
+    with locked(folder, launcher, wait_s=MARK_FAILED_WAIT_S) as held:
         if held and (_read_json(folder / JOB_FILE) or {}).get("state") != "done":
             write_json_atomic(folder / FAILED_FILE, {"error": reason, "seen_by": launcher, "time": now_iso()})
 
