@@ -5,6 +5,7 @@ merged by ``evaluate``, and the sbatch script of ``--dry-run`` checked against d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -159,27 +160,47 @@ FORKING_HOLDER = textwrap.dedent("""
     from sam_l1dfl.cluster.jobs import JobLock, holder_info
     lock = JobLock(sys.argv[1])
     assert lock.acquire(holder_info("test"))
-    if os.fork() == 0:  # a DataLoader worker: shares the flock, outlives a SIGKILLed parent a while
-        time.sleep(2.5)
+    ready = os.path.join(sys.argv[1], "worker.ready")
+    child = os.fork()
+    if child == 0:  # like a DataLoader worker: outlives a SIGKILLed parent (PyTorch's watchdog: 5 s)
+        open(ready, "w").close()  # past fork(): the at-fork handlers have run
+        time.sleep(60)
         os._exit(0)
-    print("held", flush=True)
+    while not os.path.exists(ready):
+        time.sleep(0.01)
+    print("held", child, flush=True)
     time.sleep(600)
 """)
 
 
-def test_a_killed_job_is_marked_failed_once_its_forked_workers_let_go(tmp_path):
+def test_a_killed_job_with_forked_workers_lets_go_of_its_lock(tmp_path, monkeypatch):
     """The race behind a flaky sweep test: the launcher saw the SIGKILLed job end, but its forked
-    worker still held the flock, and a 1 s wait recorded no failure (the job then read as running
-    or interrupted, not failed)."""
+    worker still shared the flock, so ``mark_failed`` (1 s wait) recorded no failure and the job
+    read as running, then interrupted.  Forked children now drop their copy of the lock."""
+    monkeypatch.setenv("SAM_L1DFL_LOCK", "flock")
     job = _job(tmp_path)
     p = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(job.folder)], stdout=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT), "SAM_L1DFL_LOCK": "flock"})
-    assert p.stdout.readline().strip() == "held"
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert lock_holder(job.folder) is not None  # the orphaned worker still holds it
-    jobs_mod.mark_failed(job, "killed (test)", "test")
-    assert job_state(job) == {"state": "failed", "error": "killed (test)"}
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    worker = None
+    try:
+        said, worker = p.stdout.readline().split()
+        assert said == "held"
+        assert lock_holder(job.folder)["pid"] == p.pid
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        assert lock_holder(job.folder) is None  # the worker (still alive) does not hold it
+        t0 = time.monotonic()
+        jobs_mod.mark_failed(job, "killed (test)", "test")
+        assert time.monotonic() - t0 < 1.0
+        assert job_state(job) == {"state": "failed", "error": "killed (test)"}
+    finally:
+        p.stdout.close()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if worker is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(worker), signal.SIGKILL)  # the orphaned worker
 
 
 def test_excl_lock_of_a_silent_holder_on_another_node_goes_stale(tmp_path, monkeypatch):

@@ -244,6 +244,23 @@ def _excl_stale(path: Path, info: dict, mtime: float) -> bool:
     return time.time() - mtime > STALE_S
 
 
+#: The descriptors of the flocks this process holds.  A forked child (a DataLoader worker) shares
+#: the open file, and with it the lock, so a job SIGKILLed while its workers live on would hold its
+#: folder until they noticed; each child closes its copies at once (the parent's lock stays).
+_HELD_FLOCK_FDS: "set[int]" = set()
+
+
+def _drop_held_locks_in_child() -> None:
+    for fd in list(_HELD_FLOCK_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_FLOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_held_locks_in_child)
+
+
 class JobLock:
     """The exclusive lock of a job folder (see the module docstring): ``flock`` on ``.lock``, or
     an ``O_EXCL`` lock file with heartbeat where ``flock`` is not available."""
@@ -278,6 +295,7 @@ class JobLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
+        _HELD_FLOCK_FDS.add(fd)
         return True
 
     # -- O_EXCL
@@ -344,6 +362,7 @@ class JobLock:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, 0)
+            _HELD_FLOCK_FDS.discard(self._fd)
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
         if self._excl is not None:
@@ -466,10 +485,9 @@ def clear_job(job: "Job | dict", launcher: str = "local") -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-#: How long :func:`mark_failed` waits for a killed job's lock.  A job's forked DataLoader workers
-#: share its ``flock`` and outlive a SIGKILLed job until their watchdog notices (PyTorch checks
-#: every 5 s), so a 1 s wait sometimes found the dead job's lock still held and recorded nothing.
-MARK_FAILED_WAIT_S = 30.0
+#: How long :func:`mark_failed` waits for a killed job's lock (forked children drop their copies at
+#: once, see ``_HELD_FLOCK_FDS``; the wait covers a file system that is slow to let go).
+MARK_FAILED_WAIT_S = 5.0
 
 
 def mark_failed(job: "Job | dict", reason: str, launcher: str) -> None:
