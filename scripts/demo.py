@@ -85,6 +85,7 @@ def main(argv=None) -> int:
     from sam_l1dfl.compare.learning import (ROW_LABELS, TEST_SEED, TRAIN_SEED_BASE, Row, parse_variant, picture_case,
                                             run_name, score, table, variant_label)
     from sam_l1dfl.errors import InputError
+    from sam_l1dfl.lossnames import normalize_loss_name
     from sam_l1dfl.data.synthetic import generate_dataset
     from sam_l1dfl.data.io import read_image
     from sam_l1dfl.model import SamMed3DConfig, build_sam_med3d, save_model_dir
@@ -93,6 +94,16 @@ def main(argv=None) -> int:
     from sam_l1dfl.model.weights import resolve_model_path
     from sam_l1dfl.training import load_config, train
     from sam_l1dfl.viz import Panel, save_mip_figure
+
+    # the variants, checked before anything runs: the picked loss, and L1DFL beside it
+    variants = [args.loss]
+    if not args.no_l1dfl_row:
+        if normalize_loss_name(parse_variant(args.l1dfl_row)[0]) != "l1dfl":
+            raise InputError(None, f"--l1dfl-row {args.l1dfl_row!r}: not an L1DFL variant (l1dfl[key=value,...])")
+        if run_name(args.l1dfl_row, args.seed) != run_name(args.loss, args.seed):
+            variants.append(args.l1dfl_row)
+    for spec in variants:
+        normalize_loss_name(parse_variant(spec)[0])  # one error line for an unknown loss or a bad variant
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -148,12 +159,13 @@ def main(argv=None) -> int:
     generate_dataset(synth, args.cases, seed=TRAIN_SEED_BASE + args.seed, n_oblique=1, progress=False)
     generate_dataset(val, args.val_cases, seed=VAL_SEED, progress=False)
     generate_dataset(test, args.test_cases, seed=TEST_SEED, n_oblique=1, progress=False)
-    for name, d in (("training", synth), ("validation", val), ("held-out test", test)):
+    for name, d, option in (("training", synth, "--cases"), ("validation", val, "--val-cases"),
+                            ("held-out test", test, "--test-cases")):
         meta = json.loads((d / "dataset.json").read_text())
         n_les = sum(len(c.get("lesions", [])) for c in meta["cases"])
         print(f"{name}: {len(meta['cases'])} cases, {n_les} lesions -> {d}")
         if n_les < 2:
-            raise InputError(d, f"only {n_les} lesion(s) in the {name} cases: use more cases (--cases/--val-cases)")
+            raise InputError(d, f"only {n_les} lesion(s) in the {name} cases: use more cases ({option})")
     overrides += [f"data.val_root={val}", "data.max_val_crops=null"]
     times["data"] = time.perf_counter() - t
 
@@ -164,7 +176,6 @@ def main(argv=None) -> int:
     times["prompts"] = time.perf_counter() - t
 
     # -- 3. fine-tune ----------------------------------------------------------------------
-    variants = [args.loss] + ([] if args.no_l1dfl_row or args.l1dfl_row == args.loss else [args.l1dfl_row])
     banner(f"3/7 fine-tune the mask decoder (Accelerate): {', '.join(variant_label(v) for v in variants)}")
     t = time.perf_counter()
     results = {}
@@ -254,13 +265,14 @@ def main(argv=None) -> int:
     print(f"exports:        {exp}")
     if origin != "turbo":
         print(f"\nReminder: these numbers come from {ORIGIN_WORDS[origin]}.")
-    if result.metrics.get("best_is_initial"):
-        print("note: no validation during fine-tuning beat the starting weights, so the fine-tuned model (best/) IS "
-              "the starting model and its row equals zero-shot; BENCHMARKS.md, \"Learning\", shows when fine-tuning "
-              "helps and why")
-    elif gain <= 0:
-        print("note: here fine-tuning did not beat zero-shot on the held-out cases; BENCHMARKS.md, \"Learning\", "
-              "has the numbers over seeds, losses and budgets")
+    for spec in variants:
+        if results[spec].metrics.get("best_is_initial"):
+            print(f"note: no validation during the {variant_label(spec)} fine-tuning beat the starting weights, so "
+                  "its best/ IS the starting model and its row equals zero-shot; BENCHMARKS.md, \"Learning "
+                  "benchmark\", shows when fine-tuning helps and why")
+    if gain <= 0 and not result.metrics.get("best_is_initial"):
+        print("note: here fine-tuning did not beat zero-shot on the held-out cases; BENCHMARKS.md, \"Learning "
+              "benchmark\", has the numbers over seeds, losses and budgets")
     return 0
 
 
