@@ -47,7 +47,6 @@ def parse_device(spec: "str | None") -> "str | None":
     return f"cuda:{index}"
 
 
-__all__ = ["DEVICE_NAMES", "parse_device"]
 
 
 @contextlib.contextmanager
@@ -62,3 +61,6 @@ def cpu_threads(n: "int | None"):
     finally:
         if n:
             torch.set_num_threads(prev)
+
+
+__all__ = ["DEVICE_NAMES", "cpu_threads", "parse_device"]

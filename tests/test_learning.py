@@ -23,6 +23,7 @@ from sam_l1dfl.compare.benchmark import VAL_SEED
 from sam_l1dfl.compare.learning import SIZE_CALIBRATION_RANGE, parse_variant, run_name, size_calibration
 from sam_l1dfl.data.cohort import HELDOUT_SEED, generate_cohort
 from sam_l1dfl.data.synthetic import generate_dataset
+from sam_l1dfl.devices import cpu_threads
 from sam_l1dfl.model.standin import STANDIN_DIR, standin_available
 from sam_l1dfl.training import load_config, train
 
@@ -31,8 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Held-out 1-click Dice gain required per variant (see the module docstring); MEASURED holds what
 #: this budget gave on this split (2-core CPU, 2026-12-04).  The margin is half the measured gain,
 #: leaving room for platform noise; a decoder that does not learn gains 0.
-#: The authors' L1DFL (batch histogram) falls on this split at this budget (0.286 -> 0.142,
-#: BENCHMARKS.md "L1DFL on decoder crops"), which is why the ROI-histogram variant is the one tested.
+#: The authors' L1DFL (batch histogram) falls on this split at this budget (0.286 -> 0.142, measured
+#: with this test's setup; BENCHMARKS.md "L1DFL on decoder crops" shows why), which is why the
+#: ROI-histogram variant is the one tested.  Two torch threads, as measured (the thread count
+#: changes float rounding, which 100 steps can grow).
 MEASURED = {"l1dfl[histogram_scope=roi]": (0.286, 0.360), "dicefocal": (0.286, 0.358)}
 MARGINS = {k: 0.5 * (after - before) for k, (before, after) in MEASURED.items()}
 
@@ -54,7 +57,8 @@ def _finetune(split, variant: str, *extra: str):
         f"output_dir={split / 'runs'}", f"name={run_name(variant + ''.join(extra))}",
         "model.checkpoint=standin", f"loss.name={loss}", "train.max_steps=100", "train.val_every=0",
         "train.save_every=0", *over, *extra])
-    return train(cfg, progress=False)
+    with cpu_threads(2):
+        return train(cfg, progress=False)
 
 
 @pytest.mark.parametrize("variant", list(MARGINS))
@@ -110,9 +114,6 @@ def test_standin_needs_the_tiny_preset(tmp_path):
 
 
 def test_cohort_folder_holds_one_cohort(tmp_path):
-
-    from sam_l1dfl.data.cohort import generate_cohort
-
     generate_cohort(tmp_path, 2, seed=0)
     first = (tmp_path / "pre_000" / "SUV.nii.gz").read_bytes()
     generate_cohort(tmp_path, 1, seed=1)  # another cohort in the same folder: nothing of the old one is left

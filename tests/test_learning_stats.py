@@ -115,3 +115,13 @@ def test_tables_report_every_row_stratum_and_difference():
     assert "| fine-tuned, DiceFocal − zero-shot | +0.300 [" in md
     assert "| fine-tuned, DiceFocal − threshold | +0.200 [" in md  # (0 + 0.4 + 0 + 0.4) / 4
     assert "| 8x150 | 16x300 |" in md and "| 0.500 | 0.610 |" in md
+
+
+def test_curve_methods_outside_methods_are_refused_before_anything_runs(tmp_path):
+    from sam_l1dfl.compare.benchmark import run_benchmark
+    from sam_l1dfl.errors import InputError
+
+    with pytest.raises(InputError, match=r"--curve-methods dicece: not among --methods"):
+        run_benchmark(tmp_path / "b", init="standin", config="configs/demo.yaml", seeds=[0], methods=["dicefocal"],
+                      train_cases=2, curve=["4x10"], curve_methods=["dicefocal", "dicece"])
+    assert not (tmp_path / "b").exists()

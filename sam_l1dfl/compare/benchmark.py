@@ -33,6 +33,7 @@ from sam_l1dfl.compare.learning import (COLUMNS, STRATA_KEYS, TEST_SEED, TRAIN_S
                                         parse_variant, predict, run_name, variant_label)
 from sam_l1dfl.compare.paired import detection, fp_rows, lesion_rows, paired_difference, select
 from sam_l1dfl.data.synthetic import generate_dataset
+from sam_l1dfl.errors import InputError
 from sam_l1dfl.metrics.dataset import evaluate_dataset
 from sam_l1dfl.io_utils import write_json_atomic
 from sam_l1dfl.metrics.detection import FINE_SIZE_STRATA
@@ -96,6 +97,9 @@ def run_benchmark(out: "str | Path", *, init: str, config: "str | Path", seeds: 
                   overrides: Sequence[str] = (), log: Callable[[str], None] = print) -> dict:
     """Run the benchmark into ``out``; returns ``{"runs": [MethodRun...], "sets": {...}}`` (also
     written to ``out/learning.json`` with every per-lesion row)."""
+    extra = [m for m in (curve_methods or ()) if m not in methods]
+    if extra:  # the tables list the curve per method of --methods: another would train unseen
+        raise InputError(None, f"--curve-methods {', '.join(extra)}: not among --methods")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     test, val = out / "test", out / "val"
