@@ -1,4 +1,4 @@
-"""Learning benchmark: does fine-tuning beat the starting model and the threshold?  (BENCHMARKS.md, "Learning")
+"""Learning benchmark: does fine-tuning beat the starting model and the threshold?  (BENCHMARKS.md, "Learning benchmark")
 
     .venv/bin/python scripts/bench_learning.py [--out bench_out/learning] [--seeds 0 1 2]
         [--methods l1dfl dicefocal dicece 'l1dfl[histogram_scope=roi]'] [--train-cases 8] [--steps N]

@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     for own in ("synth", "val", "test", "prompts", "pred", "report"):  # the demo's own outputs of an earlier run
         if (out / own).is_dir():
             shutil.rmtree(out / own)
-    # the benchmark's data (BENCHMARKS.md, "Learning"): training set of seed --seed, its validation set
+    # the benchmark's data (BENCHMARKS.md, "Learning benchmark"): training set of seed --seed, its validation set
     # (picks best/) and the first --test-cases cases of its held-out test set
     generate_dataset(synth, args.cases, seed=TRAIN_SEED_BASE + args.seed, n_oblique=1, progress=False)
     generate_dataset(val, args.val_cases, seed=VAL_SEED, progress=False)

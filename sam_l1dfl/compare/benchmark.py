@@ -1,4 +1,4 @@
-"""The learning benchmark (``scripts/bench_learning.py``, BENCHMARKS.md "Learning"): does fine-tuning
+"""The learning benchmark (``scripts/bench_learning.py``, BENCHMARKS.md "Learning benchmark"): does fine-tuning
 beat the starting model and the 41 %-SUVmax threshold, on which lesions, at which budget?
 
 Fixed before any result was looked at (docs/phantom.md, "Strata"; issue #20 §4):

@@ -15,7 +15,7 @@ pass per lesion, on a crop centred on that lesion's prompts.  Sharing is opt-in 
 is trained on crops centred on the target (the official crop is TorchIO's ``CropOrPad`` around
 the label; our fine-tuning and the stand-in's pretraining do the same), and a lesion far from
 the centre of a shared crop is segmented worse: the stand-in's zero-shot lesion Dice on the 8
-held-out synthetic cases of BENCHMARKS.md ("Learning") was 0.072 with sharing and 0.305 without.
+held-out synthetic cases of BENCHMARKS.md ("Learning under phantom 1.0") was 0.072 with sharing and 0.305 without.
 """
 
 from __future__ import annotations
