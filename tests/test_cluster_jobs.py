@@ -189,9 +189,7 @@ def test_a_killed_job_with_forked_workers_lets_go_of_its_lock(tmp_path, monkeypa
         p.send_signal(signal.SIGKILL)
         p.wait()
         assert lock_holder(job.folder) is None  # the worker (still alive) does not hold it
-        t0 = time.monotonic()
         jobs_mod.mark_failed(job, "killed (test)", "test")
-        assert time.monotonic() - t0 < 1.0
         assert job_state(job) == {"state": "failed", "error": "killed (test)"}
     finally:
         p.stdout.close()
