@@ -7,14 +7,15 @@ CUDA when available, else the CPU).
 
 :func:`cpu_threads` sets torch's CPU thread count for a block and puts it back afterwards (a job
 run in-process must not leave the caller's process on another thread count).
+
+torch is imported on first use, so light commands (the sweep's planning and status) can use this
+module without loading it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-
-import torch
 
 from sam_l1dfl.errors import InputError
 
@@ -27,6 +28,8 @@ def parse_device(spec: "str | None") -> "str | None":
     """``spec`` as a ``torch.device`` string (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``)."""
     if spec is None:
         return None
+    import torch
+
     s = str(spec).strip().lower()
     if s == "cpu":
         return "cpu"
@@ -47,20 +50,21 @@ def parse_device(spec: "str | None") -> "str | None":
     return f"cuda:{index}"
 
 
-
-
 @contextlib.contextmanager
 def cpu_threads(n: "int | None"):
     """``torch.set_num_threads(n)`` inside the block, the previous count after it (``n`` None or
     0: unchanged)."""
+    if not n:
+        yield
+        return
+    import torch
+
     prev = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
+    torch.set_num_threads(int(n))
     try:
         yield
     finally:
-        if n:
-            torch.set_num_threads(prev)
+        torch.set_num_threads(prev)
 
 
 __all__ = ["DEVICE_NAMES", "cpu_threads", "parse_device"]

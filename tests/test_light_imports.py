@@ -26,7 +26,7 @@ def heavy_modules_after(code: str) -> list[str]:
 
 @pytest.mark.parametrize("module", ["sam_l1dfl.training.config", "sam_l1dfl.training.runconfig",
                                     "sam_l1dfl.training", "sam_l1dfl.cnn.config", "sam_l1dfl.lossnames",
-                                    "sam_l1dfl.model.config"])
+                                    "sam_l1dfl.model.config", "sam_l1dfl.cluster.jobs", "sam_l1dfl.devices"])
 def test_the_config_layer_imports_without_torch(module):
     assert heavy_modules_after(f"import {module}") == []
 

@@ -66,6 +66,7 @@ from typing import Any, Iterator
 
 from sam_l1dfl import __version__
 from sam_l1dfl.cluster.resources import Resources, resources_from
+from sam_l1dfl.devices import cpu_threads
 from sam_l1dfl.errors import ConfigError, InputError, SamL1dflError
 from sam_l1dfl.io_utils import output_mode, write_json_atomic
 
@@ -555,17 +556,8 @@ def _call(job: Job) -> None:
         if r.returncode != 0:
             raise InputError(job.folder, f"{job.resources.processes} Accelerate processes: exit status {r.returncode}")
         return
-    if not job.threads:
+    with cpu_threads(job.threads):  # an in-process job leaves the caller's thread count as it was
         _target(job.target)(job.payload)
-        return
-    import torch  # here, not at the top: the planning and status commands never load torch
-
-    prev = torch.get_num_threads()  # an in-process job leaves the caller's thread count as it was
-    torch.set_num_threads(int(job.threads))
-    try:
-        _target(job.target)(job.payload)
-    finally:
-        torch.set_num_threads(prev)
 
 
 def run_job(job: "Job | dict", launcher: str = "local") -> dict:
