@@ -21,6 +21,11 @@ DIR_FORMAT = "sam-l1dfl-model"
 #: safetensors metadata key holding the model config (JSON) in a model directory's weights
 META_CONFIG_KEY = "sam_l1dfl_model_config"
 
+#: in a model directory of a LoRA run: the LoRA factors of the image encoder (its model.safetensors
+#: holds them merged); "format": LORA_FORMAT in the safetensors metadata
+LORA_FILE = "lora.safetensors"
+LORA_FORMAT = "sam-l1dfl-lora"
+
 DELTA_FORMAT = "sam-l1dfl-delta"
 DELTA_VERSION = "1"
 

@@ -105,8 +105,15 @@ def model_card(
         lines.append(f"- loss: `{loss.get('name', '?')}`" + (f" ({params})" if params else ""))
     if tcfg:
         tr = tcfg.get("trainable") or {}
-        parts = [k for k in ("mask_decoder", "prompt_encoder", "patch_embed", "full") if tr.get(k)]
+        parts = [k for k in ("mask_decoder", "prompt_encoder", "patch_embed", "full", "lora") if tr.get(k)]
         lines.append(f"- trained parts: {', '.join(parts) or '?'}")
+        lora = meta.get("lora") or {}
+        if lora:
+            lines.append(f"- LoRA on the image encoder (HF peft, merged into these weights): r {lora.get('r')}, "
+                         f"alpha {lora.get('alpha')}, dropout {lora.get('dropout')}, targets "
+                         f"{', '.join(lora.get('targets') or [])} ({lora.get('modules')} layers, "
+                         f"{lora.get('parameters'):,} LoRA parameters"
+                         + (f"; {lora['trainable_in_all']:,} trainable in all)" if lora.get("trainable_in_all") else ")"))
         opt, trn = tcfg.get("optim") or {}, tcfg.get("train") or {}
         lines.append(f"- optimiser: AdamW, lr {opt.get('lr')}, weight decay {opt.get('weight_decay')}; "
                      f"batch {trn.get('batch_size')} per process, {trn.get('epochs')} epochs"

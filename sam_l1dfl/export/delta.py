@@ -20,6 +20,7 @@ from sam_l1dfl.formats import DELTA_FORMAT, DELTA_VERSION, MODEL_FILE
 from sam_l1dfl.io_utils import atomic_path, refuse_overwrite
 from sam_l1dfl.model.checkpoint import load_sam_med3d
 from sam_l1dfl.model.delta import is_delta_file, weights_file
+from sam_l1dfl.model.lora import lora_delta
 from sam_l1dfl.model.weights import resolve_model_path, save_safetensors
 
 
@@ -45,14 +46,18 @@ def export_delta(
     except CheckpointError as exc:
         raise CheckpointError(base, f"cannot serve as the base of this model: {exc.problem}") from None
     base_sd = base_model.state_dict()
-    delta = {}
+    # a LoRA run: its factors instead of the merged encoder weights they rebuild on this base
+    factors, rebuilt, lora_md = lora_delta(src.weights, base_sd, src.model.state_dict(), cfg, base)
+    delta = dict(factors)
     for k, v in src.model.state_dict().items():
         b = base_sd.get(k)
+        if k in rebuilt:
+            continue
         if b is None or b.shape != v.shape or b.dtype != v.dtype or not torch.equal(b, v):
             delta[k] = v.detach().cpu().contiguous().clone()
-    total = sum(v.numel() * v.element_size() for v in src.model.state_dict().values())
+    total = sum(v.numel() * v.element_size() for v in src.model.state_dict().values())  # the full model
     size = sum(v.numel() * v.element_size() for v in delta.values())
-    groups = sorted({k.split(".", 1)[0] for k in delta})
+    groups = sorted({k.split(".", 1)[0] + (" (LoRA factors)" if k in factors else "") for k in delta})
     meta = dict(src.meta)
     meta["export"] = provenance(src, "delta")
     md = {
@@ -64,6 +69,7 @@ def export_delta(
         "model_config": json.dumps(cfg.to_dict()),
         "meta": json.dumps(meta),
         "full_tensors": str(len(base_sd)),
+        **lora_md,
     }
     if src.metrics is not None:
         md["metrics"] = json.dumps({k: src.metrics[k] for k in ("steps", "dice_before", "dice_after", "best")
@@ -71,7 +77,8 @@ def export_delta(
     with atomic_path(out) as tmp:
         save_safetensors(delta, tmp, md)
     notes = [
-        f"delta: {len(delta)} of {len(base_sd)} tensors differ from the base ({', '.join(groups) or 'none'}); "
+        f"delta: {len(delta) - len(factors)} of {len(base_sd)} tensors differ from the base"
+        + (f" + {len(factors)} LoRA factors" if factors else "") + f" ({', '.join(groups) or 'none'}); "
         f"{size / max(total, 1):.1%} of the model's bytes",
         f"base:  {base} (SHA-256 {md['base_sha256']})",
         "kept: changed tensors, model config, preprocessing and training summary; needs the exact base file",

@@ -48,6 +48,12 @@ _PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: ``trainable.lora.targets``: the image encoder's Linear layers that LoRA may adapt (name in the
+#: config -> module path inside each encoder block, ``image_encoder.blocks.<i>.<path>``).
+LORA_TARGETS = {"qkv": "attn.qkv", "proj": "attn.proj", "lin1": "mlp.lin1", "lin2": "mlp.lin2"}
+#: What a LoRA config without HF peft is told to install (pyproject's ``lora`` extra).
+LORA_EXTRA = "pip install 'sam-l1dfl[lora]'"
+
 @dataclass
 class SamMed3DConfig:
     """Architecture of a SAM-Med3D model (defaults: the official ``vit_b_ori``).

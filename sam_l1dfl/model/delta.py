@@ -22,6 +22,7 @@ from sam_l1dfl.errors import CheckpointError
 from sam_l1dfl.formats import DELTA_FORMAT, DELTA_VERSION, MODEL_FILE
 from sam_l1dfl.io_utils import sha256_file
 from sam_l1dfl.model.config import SamMed3DConfig
+from sam_l1dfl.model.lora import apply_lora_delta
 from sam_l1dfl.model.weights import (
     fit_error,
     fit_state_dict,
@@ -118,6 +119,8 @@ def read_delta_checkpoint(
     if missing or unexpected or mismatched:
         raise fit_error(base, missing, unexpected, mismatched)
     upd = read_safetensors(path)[0]
+    if "lora" in md:  # a LoRA run: its factors merged into the base's encoder weights first (peft)
+        sd, upd = apply_lora_delta(sd, upd, cfg, md["lora"], path)
     unknown = [k for k in upd if k not in expected]
     bad = [k for k in upd if k in expected and upd[k].shape != expected[k].shape]
     if unknown or bad:

@@ -18,7 +18,8 @@ encoder's input from epoch to epoch is incompatible with that cache and refused 
 is on:
 
 * ``augment.jitter_mm > 0`` (random crop shifts): every epoch sees another crop.
-* trainable ``patch_embed`` or ``full`` fine-tuning: the embeddings change as training goes.
+* trainable ``patch_embed``, ``lora`` or ``full`` fine-tuning: the embeddings change as training
+  goes (with ``cache.embeddings: auto`` the cache turns itself off; the LoRA line says so).
 
 With the cache you get: fixed lesion-centred crops, prompt randomness (clicks are sampled from
 the current errors each step) and the mask-prompt feedback loop.
@@ -26,6 +27,7 @@ the current errors each step) and the mask-prompt feedback loop.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,7 @@ from typing import Any, Optional
 
 from sam_l1dfl.data.preprocess import IntensityConfig
 from sam_l1dfl.errors import ConfigError
-from sam_l1dfl.model.config import SamMed3DConfig
+from sam_l1dfl.model.config import LORA_EXTRA, LORA_TARGETS, SamMed3DConfig
 from sam_l1dfl.lossnames import normalize_loss_name
 from sam_l1dfl.model.standin import is_standin_name, standin_available
 from sam_l1dfl.training.runconfig import (DataSplitConfig, LossConfig, RunConfig, TrainConfig, config_from_mapping,
@@ -80,6 +82,20 @@ class PromptConfig:
 
 
 @dataclass
+class LoraSettings:
+    """``trainable.lora``: low-rank adapters on the image encoder through HF peft (docs/lora.md)."""
+
+    r: int = 8
+    """Rank of each adapter."""
+    alpha: float = 16.0
+    """Scale numerator: the update is ``alpha / r * B @ A``."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input."""
+    targets: list[str] = field(default_factory=lambda: ["qkv", "proj"])
+    """Linear layers of every encoder block: ``qkv``, ``proj`` (attention), ``lin1``, ``lin2`` (MLP)."""
+
+
+@dataclass
 class TrainableConfig:
     mask_decoder: bool = True
     prompt_encoder: bool = False
@@ -89,6 +105,9 @@ class TrainableConfig:
     """The image encoder's patch embedding (useful for ``pet+ct``); disables the embedding cache."""
     full: bool = False
     """Everything, including the encoder blocks (explicit full fine-tuning)."""
+    lora: Optional[LoraSettings] = None
+    """LoRA on the image encoder (``{r, alpha, dropout, targets}``; ``{}``: the defaults) beside
+    what else trains; needs the ``lora`` extra (peft); disables the embedding cache."""
     iou_head: str = "mse"
     """``mse``: the IoU head learns the actual IoU of its mask (MSE, as SAM); ``frozen``."""
     iou_loss_weight: float = 1.0
@@ -176,7 +195,7 @@ class FinetuneConfig(RunConfig):
 
     # -------------------------------------------------------------- derived
     def encoder_frozen(self) -> bool:
-        return not (self.trainable.full or self.trainable.patch_embed)
+        return not (self.trainable.full or self.trainable.patch_embed or self.trainable.lora is not None)
 
     def use_embedding_cache(self) -> bool:
         if self.cache.embeddings == "off":
@@ -227,8 +246,11 @@ class FinetuneConfig(RunConfig):
         choice("trainable.iou_head", t.iou_head, IOU_HEAD)
         if t.iou_loss_weight < 0:
             raise bad("trainable.iou_loss_weight", "must be >= 0")
-        if not (t.mask_decoder or t.prompt_encoder or t.patch_embed or t.full or (p.boxes and t.box_embeddings)):
+        if not (t.mask_decoder or t.prompt_encoder or t.patch_embed or t.full or t.lora is not None
+                or (p.boxes and t.box_embeddings)):
             raise bad("trainable", "nothing would train")
+        if t.lora is not None:
+            self.validate_lora(t.lora, t.full)
         if t.patch_embed and self.preprocess.input_mode != "pet+ct" and not t.full:
             raise bad("trainable.patch_embed", "only meaningful with preprocess.input_mode: pet+ct")
         if isinstance(self.cache.embeddings, bool):  # YAML reads on/off as booleans
@@ -238,7 +260,8 @@ class FinetuneConfig(RunConfig):
             raise bad("augment.jitter_mm", "must be >= 0")
         if self.cache.embeddings == "on":
             if not self.encoder_frozen():
-                raise bad("cache.embeddings", "'on' needs a frozen image encoder (trainable.patch_embed/full are set)")
+                raise bad("cache.embeddings", "'on' needs a frozen image encoder (trainable.patch_embed/lora/full "
+                                              "is set)")
             if self.augment.jitter_mm > 0:
                 raise bad("augment.jitter_mm", "crop jitter is incompatible with the embedding cache "
                                                "(set cache.embeddings: off or jitter_mm: 0)")
@@ -264,6 +287,23 @@ class FinetuneConfig(RunConfig):
             raise bad("optim.grad_clip", "must be > 0 or null")
         return self
 
+    def validate_lora(self, lo: LoraSettings, full: bool) -> None:
+        bad = self.error
+        if full:
+            raise bad("trainable.lora", "trainable.full already trains the whole encoder; drop one of them")
+        if lo.r < 1:
+            raise bad("trainable.lora.r", f"must be >= 1, got {lo.r}")
+        if not lo.alpha > 0:
+            raise bad("trainable.lora.alpha", f"must be > 0, got {lo.alpha}")
+        if not 0 <= lo.dropout < 1:
+            raise bad("trainable.lora.dropout", f"must be in [0, 1), got {lo.dropout}")
+        unknown = [x for x in lo.targets if x not in LORA_TARGETS]
+        if unknown or not lo.targets or len(set(lo.targets)) != len(lo.targets):
+            raise bad("trainable.lora.targets", f"a list of distinct names from {', '.join(LORA_TARGETS)}; "
+                                                f"got {lo.targets}")
+        if importlib.util.find_spec("peft") is None:
+            raise bad("trainable.lora", f"needs Hugging Face peft, which is not installed: {LORA_EXTRA}")
+
     def model_config(self) -> SamMed3DConfig:
         in_chans = 2 if self.preprocess.input_mode == "pet+ct" else 1
         return SamMed3DConfig.preset(self.model.preset, in_chans=in_chans, use_boxes=bool(self.prompts.boxes),
@@ -285,5 +325,5 @@ def load_config(path: "str | os.PathLike | None", overrides: "list[str] | None" 
 
 
 __all__ = ["AugmentConfig", "CacheConfig", "DataConfig", "FinetuneConfig", "FinetuneLossConfig", "FinetuneTrainConfig",
-           "IntensityConfig", "LossConfig", "ModelConfig", "OptimConfig", "PromptConfig", "TrainConfig",
+           "IntensityConfig", "LoraSettings", "LossConfig", "ModelConfig", "OptimConfig", "PromptConfig", "TrainConfig",
            "TrainableConfig", "config_from_dict", "load_config", "merge", "parse_overrides"]

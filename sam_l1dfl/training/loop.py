@@ -28,6 +28,7 @@ from sam_l1dfl.data.dataset import LesionCropDataset
 from sam_l1dfl.errors import InputError
 from sam_l1dfl.losses import make_training_loss
 from sam_l1dfl.model import build_sam_med3d, load_sam_med3d, read_model_meta, save_model_dir
+from sam_l1dfl.model.lora import attach_lora
 from sam_l1dfl.model.standin import weights_origin
 from sam_l1dfl.model.weights import resolve_model_path
 from sam_l1dfl.prompts.clicks import click_uniforms, mask_only_iterations
@@ -206,6 +207,7 @@ class FinetuneTrainer(Trainer):
                 self.acc.print("WARNING: model.checkpoint is not set: training starts from RANDOM weights "
                                "(results say nothing about SAM-Med3D)")
         self.trainable = configure_trainable(self.model, cfg)
+        self.lora = attach_lora(self.model, cfg, self.trainable, self.say)  # None without trainable.lora
         self.say(f"trainable: {self.trainable['n_trainable']:,} of {self.trainable['n_total']:,} parameters; "
                  f"frozen as unused: {', '.join(self.trainable['frozen_unused']) or 'none'}")
 
@@ -324,7 +326,10 @@ class FinetuneTrainer(Trainer):
                 "training": {"step": self.state.global_step, "val_dice": _summary(res or {}),
                              "best_is_initial": which == "best" and self.best_is_initial,
                              "start_from": self.start_from, "config": cfg.to_dict()}}
-        save_model_dir(self.model, self.run_dir / which, meta)
+        if self.lora is None:
+            save_model_dir(self.model, self.run_dir / which, meta)
+        else:  # the factors merged in (official keys) + the factors alone
+            self.lora.save(self.run_dir / which, meta)
 
     def summary(self, final: Optional[dict]) -> dict:
         st, cfg = self.state, self.cfg
