@@ -123,8 +123,8 @@ def test_vit_b_ori_with_lora_merges_to_the_official_keys_and_its_delta_is_small(
 # ----------------------------------------------------------------------------- runs
 def _overrides(d: Path, name: str, *extra: str) -> list[str]:
     return [f"data.root={d / 'synth'}", "data.val_cases=[synth_002]", "data.max_train_crops=4",
-            "data.max_val_crops=2", f"data.cache_dir={d / 'cache'}", f"output_dir={d / 'runs'}", f"name={name}",
-            "model.checkpoint=standin", "prompts.clicks_per_sample=2", "train.batch_size=2", "train.max_steps=2",
+            "data.max_val_crops=1", f"data.cache_dir={d / 'cache'}", f"output_dir={d / 'runs'}", f"name={name}",
+            "model.checkpoint=standin", "prompts.clicks_per_sample=1", "prompts.mask_only=none", "train.batch_size=2", "train.max_steps=2",
             "train.save_every=1", "train.log_every=1", "train.val_every=0", "optim.lr=1e-2",
             "trainable.lora={r: 4, alpha: 8}", *extra]
 
@@ -275,17 +275,19 @@ def test_lora_run_exports_merged_and_as_a_small_delta(lora_run, tmp_path):
 def test_lora_alone_learns_on_held_out_crops(synth):
     """The decoder frozen, only LoRA trains: the held-out 1-click Dice rises well above the frozen
     model's (the trainer's step-0 validation: the adapters start as the identity).  Observed on a
-    2-core CPU: 0.135 -> 0.221; asserted: +0.04, and only the adapted encoder weights changed."""
+    2-core CPU: Dice@1 0.135 -> 0.198, Dice@3 0.176 -> 0.266; asserted: +0.03 each, and that only
+    the adapted encoder weights changed (so the gain is LoRA's)."""
     from sam_l1dfl.model.standin import STANDIN_DIR
 
-    res = _train(_overrides(synth, "learn", "trainable.mask_decoder=false", "prompts.clicks_per_sample=1",
-                            "prompts.mask_only=none", "train.max_steps=12", "train.save_every=0", "optim.lr=2e-2",
+    res = _train(_overrides(synth, "learn", "trainable.mask_decoder=false", "data.max_val_crops=2",
+                            "train.max_steps=8", "train.save_every=0", "optim.lr=2e-2",
                             "optim.warmup_steps=0", "loss.name=dicefocal",
                             "trainable.lora={r: 8, alpha: 16, targets: [qkv, proj, lin1, lin2]}"))
-    before, after = res.dice_before["dice@1"], res.dice_after["dice@1"]
-    print(f"held-out 1-click Dice: frozen {before:.3f} -> LoRA {after:.3f}; losses {res.losses}")
-    assert res.dice_after["n_lesions"] == 2
-    assert after >= before + 0.04, (before, after)
+    before, after = res.dice_before, res.dice_after
+    print(f"held-out Dice@1/3: frozen {before['dice@1']:.3f}/{before['dice@3']:.3f} -> LoRA "
+          f"{after['dice@1']:.3f}/{after['dice@3']:.3f}; losses {res.losses}")
+    assert after["n_lesions"] == 2
+    assert after["dice@1"] >= before["dice@1"] + 0.03 and after["dice@3"] >= before["dice@3"] + 0.03, (before, after)
     start, tuned = _tensors(STANDIN_DIR / "model.safetensors"), _tensors(res.run_dir / "last" / "model.safetensors")
     changed = {k for k in tuned if not torch.equal(tuned[k], start[k])}
     assert changed and all(k.startswith("image_encoder.blocks.") and k.endswith(
