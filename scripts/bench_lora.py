@@ -2,7 +2,8 @@
 """Decoder-only vs LoRA + decoder vs full fine-tuning: trainable parameters, step time, memory.
 
 Runs the real trainer (:func:`sam_l1dfl.training.loop.train`) on a few synthetic cases, one variant
-per fresh interpreter (so each peak RSS is its own), the stand-in (tiny) model by default:
+per fresh interpreter (so each peak RSS is its own), after an untimed pass of every variant that
+fills the caches, the stand-in (tiny) model by default:
 
 * ``decoder``: the mask decoder, embeddings from the cache (the default fine-tune);
 * ``lora``: LoRA (``trainable.lora``, r 8 on qkv + proj) + the mask decoder, the encoder in every step;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -39,7 +41,7 @@ VARIANTS = {
 }
 
 
-def run_one(variant: str, work: Path, steps: int, batch: int, clicks: int, checkpoint: str) -> dict:
+def run_one(variant: str, work: Path, steps: int, batch: int, clicks: int, checkpoint: str, name: str) -> dict:
     """One variant in this process: the trainer's own numbers plus CPU time and peak RSS."""
     import torch
 
@@ -47,7 +49,7 @@ def run_one(variant: str, work: Path, steps: int, batch: int, clicks: int, check
     from sam_l1dfl.training.loop import train
 
     ov = [f"data.root={work / 'synth'}", "data.val_cases=[synth_002]", "data.max_val_crops=1",
-          f"data.cache_dir={work / 'cache'}", f"output_dir={work / 'runs'}", f"name={variant}",
+          f"data.cache_dir={work / 'cache'}", f"output_dir={work / 'runs'}", f"name={name}",
           f"model.checkpoint={checkpoint}", "model.preset=tiny", f"prompts.clicks_per_sample={clicks}",
           "prompts.mask_only=none", f"train.batch_size={batch}", f"train.max_steps={steps}", "train.save_every=0",
           "train.val_every=0", "train.log_every=1", "loss.name=dicefocal", *VARIANTS[variant]]
@@ -72,12 +74,15 @@ def main(argv=None) -> int:
     ap.add_argument("--clicks", type=int, default=2)
     ap.add_argument("--checkpoint", default="standin")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per run (1: steadiest on a shared machine, where idle threads spin)")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--name", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.one:
-        print(json.dumps(run_one(a.one, a.work, a.steps, a.batch, a.clicks, a.checkpoint)))
+        print(json.dumps(run_one(a.one, a.work, a.steps, a.batch, a.clicks, a.checkpoint, a.name)))
         return 0
 
     import torch
@@ -89,12 +94,18 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         generate_dataset(work / "synth", 3, seed=0, progress=False)
-        for v in a.variants.split(","):
-            cmd = [sys.executable, __file__, "--one", v, "--work", str(work), "--steps", str(a.steps),
-                   "--batch", str(a.batch), "--clicks", str(a.clicks), "--checkpoint", a.checkpoint]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        # a first untimed pass of every variant fills the crop and embedding caches (a crop is made
+        # on first use, which would otherwise land in the first variant's steps)
+        for name, steps in (("warm", 2), ("timed", a.steps)):
+            for v in a.variants.split(","):
+                cmd = [sys.executable, __file__, "--one", v, "--work", str(work), "--steps", str(steps),
+                       "--batch", str(a.batch), "--clicks", str(a.clicks), "--checkpoint", a.checkpoint,
+                       "--name", f"{v}-{name}"]
+                env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+                if name == "timed":
+                    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {a.threads} torch thread(s)"
     print(f"{machine}, torch {torch.__version__}, {a.checkpoint}, batch {a.batch}, {a.clicks} clicks, "
           f"{a.steps} steps, {time.strftime('%Y-%m-%d')}")
     print(f"{'variant':8s} {'trainable':>11s} {'of':>11s} {'LoRA':>7s} {'cache':>5s} {'s/step':>7s} {'run CPU s':>9s} "
