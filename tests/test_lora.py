@@ -249,6 +249,8 @@ def test_lora_run_exports_merged_and_as_a_small_delta(lora_run, tmp_path):
     assert set(_tensors(st / "model.safetensors")) == set(sd)
     card = (st / "README.md").read_text()
     assert "LoRA on the image encoder" in card and "r 4, alpha 8.0" in card and "6,144 LoRA parameters" in card
+    kept = read_factors(st)[0]  # kept for a later delta
+    assert kept.keys() == factors.keys() and all(torch.equal(v, factors[k]) for k, v in kept.items())
 
     # delta: the decoder and the factors only; applied to its base it gives the adapted model
     delta = tmp_path / "delta.safetensors"

@@ -16,6 +16,7 @@ from sam_l1dfl.export.card import model_card
 from sam_l1dfl.export.source import ExportResult, as_source, provenance
 from sam_l1dfl.formats import CARD_FILE, CONFIG_FILE, MODEL_FILE
 from sam_l1dfl.io_utils import atomic_dir, refuse_overwrite, sha256_file, write_text_atomic
+from sam_l1dfl.model.lora import copy_factors
 from sam_l1dfl.model.weights import save_model_dir
 
 #: The card names no folder: an export's bytes do not depend on where it is written.
@@ -52,7 +53,8 @@ def export_safetensors(
         meta["data_description"] = data_description
     with atomic_dir(out) as tmp:  # a new directory appears whole or not at all
         save_model_dir(src.model, tmp, meta)
-        files = {MODEL_FILE: sha256_file(tmp / MODEL_FILE), CONFIG_FILE: sha256_file(tmp / CONFIG_FILE)}
+        files = {MODEL_FILE: sha256_file(tmp / MODEL_FILE), CONFIG_FILE: sha256_file(tmp / CONFIG_FILE),
+                 **copy_factors(src.weights, tmp)}  # a LoRA run's factors, for a later delta
         card = model_card(meta, src.config, src.metrics, files, data_description or src.meta.get("data_description"),
                           usage=_SAFETENSORS_USAGE)
         write_text_atomic(tmp / CARD_FILE, card)

@@ -37,7 +37,7 @@ import torch
 
 from sam_l1dfl.errors import CheckpointError, ConfigError
 from sam_l1dfl.formats import LORA_FILE, LORA_FORMAT, MODEL_FILE
-from sam_l1dfl.io_utils import atomic_dir
+from sam_l1dfl.io_utils import atomic_dir, sha256_file
 from sam_l1dfl.model.config import LORA_EXTRA, LORA_TARGETS, SamMed3DConfig
 from sam_l1dfl.model.sam import SamMed3D
 from sam_l1dfl.model.weights import read_safetensors, save_model_dir, save_safetensors
@@ -171,6 +171,16 @@ def read_factors(model_dir: "str | os.PathLike") -> Optional[tuple[dict, dict]]:
     return tensors, parse_settings(md["lora"], path)
 
 
+def copy_factors(model_dir: "str | os.PathLike", dest: Path) -> dict[str, str]:
+    """Copy a LoRA run's :data:`LORA_FILE` (checked) from ``model_dir`` into the directory ``dest``;
+    ``{name: SHA-256}`` of what was copied (``{}`` without one)."""
+    found = read_factors(model_dir) if Path(model_dir).is_dir() else None
+    if found is None:
+        return {}
+    save_safetensors(found[0], dest / LORA_FILE, factor_metadata(found[1]))
+    return {LORA_FILE: sha256_file(dest / LORA_FILE)}
+
+
 def parse_settings(text: str, source) -> dict:
     try:
         s = settings_of(json.loads(text))
@@ -234,5 +244,5 @@ def apply_lora_delta(sd: dict, upd: dict, cfg: SamMed3DConfig, settings_text: st
     return merge_factors(sd, cfg, settings, factors, source), rest
 
 
-__all__ = ["ADAPTER", "EncoderLora", "MATCH_ATOL", "apply_lora_delta", "attach_lora", "lora_delta", "factor_metadata", "is_factor_key", "merge_factors",
+__all__ = ["ADAPTER", "EncoderLora", "MATCH_ATOL", "apply_lora_delta", "attach_lora", "copy_factors", "lora_delta", "factor_metadata", "is_factor_key", "merge_factors",
            "merged_keys", "peft_available", "read_factors", "require_peft", "settings_of", "target_pattern"]
