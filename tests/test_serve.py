@@ -1,0 +1,366 @@
+"""``sam-l1dfl serve``: a real server on a loopback port, driven by the real ``nninteractive-client``.
+
+The expected masks come from the segmenter's own API, not from the server's code: the first click
+on a lesion must give exactly what ``Segmenter.segment`` (``sam-l1dfl infer``) gives for the same
+image, spacing and click; a refinement click must give the click loop composed here by hand (the
+crop of the first click, the image embedding once, every point so far, the previous low-res logits
+as the mask prompt).  The stand-in model (real weights) and a phantom case keep it realistic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from nnInteractive.inference.remote import (ServerAtCapacityError, SessionExpiredError,
+                                            nnInteractiveRemoteInferenceSession)
+from nnInteractive.inference.remote.serialization import pack_array
+
+from sam_l1dfl.data.io import Case
+from sam_l1dfl.data.preprocess import make_network_input
+from sam_l1dfl.data.synthetic import generate_case
+from sam_l1dfl.inference import Segmenter
+from sam_l1dfl.inference.mapping import LabelCanvas
+from sam_l1dfl.prompts import generate_prompts
+from sam_l1dfl.prompts.types import CasePrompts, ImageRef, LesionPrompts, PointPrompt, box_from_index_bounds
+from sam_l1dfl.serve.app import ServeSettings, create_app
+from sam_l1dfl.serve.server import BackgroundServer
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# ------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def seg():
+    return Segmenter("standin", device="cpu", batch_size=1)
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    """A phantom case as a viewer sends it: the array, its spacing in array order, and the image
+    the expectations are computed on (the same array and spacing, built here with SimpleITK)."""
+    case = generate_case(11, n_lesions=5)
+    arr = sitk.GetArrayFromImage(case.pet).astype(np.float32)
+    spacing = list(case.pet.GetSpacing())[::-1]
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(case.pet.GetSpacing())
+    seeds = [tuple(int(v) for v in np.rint(lp.points[0].index)[::-1]) for lp in generate_prompts(case.seg, case.pet).lesions]
+    return {"array": arr, "spacing": spacing, "image": img, "seeds": seeds, "case": case}
+
+
+@pytest.fixture(scope="module")
+def server(seg):
+    with BackgroundServer(create_app(seg, ServeSettings(max_sessions=2))) as url:
+        yield url
+
+
+def _client(url, **kw):
+    return nnInteractiveRemoteInferenceSession(url, **kw)
+
+
+def _opened(url, phantom, **props):
+    s = _client(url)
+    s.set_image(phantom["array"][None], {"spacing": phantom["spacing"], **props})
+    buf = np.zeros(phantom["array"].shape, np.uint8)
+    s.set_target_buffer(buf)
+    return s, buf
+
+
+# ------------------------------------------------------------------------------ expectations
+def _world(img, idx):
+    return img.TransformContinuousIndexToPhysicalPoint([float(v) for v in idx[::-1]])
+
+
+def _infer(seg, img, points=(), box=None):
+    """``Segmenter.segment`` (what ``sam-l1dfl infer`` runs) for one lesion prompt."""
+    pts = [PointPrompt(tuple(_world(img, i)), tuple(float(v) for v in i[::-1]), int(pos), "t") for i, pos in points]
+    ref = ImageRef.from_image(img)
+    boxes = [] if box is None else [box_from_index_bounds(ref, [b[0] - 0.5 for b in box[::-1]],
+                                                          [b[1] - 0.5 for b in box[::-1]])]
+    res = seg.segment(img, prompts=CasePrompts("t", ref, [LesionPrompts(1, pts, boxes)]))
+    return sitk.GetArrayFromImage(res.mask) > 0
+
+
+def _click_loop(seg, img, clicks):
+    """The click loop by hand: the crop of the first click, the embedding once, then per click all
+    the points so far with the previous low-res logits as the mask prompt."""
+    geom = seg.preprocess.geometry_at(_world(img, clicks[0][0]))
+    with torch.inference_mode():
+        emb = seg.model.encode(make_network_input(Case("t", img), geom, seg.preprocess)[None]).float()
+    s = seg.model.config.low_res_size
+    low, pts, labels = torch.zeros(1, 1, s, s, s), [], []
+    for idx, pos in clicks:
+        pts.append(geom.world_to_index(np.asarray(_world(img, idx))))
+        labels.append(int(pos))
+        low, logits, _ = seg.model_decoder(emb, torch.tensor(np.array(pts), dtype=torch.float32)[None],
+                                           torch.tensor(labels)[None], None, low)
+    canvas = LabelCanvas(img, seg.threshold)
+    canvas.add(logits[0, 0].numpy(), geom, 1, 1)
+    return canvas.labels > 0
+
+
+# ------------------------------------------------------------------------------ clicks
+def test_each_lesion_clicked_gives_the_infer_mask(seg, phantom, server):
+    s, buf = _opened(server, phantom)
+    assert s.supported_interactions["points"] and not s.supported_interactions["scribble"] and s.supports_undo
+    assert "Apache-2.0" in s.license
+    for seed in phantom["seeds"]:
+        s.reset_interactions()
+        bbox = s.add_point_interaction(seed, include_interaction=True)
+        want = _infer(seg, phantom["image"], [(seed, 1)])
+        assert want.any() and np.array_equal(buf > 0, want), seed
+        assert bbox is not None and all(lo <= i < hi for i, (lo, hi) in zip(seed, bbox))
+    s.close()
+
+
+def test_refinement_negative_click_undo_and_reset(seg, phantom, server):
+    s, buf = _opened(server, phantom)
+    seed = phantom["seeds"][2]
+    s.add_point_interaction(seed, include_interaction=True)
+    one = buf.copy()
+    inside = tuple(int(v) for v in np.argwhere(one > 0).mean(0).round())
+    near = (seed[0] + 1, seed[1], seed[2] + 1)
+    s.add_point_interaction(near, include_interaction=True)
+    two = buf.copy()
+    assert np.array_equal(two > 0, _click_loop(seg, phantom["image"], [(seed, 1), (near, 1)]))
+    s.add_point_interaction(inside, include_interaction=False)
+    want = _click_loop(seg, phantom["image"], [(seed, 1), (near, 1), (inside, 0)])
+    assert np.array_equal(buf > 0, want) and not np.array_equal(want, two > 0)
+    assert s.undo() and np.array_equal(buf, two)
+    assert s.undo() and np.array_equal(buf, one)
+    s.reset_interactions()
+    assert not buf.any() and not s.undo()  # nothing left to undo after a reset
+    s.close()
+
+
+def test_boxes_place_the_crop_like_infer(seg, phantom, server):
+    """The stand-in, like the official weights, has no box embeddings: a 3D box, or a 2D box on
+    one slice as Slicer draws it, places the crop and gives a centre click, as ``infer`` does."""
+    s, buf = _opened(server, phantom)
+    assert s.supported_interactions["bbox3d"] and s.supported_interactions["bbox2d"]
+    a, b, c = phantom["seeds"][0]
+    for box in ([[a - 3, a + 4], [b - 2, b + 3], [c - 2, c + 3]], [[a, a + 1], [b - 3, b + 4], [c - 3, c + 4]]):
+        s.reset_interactions()
+        s.add_bbox_interaction(box, include_interaction=True)
+        want = _infer(seg, phantom["image"], box=box)
+        assert want.any() and np.array_equal(buf > 0, want)
+    s.close()
+
+
+def test_initial_segmentation_is_the_mask_prompt(seg, phantom, server):
+    s, buf = _opened(server, phantom)
+    seed = phantom["seeds"][1]
+    init = np.zeros(buf.shape, np.uint8)
+    init[tuple(slice(max(0, v - 12), v + 12) for v in seed)] = 1  # a generous first outline
+    s.add_initial_seg_interaction(init, run_prediction=False)
+    assert np.array_equal(buf, init)  # the client mirrors it; nothing predicted yet
+    s.add_point_interaction(seed, include_interaction=True)
+    with_prompt = buf.copy()
+    s.reset_interactions()
+    s.add_point_interaction(seed, include_interaction=True)
+    assert with_prompt.sum() > 1.5 * buf.sum()  # the initial mask, as the mask prompt, grew the prediction
+    s.reset_interactions()
+    bbox = s.add_initial_seg_interaction(init, run_prediction=True)  # zero-shot refinement of the mask
+    assert bbox is not None and buf.any()
+    s.close()
+
+
+def test_origin_and_direction_extension_and_default_spacing(seg, server):
+    """An oblique scan sent with ``origin`` and ``direction`` (array-axis columns) is segmented in
+    its world geometry; an image without spacing gets 1 mm and the reply says so."""
+    case = generate_case(11, n_lesions=5, direction="oblique")
+    arr = sitk.GetArrayFromImage(case.pet).astype(np.float32)
+    d = np.asarray(case.pet.GetDirection()).reshape(3, 3)[:, ::-1]
+    seed = tuple(int(v) for v in np.rint(generate_prompts(case.seg, case.pet).lesions[0].points[0].index)[::-1])
+    s = _client(server)
+    s.set_image(arr[None], {"spacing": list(case.pet.GetSpacing())[::-1], "origin": list(case.pet.GetOrigin()),
+                            "direction": d.tolist()})
+    buf = np.zeros(arr.shape, np.uint8)
+    s.set_target_buffer(buf)
+    s.add_point_interaction(seed, include_interaction=True)
+    assert np.array_equal(buf > 0, _infer(seg, case.pet, [(seed, 1)]))
+    s.close()
+    with _raw(server) as (http, _):
+        r = http.post("/set_image", content=pack_array(arr[None]), headers={"X-Meta": "{}"})
+        assert r.status_code == 200 and "1 mm assumed" in r.json()["sam_l1dfl"]["notes"][0]
+
+
+def test_two_sessions_interleaved_get_what_each_gets_alone(seg, phantom, server):
+    other = generate_case(7, n_lesions=3)
+    arr_b = sitk.GetArrayFromImage(other.pet).astype(np.float32)
+    seed_b = tuple(int(v) for v in np.rint(generate_prompts(other.seg, other.pet).lesions[0].points[0].index)[::-1])
+    img_b = sitk.GetImageFromArray(arr_b)
+    img_b.SetSpacing(other.pet.GetSpacing())
+    a, buf_a = _opened(server, phantom)
+    b = _client(server)
+    b.set_image(arr_b[None], {"spacing": list(other.pet.GetSpacing())[::-1]})
+    buf_b = np.zeros(arr_b.shape, np.uint8)
+    b.set_target_buffer(buf_b)
+    seed_a = phantom["seeds"][3]
+    a.add_point_interaction(seed_a, include_interaction=True)
+    b.add_point_interaction(seed_b, include_interaction=True)
+    near_a = (seed_a[0], seed_a[1] + 1, seed_a[2])
+    a.add_point_interaction(near_a, include_interaction=True)
+    assert np.array_equal(buf_a > 0, _click_loop(seg, phantom["image"], [(seed_a, 1), (near_a, 1)]))
+    assert np.array_equal(buf_b > 0, _infer(seg, img_b, [(seed_b, 1)]))
+    a.close()
+    b.close()
+
+
+# ------------------------------------------------------------------------------ leases and key
+def test_capacity_made_up_lease_and_expiry(seg, phantom):
+    with BackgroundServer(create_app(seg, ServeSettings(max_sessions=1, idle_timeout=0.6,
+                                                        liveness_timeout=0))) as url:
+        a = _client(url)
+        with pytest.raises(ServerAtCapacityError):
+            _client(url)
+        a.close()  # releases its slot at once
+        b = _client(url)
+        with httpx.Client(base_url=url) as http:
+            r = http.post("/heartbeat", headers={"X-Lease-Token": "0" * 32})
+            assert r.status_code == 410 and r.json()["detail"] == "lease expired or unknown"
+        assert b.lease_status()["remaining_seconds"] <= 0.6
+        time.sleep(0.8)  # idle past the timeout (the background heartbeat does not count)
+        with pytest.raises(SessionExpiredError):
+            b.set_image(phantom["array"][None], {"spacing": phantom["spacing"]})
+        _client(url).close()  # the reaped slot is free again
+    with BackgroundServer(create_app(seg, ServeSettings(idle_timeout=0, liveness_timeout=0.4))) as url:
+        with httpx.Client(base_url=url) as http:
+            tok = http.post("/claim").json()["lease_token"]
+            time.sleep(0.7)  # no request at all: reaped for liveness
+            assert http.post("/heartbeat", headers={"X-Lease-Token": tok}).status_code == 410
+
+
+def test_api_key_missing_or_wrong_is_401(seg):
+    with BackgroundServer(create_app(seg, ServeSettings(api_key="s3cret-key"))) as url:
+        for key in (None, "wrong"):
+            with pytest.raises(httpx.HTTPStatusError) as err:
+                _client(url, api_key=key) if key else _client(url, api_key="")
+            assert err.value.response.status_code == 401
+        assert httpx.get(url + "/healthz").json() == {"ok": True}  # the probe needs no key
+        assert httpx.get(url + "/capabilities").status_code == 401
+        s = _client(url, api_key="s3cret-key")
+        assert s.ping() and s.supports_undo
+        s.close()
+
+
+# ------------------------------------------------------------------------------ bad input
+class _raw:
+    """A claimed lease for hand-made requests: ``with _raw(url) as (http, token)``."""
+
+    def __init__(self, url):
+        self.http = httpx.Client(base_url=url, timeout=30)
+
+    def __enter__(self):
+        tok = self.http.post("/claim").json()["lease_token"]
+        self.http.headers["X-Lease-Token"] = tok
+        return self.http, tok
+
+    def __exit__(self, *exc):
+        self.http.post("/release")
+        self.http.close()
+
+
+def _with_shape(packed: bytes, shape) -> bytes:
+    """``packed`` with its declared shape replaced (same number of axes)."""
+    name_len = packed[7]
+    return packed[:8 + name_len] + struct.pack(f"<{len(shape)}q", *shape) + packed[8 + name_len + 8 * len(shape):]
+
+
+def _with_dtype(packed: bytes, name: bytes) -> bytes:
+    old = packed[7]
+    return packed[:7] + bytes([len(name)]) + name + packed[8 + old:]
+
+
+def test_every_bad_input_is_a_one_line_4xx_and_the_server_goes_on(seg, phantom):
+    small = np.zeros((1, 20, 24, 28), np.float32)
+    good = pack_array(small)
+    meta = {"X-Meta": json.dumps({"image_properties": {"spacing": [2, 2, 2]}})}
+    nan, inf = small.copy(), small.copy()
+    nan[0, 3, 3, 3], inf[0, 1, 1, 1] = np.nan, np.inf
+    bad_images = {
+        "X-Meta not JSON": ({"X-Meta": "{spacing"}, good),
+        "body not a packed array": (meta, b"not an array at all"),
+        "declared shape not held by the payload": (meta, _with_shape(good, (1, 20, 24, 29))),
+        "dtype object": (meta, _with_dtype(good, b"object")),
+        "more voxels than --max-image-voxels": (meta, _with_shape(good, (1, 10000, 10000, 10000))),
+        "truncated body": (meta, good[:-3]),
+        "two channels for a PET model": (meta, pack_array(np.zeros((2, 4, 4, 4), np.float32))),
+        "NaN voxels": (meta, pack_array(nan)),
+        "Inf voxels": (meta, pack_array(inf)),
+        "zero spacing": ({"X-Meta": json.dumps({"image_properties": {"spacing": [2, 0, 2]}})}, good),
+        "negative spacing": ({"X-Meta": json.dumps({"image_properties": {"spacing": [2, -1, 2]}})}, good),
+        "spacing of 2 numbers": ({"X-Meta": json.dumps({"image_properties": {"spacing": [2, 2]}})}, good),
+    }
+    seen = {}
+    with BackgroundServer(create_app(seg, ServeSettings(max_sessions=3, max_image_voxels=2 * 10 ** 6))) as url:
+        keep, keep_buf = _opened(url, phantom)  # a good session, open all along
+        with _raw(url) as (http, _):
+            r = http.post("/add_point_interaction", json={"coordinates": [1, 1, 1], "include_interaction": True})
+            seen["click before any image"] = r
+            for name, (headers, body) in bad_images.items():
+                seen[name] = http.post("/set_image", content=body, headers=headers)
+            assert http.post("/set_image", content=good, headers=meta).status_code == 200
+            calls = {
+                "target buffer of another shape": ("/set_target_buffer", {"shape": [20, 24, 27], "dtype": "uint8"}),
+                "target buffer dtype object": ("/set_target_buffer", {"shape": [20, 24, 28], "dtype": "object"}),
+                "point outside the image": ("/add_point_interaction", {"coordinates": [5, 5, 28], "include_interaction": True}),
+                "point with 2 coordinates": ("/add_point_interaction", {"coordinates": [5, 5], "include_interaction": True}),
+                "point with NaN": ("/add_point_interaction", {"coordinates": [5, "nan", 5], "include_interaction": True}),
+                "point without include_interaction": ("/add_point_interaction", {"coordinates": [5, 5, 5]}),
+                "negative click first": ("/add_point_interaction", {"coordinates": [5, 5, 5], "include_interaction": False}),
+                "box outside the image": ("/add_bbox_interaction", {"bbox_coords": [[0, 5], [0, 5], [20, 30]],
+                                                                   "include_interaction": True}),
+                "box with 2 ranges": ("/add_bbox_interaction", {"bbox_coords": [[0, 5], [0, 5]], "include_interaction": True}),
+                "empty box": ("/add_bbox_interaction", {"bbox_coords": [[3, 3], [0, 5], [0, 5]], "include_interaction": True}),
+                "negative box": ("/add_bbox_interaction", {"bbox_coords": [[0, 5], [0, 5], [0, 5]],
+                                                          "include_interaction": False}),
+            }
+            for name, (path, payload) in calls.items():
+                seen[name] = http.post(path, json=payload)
+            seen["body a JSON list"] = http.post("/add_point_interaction", json=[1, 2, 3])
+            seen["body not JSON"] = http.post("/add_point_interaction", content=b"\xff\xfe{")
+            seen["scribble"] = http.post("/add_scribble_interaction", content=good)
+            seen["lasso"] = http.post("/add_lasso_interaction", content=good)
+            seen["initial segmentation of another shape"] = http.post(
+                "/add_initial_seg_interaction", content=pack_array(np.zeros((20, 24, 27), np.uint8)),
+                headers={"X-Meta": "{}"})
+        for name, r in seen.items():
+            assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
+            detail = r.json()["detail"]
+            assert isinstance(detail, str) and "\n" not in detail and "Traceback" not in detail, name
+        assert seen["click before any image"].status_code == 409
+        assert seen["more voxels than --max-image-voxels"].status_code == 413
+        assert "not supported" in seen["scribble"].json()["detail"]
+        # the server is still up and the good session still works
+        keep.add_point_interaction(phantom["seeds"][0], include_interaction=True)
+        assert np.array_equal(keep_buf > 0, _infer(seg, phantom["image"], [(phantom["seeds"][0], 1)]))
+        keep.close()
+
+
+# ------------------------------------------------------------------------------ the command
+def test_serve_command_start_line_healthz_and_host_rule(tmp_path):
+    env = {**os.environ, "NN_INTERACTIVE_API_KEY": ""}
+    refused = subprocess.run([sys.executable, "-m", "sam_l1dfl", "serve", "--checkpoint", "standin", "--host",
+                              "0.0.0.0"], capture_output=True, text=True, timeout=60, env=env)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "API key" in refused.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "sam_l1dfl", "serve", "--checkpoint", "standin", "--port", "0",
+                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving standin weights") and " on cpu at http://127.0.0.1:" in line
+        url = line.split(" at ")[1].split(";")[0]
+        assert httpx.get(url + "/healthz", timeout=10).json() == {"ok": True}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
