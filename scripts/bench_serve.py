@@ -7,8 +7,9 @@ phantom), a real server on a loopback port and the real client measure:
 - ``set_image``: the round trip of the whole volume (pack, upload, unpack, checks);
 - the **first click** on a lesion: a new crop, so the encoder runs;
 - the **next click** in the same crop: the decoder only (the embedding is cached);
-- **memory per session**: the resident-set growth of this process per session opened (image, mask,
-  embedding cache), over 3 sessions.
+- **memory per session**: what each session holds (image, mask, cached embeddings), and the
+  resident-set growth of this process per session over 3 sessions (which includes the client's
+  own target buffer: the client runs in this process).
 
 Baselines in the same process: the same clicks on an :class:`InteractiveSession` without HTTP
 (the server's overhead is the ratio), and ``Segmenter.segment`` for the first click (what ``infer``
@@ -119,7 +120,9 @@ def _infer_run(seg, arr, spacing, seeds):
     return out
 
 
-def _memory(url, arr, spacing, seed, n=3) -> float:
+def _memory(url, registry, arr, spacing, seed, n=3) -> "tuple[float, float]":
+    """``(RSS growth, bytes the server's sessions hold)`` per session; the RSS growth includes the
+    client's own target buffer (the client runs in this process too)."""
     from nnInteractive.inference.remote import nnInteractiveRemoteInferenceSession
 
     sessions, base = [], _rss()
@@ -130,9 +133,10 @@ def _memory(url, arr, spacing, seed, n=3) -> float:
         s.add_point_interaction(seed, include_interaction=True)
         sessions.append(s)
     grown = (_rss() - base) / n
+    held = sum(lease.session.nbytes() for lease in registry.leases()) / n
     for s in sessions:
         s.close()
-    return grown
+    return grown, held
 
 
 def _q(v, p):
@@ -152,20 +156,21 @@ def main() -> None:
     print(f"# bench_serve: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{args.threads} threads, {time.strftime('%Y-%m-%d')}")
     images = _images()
-    print("| model | image | set_image s | first click s (p90) | next click s (p90) | MB per session | "
+    print("| model | image | set_image s | first click s (p90) | next click s (p90) | MB per session held (RSS) | "
           "first: direct / infer s | next: direct s | HTTP overhead next |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         seg = _segmenter(name)
-        with BackgroundServer(create_app(seg, ServeSettings(max_sessions=4))) as url:
+        app = create_app(seg, ServeSettings(max_sessions=4))
+        with BackgroundServer(app) as url:
             for iname, (arr, spacing, seeds) in images.items():
                 _client_run(url, arr, spacing, seeds[:1], 1)  # warm-up
                 t_img, first, nxt = _client_run(url, arr, spacing, seeds, args.repeats)
                 d_first, d_next = _direct_run(seg, arr, spacing, seeds, args.repeats)
                 inf = _infer_run(seg, arr, spacing, seeds)
-                mem = _memory(url, arr, spacing, seeds[0]) / 2**20
+                rss, held = (v / 2**20 for v in _memory(url, app.state.server.registry, arr, spacing, seeds[0]))
                 print(f"| {name} | {iname} {list(arr.shape)} | {np.median(t_img):.3f} | {np.median(first):.3f} "
-                      f"({_q(first, 90):.3f}) | {np.median(nxt):.3f} ({_q(nxt, 90):.3f}) | {mem:.0f} | "
+                      f"({_q(first, 90):.3f}) | {np.median(nxt):.3f} ({_q(nxt, 90):.3f}) | {held:.0f} ({rss:.0f}) | "
                       f"{np.median(d_first):.3f} / {np.median(inf):.3f} | {np.median(d_next):.3f} | "
                       f"{np.median(nxt) / np.median(d_next):.2f}x |", flush=True)
 

@@ -10,7 +10,8 @@ click against the lesion's reference component in the crop (centre of the larges
 component), then the decoder with the previous low-resolution logits as the mask prompt.
 
 The decoder itself is a callable ``decoder(emb, points, labels, boxes, mask_input, crops) ->
-(low_res, logits at the crop size, iou)``: the seam that :class:`~sam_l1dfl.inference.Segmenter`
+(low_res (B,1,s,s,s), logits (B,1,S,S,S) at the crop size, iou (B,))`` (prompts in crop voxel
+indices; ``crops``: the :class:`~sam_l1dfl.data.geometry.CropGeometry` of each batch element): the seam that :class:`~sam_l1dfl.inference.Segmenter`
 takes as ``decoder=`` (default :meth:`~sam_l1dfl.inference.Segmenter.model_decoder`, which calls
 :func:`decode_with_model`: the model's prompt encoder and mask decoder, single-mask output, the
 32³ logits upsampled trilinearly to the crop, as the official code).

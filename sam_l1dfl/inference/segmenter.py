@@ -137,12 +137,9 @@ class Segmenter:
     autocast (CUDA only; default off).  ``model``: an already loaded model (then ``checkpoint``
     only names it, and ``preprocess`` gives its :class:`IntensityConfig`).
 
-    ``decoder(emb, points, labels, boxes, mask_input, crops) -> (low_res (B,1,s,s,s), logits
-    (B,1,S,S,S) at the crop size, iou (B,))``: what turns a batch of image embeddings and prompts
-    (crop voxel indices; ``crops``: the :class:`~sam_l1dfl.data.geometry.CropGeometry` of each
-    batch element) into mask logits.  Default :meth:`model_decoder`: the model's prompt encoder and
-    mask decoder, upsampled trilinearly.  Another decoder (a test oracle that knows where each
-    crop lies) replaces only that step.
+    ``decoder``: the seam that turns a batch of embeddings and prompts into mask logits (its
+    signature: :mod:`.decoding`); default :meth:`model_decoder`.  Another decoder (a test oracle
+    that knows where each crop lies) replaces only that step.
     """
 
     #: Where the masks come from, in every report (``baselines.ThresholdSegmenter``: ``"threshold"``).

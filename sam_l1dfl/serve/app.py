@@ -243,7 +243,7 @@ class Endpoints(ServerState):
         lease.target = None
         for note in notes:
             log.info("session %s: %s", lease.token[:8], note)
-        log.info("session %s: image %s", lease.token[:8], list(image.shape))
+        log.info("session %s: image %s, %.0f MB held", lease.token[:8], list(image.shape), lease.session.nbytes() / 2**20)
         return {"original_image_shape": list(image.shape), "sam_l1dfl": {"notes": notes}}
 
     async def set_target_buffer(self, request: Request, lease: Lease):

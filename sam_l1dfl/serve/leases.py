@@ -62,6 +62,10 @@ class LeaseRegistry:
     def __len__(self) -> int:
         return len(self._leases)
 
+    def leases(self) -> list[Lease]:
+        with self._mu:
+            return list(self._leases.values())
+
     def claim(self) -> Lease:
         """A new lease; 503 at capacity (after reaping what has expired)."""
         self.reap()
