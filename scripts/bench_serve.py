@@ -4,7 +4,8 @@ For each model (the stand-in; ``vit_b_ori`` with random weights, the turbo archi
 image (a phantom case at its native size; a 200 x 200 x 300 float32 PET cut from the full-size
 phantom), a real server on a loopback port and the real client measure:
 
-- ``set_image``: the round trip of the whole volume (pack, upload, unpack, checks);
+- ``set_image``: the round trip of the whole volume (the client's compression, upload, unpack,
+  checks); the client's compression alone beside it;
 - the **first click** on a lesion: a new crop, so the encoder runs;
 - the **next click** in the same crop: the decoder only (the embedding is cached);
 - **memory per session**: what each session holds (image, mask, cached embeddings), and the
@@ -72,7 +73,9 @@ def _timed(fn) -> float:
 
 def _client_run(url, arr, spacing, seeds, repeats):
     from nnInteractive.inference.remote import nnInteractiveRemoteInferenceSession
+    from nnInteractive.inference.remote.serialization import pack_array
 
+    t_pack = _timed(lambda: pack_array(arr[None]))  # the client's own share of set_image
     s = nnInteractiveRemoteInferenceSession(url)
     t_img = [_timed(lambda: s.set_image(arr[None], {"spacing": spacing})) for _ in range(repeats)]
     s.set_target_buffer(np.zeros(arr.shape, np.uint8))
@@ -87,7 +90,7 @@ def _client_run(url, arr, spacing, seeds, repeats):
                 p = (seed[0], seed[1] + (1 if k % 2 == 0 else -1), seed[2])
                 nxt.append(_timed(lambda: s.add_point_interaction(p, include_interaction=True)))
     s.close()
-    return t_img, first, nxt
+    return t_img, t_pack, first, nxt
 
 
 def _direct_run(seg, arr, spacing, seeds, repeats):
@@ -156,7 +159,7 @@ def main() -> None:
     print(f"# bench_serve: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{args.threads} threads, {time.strftime('%Y-%m-%d')}")
     images = _images()
-    print("| model | image | set_image s | first click s (p90) | next click s (p90) | MB per session held (RSS) | "
+    print("| model | image | set_image s (client pack) | first click s (p90) | next click s (p90) | MB per session held (RSS) | "
           "first: direct / infer s | next: direct s | HTTP overhead next |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
@@ -165,11 +168,11 @@ def main() -> None:
         with BackgroundServer(app) as url:
             for iname, (arr, spacing, seeds) in images.items():
                 _client_run(url, arr, spacing, seeds[:1], 1)  # warm-up
-                t_img, first, nxt = _client_run(url, arr, spacing, seeds, args.repeats)
+                t_img, t_pack, first, nxt = _client_run(url, arr, spacing, seeds, args.repeats)
                 d_first, d_next = _direct_run(seg, arr, spacing, seeds, args.repeats)
                 inf = _infer_run(seg, arr, spacing, seeds)
                 rss, held = (v / 2**20 for v in _memory(url, app.state.server.registry, arr, spacing, seeds[0]))
-                print(f"| {name} | {iname} {list(arr.shape)} | {np.median(t_img):.3f} | {np.median(first):.3f} "
+                print(f"| {name} | {iname} {list(arr.shape)} | {np.median(t_img):.3f} ({t_pack:.3f}) | {np.median(first):.3f} "
                       f"({_q(first, 90):.3f}) | {np.median(nxt):.3f} ({_q(nxt, 90):.3f}) | {held:.0f} ({rss:.0f}) | "
                       f"{np.median(d_first):.3f} / {np.median(inf):.3f} | {np.median(d_next):.3f} | "
                       f"{np.median(nxt) / np.median(d_next):.2f}x |", flush=True)

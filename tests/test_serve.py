@@ -364,3 +364,28 @@ def test_serve_command_start_line_healthz_and_host_rule(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_first_click_equals_the_infer_command(phantom, server, tmp_path):
+    """Through files: the PET written as NIfTI (as a user has it) and ``sam-l1dfl infer`` with a
+    prompt file holding the same click give the server's mask, voxel for voxel."""
+    from sam_l1dfl import cli
+    from sam_l1dfl.prompts import save_prompts
+
+    pet_path = tmp_path / "pet.nii.gz"
+    sitk.WriteImage(phantom["image"], str(pet_path))
+    pet = sitk.ReadImage(str(pet_path))
+    s, buf = _opened(server, phantom)
+    for k, seed in enumerate(phantom["seeds"][:2]):
+        s.reset_interactions()
+        s.add_point_interaction(seed, include_interaction=True)
+        idx = tuple(float(v) for v in seed[::-1])
+        point = PointPrompt(tuple(pet.TransformContinuousIndexToPhysicalPoint(idx)), idx, 1, "click")
+        save_prompts(CasePrompts("pet", ImageRef.from_image(pet, str(pet_path)), [LesionPrompts(1, [point])]),
+                     tmp_path / f"click{k}.json")
+        out = tmp_path / f"pred{k}.nii.gz"
+        assert cli.main(["infer", "--pet", str(pet_path), "--prompts", str(tmp_path / f"click{k}.json"),
+                         "--checkpoint", "standin", "--out", str(out), "--quiet"]) == 0
+        want = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
+        assert want.any() and np.array_equal(buf > 0, want), seed
+    s.close()
