@@ -37,6 +37,7 @@ def _rss() -> int:
 
 def _images():
     from sam_l1dfl.data.synthetic import generate_case
+    from sam_l1dfl.inference.array_input import first_clicks
     from sam_l1dfl.prompts import generate_prompts
 
     out = {}
@@ -44,8 +45,7 @@ def _images():
     full = generate_case(3, full_size=True, n_lesions=8)
     for name, case, cut in (("phantom native", native, None), ("200x200x300 PET", full, 300)):
         arr = sitk.GetArrayFromImage(case.pet).astype(np.float32)
-        seeds = [tuple(int(v) for v in np.rint(lp.points[0].index)[::-1])
-                 for lp in generate_prompts(case.seg, case.pet).lesions]
+        seeds = first_clicks(generate_prompts(case.seg, case.pet))
         if cut is not None:
             arr = arr[:cut]
             seeds = [s for s in seeds if s[0] < cut]

@@ -46,6 +46,7 @@ def _session_masks(url, case, seeds):
 def main() -> None:
     from sam_l1dfl.data.synthetic import generate_case
     from sam_l1dfl.inference import Segmenter
+    from sam_l1dfl.inference.array_input import first_clicks
     from sam_l1dfl.prompts import generate_prompts
     from sam_l1dfl.serve.app import create_app
     from sam_l1dfl.serve.server import BackgroundServer
@@ -57,7 +58,7 @@ def main() -> None:
     ap.add_argument("--out", default="docs/img/serve_session.png")
     args = ap.parse_args()
     case = generate_case(args.seed, n_lesions=6)
-    seeds = [tuple(int(v) for v in np.rint(lp.points[0].index)[::-1]) for lp in generate_prompts(case.seg, case.pet).lesions]
+    seeds = first_clicks(generate_prompts(case.seg, case.pet))
     seg = Segmenter(args.checkpoint, device="cpu", batch_size=1)
     with BackgroundServer(create_app(seg)) as url:
         results = _session_masks(url, case, seeds)

@@ -29,11 +29,13 @@ from sam_l1dfl.data.io import Case
 from sam_l1dfl.data.preprocess import make_network_input
 from sam_l1dfl.data.synthetic import generate_case
 from sam_l1dfl.inference import Segmenter
+from sam_l1dfl.inference.array_input import first_clicks
 from sam_l1dfl.inference.mapping import LabelCanvas
 from sam_l1dfl.prompts import generate_prompts
 from sam_l1dfl.prompts.types import CasePrompts, ImageRef, LesionPrompts, PointPrompt, box_from_index_bounds
 from sam_l1dfl.serve.app import ServeSettings, create_app
 from sam_l1dfl.serve.server import BackgroundServer
+from sam_l1dfl.serve.wire import WireError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,7 +55,7 @@ def phantom():
     spacing = list(case.pet.GetSpacing())[::-1]
     img = sitk.GetImageFromArray(arr)
     img.SetSpacing(case.pet.GetSpacing())
-    seeds = [tuple(int(v) for v in np.rint(lp.points[0].index)[::-1]) for lp in generate_prompts(case.seg, case.pet).lesions]
+    seeds = first_clicks(generate_prompts(case.seg, case.pet))
     return {"array": arr, "spacing": spacing, "image": img, "seeds": seeds, "case": case}
 
 
@@ -180,7 +182,7 @@ def test_origin_and_direction_extension_and_default_spacing(seg, server):
     case = generate_case(11, n_lesions=5, direction="oblique")
     arr = sitk.GetArrayFromImage(case.pet).astype(np.float32)
     d = np.asarray(case.pet.GetDirection()).reshape(3, 3)[:, ::-1]
-    seed = tuple(int(v) for v in np.rint(generate_prompts(case.seg, case.pet).lesions[0].points[0].index)[::-1])
+    seed = first_clicks(generate_prompts(case.seg, case.pet))[0]
     s = _client(server)
     s.set_image(arr[None], {"spacing": list(case.pet.GetSpacing())[::-1], "origin": list(case.pet.GetOrigin()),
                             "direction": d.tolist()})
@@ -197,7 +199,7 @@ def test_origin_and_direction_extension_and_default_spacing(seg, server):
 def test_two_sessions_interleaved_get_what_each_gets_alone(seg, phantom, server):
     other = generate_case(7, n_lesions=3)
     arr_b = sitk.GetArrayFromImage(other.pet).astype(np.float32)
-    seed_b = tuple(int(v) for v in np.rint(generate_prompts(other.seg, other.pet).lesions[0].points[0].index)[::-1])
+    seed_b = first_clicks(generate_prompts(other.seg, other.pet))[0]
     img_b = sitk.GetImageFromArray(arr_b)
     img_b.SetSpacing(other.pet.GetSpacing())
     a, buf_a = _opened(server, phantom)
@@ -217,9 +219,31 @@ def test_two_sessions_interleaved_get_what_each_gets_alone(seg, phantom, server)
 
 
 # ------------------------------------------------------------------------------ leases and key
-def test_capacity_made_up_lease_and_expiry(seg, phantom):
-    with BackgroundServer(create_app(seg, ServeSettings(max_sessions=1, idle_timeout=0.6,
-                                                        liveness_timeout=0))) as url:
+def test_lease_clocks_with_a_fake_clock():
+    """The protocol's two clocks: heartbeats keep a lease alive but do not postpone the idle reap;
+    user actions refresh both; a status probe touches neither."""
+    from sam_l1dfl.serve.leases import LeaseRegistry
+
+    now = [0.0]
+    reg = LeaseRegistry(object, max_sessions=2, idle_timeout=10, liveness_timeout=3, clock=lambda: now[0])
+    a, b = reg.claim(), reg.claim()
+    for t in (2.0, 4.0, 6.0, 8.0):  # a heartbeats; b does nothing
+        now[0] = t
+        reg.get(a.token)
+        if t == 2.0:
+            reg.get(b.token, active=True)
+    assert [l.token for l in reg.leases()] == [a.token]  # b: no request for more than 3 s
+    now[0] = 9.5
+    reg.get(a.token, seen=False)  # a probe
+    assert reg.remaining(a) == pytest.approx(0.5)
+    now[0] = 10.5
+    with pytest.raises(WireError) as err:
+        reg.get(a.token, active=True)  # idle since 0, heartbeats notwithstanding
+    assert err.value.status == 410
+
+
+def test_capacity_made_up_lease_and_expiry_on_a_real_server(seg, phantom):
+    with BackgroundServer(create_app(seg, ServeSettings(max_sessions=1))) as url:
         a = _client(url)
         with pytest.raises(ServerAtCapacityError):
             _client(url)
@@ -228,16 +252,21 @@ def test_capacity_made_up_lease_and_expiry(seg, phantom):
         with httpx.Client(base_url=url) as http:
             r = http.post("/heartbeat", headers={"X-Lease-Token": "0" * 32})
             assert r.status_code == 410 and r.json()["detail"] == "lease expired or unknown"
-        assert b.lease_status()["remaining_seconds"] <= 0.6
-        time.sleep(0.8)  # idle past the timeout (the background heartbeat does not count)
-        with pytest.raises(SessionExpiredError):
-            b.set_image(phantom["array"][None], {"spacing": phantom["spacing"]})
-        _client(url).close()  # the reaped slot is free again
-    with BackgroundServer(create_app(seg, ServeSettings(idle_timeout=0, liveness_timeout=0.4))) as url:
-        with httpx.Client(base_url=url) as http:
-            tok = http.post("/claim").json()["lease_token"]
-            time.sleep(0.7)  # no request at all: reaped for liveness
-            assert http.post("/heartbeat", headers={"X-Lease-Token": tok}).status_code == 410
+        b.close()
+    with BackgroundServer(create_app(seg, ServeSettings(idle_timeout=1.5, liveness_timeout=0))) as url:
+        with httpx.Client(base_url=url, timeout=10) as http:
+            tok = {"X-Lease-Token": http.post("/claim").json()["lease_token"]}
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 2.5:  # heartbeats do not postpone the idle reap
+                http.post("/heartbeat", headers=tok)
+                time.sleep(0.25)
+            assert http.post("/reset_interactions", headers=tok).status_code == 410
+            assert http.post("/claim").status_code == 200  # the reaped slot is free again
+    with BackgroundServer(create_app(seg, ServeSettings(idle_timeout=0, liveness_timeout=1.0))) as url:
+        with httpx.Client(base_url=url, timeout=10) as http:
+            quiet = {"X-Lease-Token": http.post("/claim").json()["lease_token"]}
+            time.sleep(2.0)  # no request at all: reaped for liveness
+            assert http.post("/heartbeat", headers=quiet).status_code == 410
 
 
 def test_api_key_missing_or_wrong_is_401(seg):
@@ -281,70 +310,179 @@ def _with_dtype(packed: bytes, name: bytes) -> bytes:
     return packed[:7] + bytes([len(name)]) + name + packed[8 + old:]
 
 
-def test_every_bad_input_is_a_one_line_4xx_and_the_server_goes_on(seg, phantom):
-    small = np.zeros((1, 20, 24, 28), np.float32)
-    good = pack_array(small)
-    meta = {"X-Meta": json.dumps({"image_properties": {"spacing": [2, 2, 2]}})}
-    nan, inf = small.copy(), small.copy()
-    nan[0, 3, 3, 3], inf[0, 1, 1, 1] = np.nan, np.inf
-    bad_images = {
-        "X-Meta not JSON": ({"X-Meta": "{spacing"}, good),
-        "body not a packed array": (meta, b"not an array at all"),
-        "declared shape not held by the payload": (meta, _with_shape(good, (1, 20, 24, 29))),
-        "dtype object": (meta, _with_dtype(good, b"object")),
-        "more voxels than --max-image-voxels": (meta, _with_shape(good, (1, 10000, 10000, 10000))),
-        "truncated body": (meta, good[:-3]),
-        "two channels for a PET model": (meta, pack_array(np.zeros((2, 4, 4, 4), np.float32))),
-        "NaN voxels": (meta, pack_array(nan)),
-        "Inf voxels": (meta, pack_array(inf)),
-        "zero spacing": ({"X-Meta": json.dumps({"image_properties": {"spacing": [2, 0, 2]}})}, good),
-        "negative spacing": ({"X-Meta": json.dumps({"image_properties": {"spacing": [2, -1, 2]}})}, good),
-        "spacing of 2 numbers": ({"X-Meta": json.dumps({"image_properties": {"spacing": [2, 2]}})}, good),
-    }
-    seen = {}
+def _lying_upload(url: str, token: str, head: bytes, content_length: int) -> "tuple[int, str]":
+    """A set_image that declares ``content_length`` bytes and sends only ``head`` (httpx will not)."""
+    import socket
+
+    host, port = url.rsplit("/", 1)[-1].split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall((f"POST /set_image HTTP/1.1\r\nHost: {host}\r\nX-Lease-Token: {token}\r\n"
+                      f"X-Meta: {META['X-Meta']}\r\nContent-Type: application/octet-stream\r\n"
+                      f"Content-Length: {content_length}\r\n\r\n").encode() + head)
+        data = b""
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, json.loads(data.split(b"\r\n\r\n", 1)[1])["detail"]
+
+
+def _one_line_4xx(seen: dict) -> None:
+    for name, r in seen.items():
+        assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
+        detail = r.json()["detail"]
+        assert isinstance(detail, str) and "\n" not in detail and "Traceback" not in detail, name
+
+
+@pytest.fixture(scope="module")
+def strict_server(seg):
     with BackgroundServer(create_app(seg, ServeSettings(max_sessions=3, max_image_voxels=2 * 10 ** 6))) as url:
-        keep, keep_buf = _opened(url, phantom)  # a good session, open all along
-        with _raw(url) as (http, _):
-            r = http.post("/add_point_interaction", json={"coordinates": [1, 1, 1], "include_interaction": True})
-            seen["click before any image"] = r
-            for name, (headers, body) in bad_images.items():
-                seen[name] = http.post("/set_image", content=body, headers=headers)
-            assert http.post("/set_image", content=good, headers=meta).status_code == 200
-            calls = {
-                "target buffer of another shape": ("/set_target_buffer", {"shape": [20, 24, 27], "dtype": "uint8"}),
-                "target buffer dtype object": ("/set_target_buffer", {"shape": [20, 24, 28], "dtype": "object"}),
-                "point outside the image": ("/add_point_interaction", {"coordinates": [5, 5, 28], "include_interaction": True}),
-                "point with 2 coordinates": ("/add_point_interaction", {"coordinates": [5, 5], "include_interaction": True}),
-                "point with NaN": ("/add_point_interaction", {"coordinates": [5, "nan", 5], "include_interaction": True}),
-                "point without include_interaction": ("/add_point_interaction", {"coordinates": [5, 5, 5]}),
-                "negative click first": ("/add_point_interaction", {"coordinates": [5, 5, 5], "include_interaction": False}),
-                "box outside the image": ("/add_bbox_interaction", {"bbox_coords": [[0, 5], [0, 5], [20, 30]],
-                                                                   "include_interaction": True}),
-                "box with 2 ranges": ("/add_bbox_interaction", {"bbox_coords": [[0, 5], [0, 5]], "include_interaction": True}),
-                "empty box": ("/add_bbox_interaction", {"bbox_coords": [[3, 3], [0, 5], [0, 5]], "include_interaction": True}),
-                "negative box": ("/add_bbox_interaction", {"bbox_coords": [[0, 5], [0, 5], [0, 5]],
-                                                          "include_interaction": False}),
-            }
-            for name, (path, payload) in calls.items():
-                seen[name] = http.post(path, json=payload)
-            seen["body a JSON list"] = http.post("/add_point_interaction", json=[1, 2, 3])
-            seen["body not JSON"] = http.post("/add_point_interaction", content=b"\xff\xfe{")
-            seen["scribble"] = http.post("/add_scribble_interaction", content=good)
-            seen["lasso"] = http.post("/add_lasso_interaction", content=good)
-            seen["initial segmentation of another shape"] = http.post(
-                "/add_initial_seg_interaction", content=pack_array(np.zeros((20, 24, 27), np.uint8)),
-                headers={"X-Meta": "{}"})
-        for name, r in seen.items():
-            assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
-            detail = r.json()["detail"]
-            assert isinstance(detail, str) and "\n" not in detail and "Traceback" not in detail, name
-        assert seen["click before any image"].status_code == 409
-        assert seen["more voxels than --max-image-voxels"].status_code == 413
-        assert "not supported" in seen["scribble"].json()["detail"]
-        # the server is still up and the good session still works
-        keep.add_point_interaction(phantom["seeds"][0], include_interaction=True)
-        assert np.array_equal(keep_buf > 0, _infer(seg, phantom["image"], [(phantom["seeds"][0], 1)]))
-        keep.close()
+        yield url
+
+
+SMALL = np.zeros((1, 20, 24, 28), np.float32)
+META = {"X-Meta": json.dumps({"image_properties": {"spacing": [2, 2, 2]}})}
+
+
+def test_bad_images_are_one_line_4xx_and_the_server_goes_on(seg, phantom, strict_server):
+    good = pack_array(SMALL)
+    nan, inf = SMALL.copy(), SMALL.copy()
+    nan[0, 3, 3, 3], inf[0, 1, 1, 1] = np.nan, np.inf
+    corrupt = bytearray(good)
+    corrupt[-40:-20] = b"\xff" * 20  # the blosc2 frame, not the header
+    spacing = lambda sp: {"X-Meta": json.dumps({"image_properties": {"spacing": sp}})}  # noqa: E731
+    bad = {
+        "X-Meta not JSON": ({"X-Meta": "{spacing"}, good),
+        "X-Meta nested 30000 deep": ({"X-Meta": "[" * 30000}, good),
+        "body not a packed array": (META, b"not an array at all"),
+        "declared shape not held by the payload": (META, _with_shape(good, (1, 20, 24, 29))),
+        "dtype object": (META, _with_dtype(good, b"object")),
+        "more voxels than --max-image-voxels": (META, _with_shape(good, (1, 10000, 10000, 10000))),
+        "truncated body": (META, good[:-3]),
+        "corrupt compressed frame": (META, bytes(corrupt)),
+        "two channels for a PET model": (META, pack_array(np.zeros((2, 4, 4, 4), np.float32))),
+        "NaN voxels": (META, pack_array(nan)),
+        "Inf voxels": (META, pack_array(inf)),
+        "zero spacing": (spacing([2, 0, 2]), good),
+        "negative spacing": (spacing([2, -1, 2]), good),
+        "spacing of 2 numbers": (spacing([2, 2]), good),
+        "spacing of booleans": (spacing([True, True, True]), good),
+    }
+    keep, keep_buf = _opened(strict_server, phantom)  # a good session, open all along
+    with _raw(strict_server) as (http, _):
+        seen = {name: http.post("/set_image", content=body, headers=h) for name, (h, body) in bad.items()}
+        status, detail = _lying_upload(strict_server, http.headers["X-Lease-Token"], good[:64], 10 ** 10)
+        assert status == 413 and "declared array" in detail  # refused from the header, not after 10 GB
+        assert http.post("/set_image", content=good, headers=META).status_code == 200
+    _one_line_4xx(seen)
+    assert seen["more voxels than --max-image-voxels"].status_code == 413
+    keep.add_point_interaction(phantom["seeds"][0], include_interaction=True)  # still served
+    assert np.array_equal(keep_buf > 0, _infer(seg, phantom["image"], [(phantom["seeds"][0], 1)]))
+    keep.close()
+
+
+def test_bad_interactions_are_one_line_4xx_and_change_nothing(strict_server):
+    good = pack_array(SMALL)
+    point = lambda c, inc=True: ("/add_point_interaction", {"coordinates": c, "include_interaction": inc})  # noqa: E731
+    box = lambda b, inc=True: ("/add_bbox_interaction", {"bbox_coords": b, "include_interaction": inc})  # noqa: E731
+    calls = {
+        "target buffer of another shape": ("/set_target_buffer", {"shape": [20, 24, 27], "dtype": "uint8"}),
+        "target buffer dtype object": ("/set_target_buffer", {"shape": [20, 24, 28], "dtype": "object"}),
+        "target buffer dtype float32": ("/set_target_buffer", {"shape": [20, 24, 28], "dtype": "float32"}),
+        "point outside the image": point([5, 5, 28]),
+        "point with 2 coordinates": point([5, 5]),
+        "point with NaN": point([5, "nan", 5]),
+        "point of booleans": point([True, True, True]),
+        "point without include_interaction": ("/add_point_interaction", {"coordinates": [5, 5, 5]}),
+        "negative click first": point([5, 5, 5], False),
+        "box outside the image": box([[0, 5], [0, 5], [20, 30]]),
+        "box with 2 ranges": box([[0, 5], [0, 5]]),
+        "empty box": box([[3, 3], [0, 5], [0, 5]]),
+        "negative box": box([[0, 5], [0, 5], [0, 5]], False),
+    }
+    with _raw(strict_server) as (http, _):
+        seen = {"click before any image": http.post(*point([1, 1, 1])[:1], json=point([1, 1, 1])[1])}
+        assert http.post("/set_image", content=good, headers=META).status_code == 200
+        assert http.post("/set_target_buffer", json={"shape": [20, 24, 28], "dtype": "uint8"}).status_code == 200
+        for name, (path, payload) in calls.items():
+            seen[name] = http.post(path, json=payload)
+        seen["body a JSON list"] = http.post("/add_point_interaction", json=[1, 2, 3])
+        seen["body nested 30000 deep"] = http.post("/add_point_interaction", content=b"[" * 30000)
+        seen["body not JSON"] = http.post("/add_point_interaction", content=b"\xff\xfe{")
+        seen["JSON body of 100 kB"] = http.post("/add_point_interaction", content=b" " * 100_000 + b"{}")
+        seen["scribble"] = http.post("/add_scribble_interaction", content=good)
+        seen["lasso"] = http.post("/add_lasso_interaction", content=good)
+        seen["initial segmentation of another shape"] = http.post(
+            "/add_initial_seg_interaction", content=pack_array(np.zeros((20, 24, 27), np.uint8)), headers={"X-Meta": "{}"})
+        undo = http.post("/undo")  # none of the refused calls left an undo step
+        assert json.loads(undo.headers["X-Meta"])["ran_prediction"] is False
+    _one_line_4xx(seen)
+    assert seen["click before any image"].status_code == 409
+    assert seen["JSON body of 100 kB"].status_code == 413
+    assert "not supported" in seen["scribble"].json()["detail"]
+
+
+def test_refused_prediction_leaves_no_trace_and_predict_runs_what_is_pending(seg, phantom, server):
+    """A prompt the model refuses changes nothing (no hidden point, no undo step); prompts added
+    without a prediction are decoded by /predict, once."""
+    s, buf = _opened(server, phantom)
+    seed = phantom["seeds"][0]
+    with pytest.raises(httpx.HTTPStatusError):
+        s.add_point_interaction(seed, include_interaction=False)  # nothing positive yet
+    assert s.add_point_interaction(seed, include_interaction=True, run_prediction=False) is None and not buf.any()
+    s.set_do_autozoom(False)
+    assert s._predict() is not None and np.array_equal(buf > 0, _infer(seg, phantom["image"], [(seed, 1)]))
+    once = buf.copy()
+    assert s._predict() is None and np.array_equal(buf, once)  # nothing new: no second decode
+    assert s.undo() and not buf.any() and not s.undo()  # one step: the click (and its prediction)
+    s.close()
+
+
+def test_negative_click_on_a_seeded_segment_and_outside_the_crop(seg, phantom, server):
+    """Slicer's edit of an existing segment: the seed, then a negative click; a negative click
+    outside the crop is kept and changes nothing."""
+    s, buf = _opened(server, phantom)
+    seed = phantom["seeds"][1]
+    init = np.zeros(buf.shape, np.uint8)
+    init[tuple(slice(max(0, v - 8), v + 8) for v in seed)] = 1
+    s.add_initial_seg_interaction(init, run_prediction=False)
+    corner = tuple(max(0, v - 7) for v in seed)
+    s.add_point_interaction(corner, include_interaction=False)
+    assert buf.any() and not np.array_equal(buf, init) and buf[corner] == 0
+    before = buf.copy()
+    far = tuple(0 if v > n // 2 else n - 1 for v, n in zip(seed, buf.shape))
+    s.add_point_interaction(far, include_interaction=False)
+    assert np.array_equal(buf, before)
+    s.close()
+
+
+def test_concurrent_sessions_get_what_each_gets_alone(seg, phantom, server):
+    """Two clients clicking at the same moment from two threads (one prediction at a time inside)."""
+    import threading
+
+    seeds = phantom["seeds"][:2]
+    clients = [_opened(server, phantom) for _ in seeds]
+    errors = []
+
+    def click(k):
+        try:
+            for _ in range(3):
+                clients[k][0].reset_interactions()
+                clients[k][0].add_point_interaction(seeds[k], include_interaction=True)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=click, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    for (s, buf), seed in zip(clients, seeds):
+        assert np.array_equal(buf > 0, _infer(seg, phantom["image"], [(seed, 1)]))
+        s.close()
 
 
 # ------------------------------------------------------------------------------ the command

@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the masks (default 0.5)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="server log level (default info)")
-    add_output_flags(p, verbose="tracebacks of unexpected errors in the server log (never in a reply)")
+    add_output_flags(p)
 
 
 def _check(args) -> "str | None":
@@ -90,14 +90,14 @@ def run(args) -> int:
     key = _check(args)
     device = None if str(args.device).lower() == "auto" else parse_device(args.device)
     from sam_l1dfl.serve.app import ServeSettings, create_app
-    from sam_l1dfl.serve.server import bind, serve, url_of
+    from sam_l1dfl.serve.server import bind, is_loopback, serve, url_of
 
     sock = bind(args.host, args.port)
     seg = Segmenter(args.checkpoint, device=device, batch_size=1, threshold=args.threshold, trust=args.trust)
     app = create_app(seg, ServeSettings(api_key=key, max_sessions=args.max_sessions,
                                         idle_timeout=args.idle_timeout_seconds,
                                         liveness_timeout=args.liveness_timeout_seconds,
-                                        max_image_voxels=args.max_image_voxels, verbose=args.verbose))
+                                        max_image_voxels=args.max_image_voxels))
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     log = logging.getLogger("sam_l1dfl.serve")
@@ -106,7 +106,7 @@ def run(args) -> int:
     print(f"serving {seg.weights} weights ({ORIGIN_WORDS.get(seg.weights, seg.weights)}; {args.checkpoint}) on "
           f"{seg.device} at {url_of(sock)}; API key {'required' if key else 'off'}; "
           f"up to {args.max_sessions} session(s)", flush=True)
-    if args.insecure and not key and args.host not in ("127.0.0.1", "localhost", "::1"):
+    if args.insecure and not key and not is_loopback(args.host):
         print(f"warning: anyone who reaches {args.host}:{sock.getsockname()[1]} can use this server (no API key)",
               file=sys.stderr, flush=True)
     serve(app, sock, args.log_level)

@@ -16,10 +16,17 @@ import SimpleITK as sitk
 from sam_l1dfl.errors import InputError
 
 
+def _has_bool(values) -> bool:
+    if isinstance(values, (list, tuple)):
+        return any(_has_bool(v) for v in values)
+    return isinstance(values, (bool, np.bool_))
+
+
 def finite_numbers(values, n: int, what: str) -> np.ndarray:
-    """``values`` (nested lists allowed) as ``n`` float64 numbers, or a one-line error."""
+    """``values`` (nested lists allowed) as ``n`` float64 numbers, or a one-line error (true and
+    false are not numbers here)."""
     try:
-        arr = np.asarray(values, dtype=np.float64).ravel()
+        arr = None if _has_bool(values) else np.asarray(values, dtype=np.float64).ravel()
     except (TypeError, ValueError):
         arr = None
     if arr is None or arr.shape != (n,) or not np.isfinite(arr).all():
@@ -96,6 +103,12 @@ def voxel_box(bounds, shape) -> "tuple[np.ndarray, np.ndarray]":
     return lo, hi
 
 
+def first_clicks(prompts) -> list[tuple[int, int, int]]:
+    """Each lesion's first point of a :class:`~sam_l1dfl.prompts.CasePrompts` as a voxel in array
+    order: the clicks a viewer would send for them."""
+    return [tuple(int(v) for v in np.rint(lp.points[0].index)[::-1]) for lp in prompts.lesions if lp.points]
+
+
 def check_mask(mask: np.ndarray, shape) -> np.ndarray:
     """A mask of ``shape`` (nonzero inside) as uint8 0/1."""
     if mask.shape != tuple(shape):
@@ -105,5 +118,5 @@ def check_mask(mask: np.ndarray, shape) -> np.ndarray:
     return (mask != 0).astype(np.uint8)
 
 
-__all__ = ["check_image", "check_mask", "finite_numbers", "image_from_array", "parse_geometry", "voxel_box",
+__all__ = ["check_image", "check_mask", "finite_numbers", "first_clicks", "image_from_array", "parse_geometry", "voxel_box",
            "voxel_index"]

@@ -57,6 +57,8 @@ from .object_state import (INITIAL_MASK_LOGIT, Change, EmbeddingCache, ObjectSta
 from .planning import plan_crops
 from .results import InferenceReport
 
+#: What a negative click outside the current crop does.
+OUTSIDE_NOTE = "negative click outside the current crop: kept, no effect on this crop's mask"
 #: What a box does with weights that have no box embeddings (the official ones).
 BOX_NOTE = "these weights have no box embeddings: the box placed the crop and gave a positive click at its centre"
 
@@ -67,13 +69,15 @@ class StateError(InputError):
 
 def object_lesion(resolver, pet: "sitk.Image", ref: ImageRef, st: ObjectState, rep: InferenceReport) -> PromptedLesion:
     """The prompts so far as one resolved lesion (as ``infer`` resolves a prompt file's, by
-    ``resolver``); with only an initial segmentation, a lesion without points centred on its box."""
-    if st.points or st.boxes:
+    ``resolver``); with an initial segmentation and no positive prompt, its negative points and the
+    centre of the segmentation's box as the extent (where a new crop goes)."""
+    if any(p.positive for p in st.points) or st.boxes:
         prompts = CasePrompts("interactive", ref, [LesionPrompts(1, list(st.points), list(st.boxes))])
         return resolver.lesions(pet, prompts, rep)[0]
     box = diff_box(np.zeros_like(st.initial), st.initial)
     c = np.asarray(pet.TransformContinuousIndexToPhysicalPoint([(lo + hi - 1) / 2.0 for lo, hi in reversed(box)]))
-    return PromptedLesion(1, 1, np.zeros((0, 3)), np.zeros((0, 3)), [], c, c)
+    neg = np.array([p.world for p in st.points], dtype=np.float64).reshape(-1, 3)
+    return PromptedLesion(1, 1, np.zeros((0, 3)), neg, [], c, c)
 
 
 def paste(mask: np.ndarray, history: UndoHistory, mapped, thr_logit: float) -> "list[list[int]] | None":
@@ -171,9 +175,14 @@ class InteractiveSession:
         world = self.case.pet.TransformContinuousIndexToPhysicalPoint(sitk_idx)
         pt = PointPrompt(tuple(world), sitk_idx, 1 if positive else 0, "click")
         crop = self.state.crop
-        leaves = positive and crop is not None and not crop.contains_index(crop.world_to_index(np.asarray(world)))
-        return self._add(replace(self.state, points=self.state.points + (pt,),
-                                 replace_crop=self.state.replace_crop or leaves), run)
+        outside = crop is not None and not crop.contains_index(crop.world_to_index(np.asarray(world)))
+        new = replace(self.state, points=self.state.points + (pt,), replace_crop=self.state.replace_crop or
+                      (positive and outside))
+        if outside and not positive and not new.replace_crop:  # it cannot change this crop's mask
+            self.history.push(self.state)
+            self.state = replace(new, pending=self.state.pending)
+            return Change(ran=True, notes=[OUTSIDE_NOTE])
+        return self._add(new, run)
 
     def add_box(self, bounds, positive: bool = True, run: bool = True) -> Change:
         """A box over the half-open voxel ranges ``bounds`` (array order).  Weights with box
@@ -187,7 +196,8 @@ class InteractiveSession:
         if self.seg.uses_boxes:
             return self._add(replace(self.state, boxes=(box,), replace_crop=True), run)
         centre = PointPrompt(box.center, tuple(float(v) for v in (lo + hi - 1)[::-1] / 2.0), 1, "box centre")
-        change = self._add(replace(self.state, points=self.state.points + (centre,), replace_crop=True), run)
+        kept = tuple(p for p in self.state.points if p.kind != "box centre")  # the newest box replaces the last
+        change = self._add(replace(self.state, points=kept + (centre,), replace_crop=True), run)
         change.notes.append(BOX_NOTE)
         return change
 
@@ -196,25 +206,37 @@ class InteractiveSession:
         mask, and becomes the mask prompt of the next prediction (run now with ``run``)."""
         self._need_image()
         init = check_mask(np.asarray(mask), self.shape)
-        self.history.push(self.state)
+        before = self.state
+        self.history.push(before)
         box = diff_box(self.mask, init)
         if box is not None:
             self.history.patch(self.mask, box, init[slices(box)])
         self.state = ObjectState(initial=init if init.any() else None, replace_crop=True, pending=True)
-        return self.predict() if run else Change(ran=False)
+        return self._predict_or_roll_back(before) if run else Change(ran=False)
 
     def _add(self, new: ObjectState, run: bool) -> Change:
-        self.history.push(self.state)
+        before = self.state
+        self.history.push(before)
         self.state = replace(new, pending=True)
-        return self.predict() if run else Change(ran=False)
+        return self._predict_or_roll_back(before) if run else Change(ran=False)
+
+    def _predict_or_roll_back(self, before: ObjectState) -> Change:
+        """:meth:`predict`; if it fails, the interaction is undone (state, mask and undo step) and
+        the error goes on: a refused interaction leaves nothing behind."""
+        try:
+            return self.predict()
+        except Exception:
+            self.history.pop(self.mask)
+            self.state = before
+            raise
 
     # ------------------------------------------------------------------ predict / undo
     def predict(self) -> Change:
-        """Decode the prompts so far (those added with ``run=False`` too); ``ran`` is False when
-        there is nothing to decode."""
+        """Decode the prompts added since the last prediction (with ``run=False``); ``ran`` is False
+        when there is none (decoding again would feed the mask back as its own prompt)."""
         self._need_image()
         st, cfg = self.state, self.seg.preprocess
-        if not st.has_positive:
+        if not st.pending or not st.has_positive:
             return Change(ran=False)
         rep = InferenceReport(batch_size=1, device=str(self.seg.device))
         lesion = object_lesion(self.seg.resolver, self.case.pet, self.ref, st, rep)
@@ -245,5 +267,5 @@ class InteractiveSession:
 
 
 
-__all__ = ["BOX_NOTE", "Change", "INITIAL_MASK_LOGIT", "InteractiveSession", "ObjectState", "StateError",
+__all__ = ["BOX_NOTE", "OUTSIDE_NOTE", "Change", "INITIAL_MASK_LOGIT", "InteractiveSession", "ObjectState", "StateError",
            "image_from_array", "object_lesion", "parse_geometry", "paste"]

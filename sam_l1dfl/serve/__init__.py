@@ -4,7 +4,9 @@
 the client package ``nninteractive-client``; this package is such a server, with a
 :class:`~sam_l1dfl.inference.Segmenter` behind it:
 
-- :mod:`.app`: the endpoints (:func:`create_app`, :class:`ServeSettings`, :func:`capabilities`);
+- :mod:`.app`: the application (:func:`create_app`, :class:`ServeSettings`, :func:`capabilities`),
+  its key and lease dependencies and error handlers; :mod:`.endpoints`: one function per endpoint;
+- :mod:`.bodies`: request bodies read with their limits (a packed header checked first);
 - :mod:`.leases`: sessions, lease tokens, idle and liveness reaping;
 - :mod:`.wire`: the packed-array bodies and JSON, checked before anything is decompressed;
 - :mod:`.server`: uvicorn on a socket we bind (:class:`BackgroundServer` for tests and scripts).

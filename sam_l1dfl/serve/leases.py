@@ -32,7 +32,7 @@ NEVER = 1e9
 
 @dataclass
 class Lease:
-    """One claimed session: its token, session object, lock, clocks and target buffer."""
+    """One claimed session: its token, session object, lock, clocks and target buffer (shape, dtype)."""
 
     token: str
     session: object
@@ -41,7 +41,6 @@ class Lease:
     last_seen: float
     lock: threading.Lock = field(default_factory=threading.Lock)
     target: "tuple[tuple[int, ...], str] | None" = None
-    autozoom: bool = False
 
 
 class LeaseRegistry:

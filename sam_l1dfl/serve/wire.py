@@ -18,15 +18,15 @@ import struct
 from typing import Callable, Sequence
 
 import numpy as np
+from nnInteractive.inference.remote.serialization import MAGIC, VERSION, unpack_array
 
-#: dtypes an image, a mask or a target buffer may have on the wire.
-ALLOWED_DTYPES = frozenset({"bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
-                            "float16", "float32", "float64"})
-_MAGIC = b"NNIA"
-_VERSION = 1
-_CODECS = (1, 2)  # ZSTD, LZ4
+#: dtypes an image or a mask may have on the wire; a target buffer takes the integer ones and bool.
+MASK_DTYPES = frozenset({"bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64"})
+ALLOWED_DTYPES = MASK_DTYPES | {"float16", "float32", "float64"}
 #: Largest JSON body or X-Meta header we read.
 MAX_JSON_BYTES = 1 << 16
+#: Largest packed-array header (magic .. chunk count) we wait for before refusing.
+MAX_HEADER_BYTES = 8 + 255 + 8 * 255 + 4
 
 
 class WireError(Exception):
@@ -48,7 +48,7 @@ def read_json(raw: "bytes | str | None", what: str, *, required: bool = True) ->
         raise WireError(413, f"{what}: larger than {MAX_JSON_BYTES} bytes")
     try:
         value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise WireError(400, f"{what}: not valid JSON ({type(exc).__name__})") from None
     if not isinstance(value, dict):
         raise WireError(400, f"{what}: expected a JSON object, got {type(value).__name__}")
@@ -67,15 +67,22 @@ def flag(payload: dict, key: str, default: "bool | None" = None) -> bool:
     return bool(v)
 
 
-def _header(buf: bytes) -> "tuple[np.dtype, tuple[int, ...], int]":
+def header_length(buf) -> "int | None":
+    """Bytes of the packed-array header (up to the chunk count), once ``buf`` holds its first 8."""
+    if len(buf) < 8:
+        return None
+    return 8 + buf[7] + 8 * buf[6] + 4
+
+
+def _header(buf) -> "tuple[np.dtype, tuple[int, ...], int]":
     """``(dtype, shape, offset of the chunk table)`` of a packed array, checked."""
     if len(buf) < 8:
         raise WireError(400, "body: too short for a packed array")
-    magic, version, codec, ndim, name_len = struct.unpack_from("<4sBBBB", buf, 0)
-    if magic != _MAGIC:
+    magic, version, _codec, ndim, name_len = struct.unpack_from("<4sBBBB", buf, 0)
+    if magic != MAGIC:
         raise WireError(400, "body: not a packed array (bad magic)")
-    if version != _VERSION or codec not in _CODECS:
-        raise WireError(400, f"body: unsupported packed-array version {version} or codec {codec}")
+    if version != VERSION:
+        raise WireError(400, f"body: unsupported packed-array version {version}")
     off = 8 + name_len + 8 * ndim + 4
     if len(buf) < off:
         raise WireError(400, "body: truncated packed-array header")
@@ -107,14 +114,11 @@ def _check_chunks(buf: bytes, off: int, nbytes: int) -> None:
         raise WireError(400, f"body: {len(buf) - pos} bytes after the packed array")
 
 
-def read_packed(buf: bytes, *, ndim: int, check_shape: "Callable[[tuple[int, ...]], None]",
-                max_voxels: int) -> np.ndarray:
-    """The array of a packed body after the checks of the module docstring.  ``check_shape``
-    raises :class:`WireError` for a declared shape the endpoint cannot take; ``max_voxels`` bounds
-    the product of the last three axes."""
-    from nnInteractive.inference.remote.serialization import unpack_array
-
-    dtype, shape, off = _header(buf)
+def check_header(buf, *, ndim: int, check_shape: "Callable[[tuple[int, ...]], None]", max_voxels: int) -> int:
+    """The declared array of a packed header, checked (module docstring); its size in bytes.
+    ``check_shape`` raises :class:`WireError` for a shape the endpoint cannot take; ``max_voxels``
+    bounds the product of the last three axes."""
+    dtype, shape, _ = _header(buf)
     if len(shape) != ndim or any(s < 1 for s in shape):
         raise WireError(400, f"body: expected a {ndim}-axis array with every axis >= 1, got shape {list(shape)}")
     check_shape(shape)
@@ -122,7 +126,18 @@ def read_packed(buf: bytes, *, ndim: int, check_shape: "Callable[[tuple[int, ...
     if voxels > max_voxels:
         raise WireError(413, f"body: {voxels} voxels declared, more than the server's --max-image-voxels "
                              f"{max_voxels}")
-    _check_chunks(buf, off, int(np.prod(shape, dtype=object)) * dtype.itemsize)
+    return int(np.prod(shape, dtype=object)) * dtype.itemsize
+
+
+def body_limit(nbytes: int, header: int) -> int:
+    """The most bytes a packed body of a ``nbytes`` array may have (compression adds little)."""
+    return header + nbytes + nbytes // 16 + (1 << 16)
+
+
+def read_packed(buf, *, ndim: int, check_shape: "Callable[[tuple[int, ...]], None]", max_voxels: int) -> np.ndarray:
+    """The array of a whole packed body after every check of the module docstring."""
+    nbytes = check_header(buf, ndim=ndim, check_shape=check_shape, max_voxels=max_voxels)
+    _check_chunks(buf, _header(buf)[2], nbytes)
     try:
         return unpack_array(buf)
     except Exception as exc:  # blosc2 / struct errors on corrupt frames
@@ -148,4 +163,5 @@ def shape_equal(want: Sequence[int], what: str) -> "Callable[[tuple[int, ...]], 
     return check
 
 
-__all__ = ["ALLOWED_DTYPES", "MAX_JSON_BYTES", "WireError", "flag", "pack", "read_json", "read_packed", "shape_equal"]
+__all__ = ["ALLOWED_DTYPES", "MASK_DTYPES", "MAX_HEADER_BYTES", "MAX_JSON_BYTES", "WireError", "body_limit", "check_header", "flag",
+           "header_length", "pack", "read_json", "read_packed", "shape_equal"]
