@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from nnInteractive.inference.remote import (ServerAtCapacityError, SessionExpiredError,
+from nnInteractive.inference.remote import (ServerAtCapacityError,
                                             nnInteractiveRemoteInferenceSession)
 from nnInteractive.inference.remote.serialization import pack_array
 
