@@ -72,10 +72,11 @@ per-target cache), :mod:`~sam_l1dfl.losses.l1dfl` (the loss class) and
 from __future__ import annotations
 
 from sam_l1dfl.lossnames import LOSS_NAMES, normalize_loss_name  # re-exported: the light names module
-from sam_l1dfl.losses.cache import _TargetContext  # noqa: F401 - the class of a pickled loss's cache
+from sam_l1dfl.losses.cache import TargetContext as _TargetContext  # noqa: F401 - its old name (pickled losses)
 from sam_l1dfl.losses.factory import loss_arguments, make_loss, make_training_loss, training_loss_params
-from sam_l1dfl.losses.histogram import (HISTOGRAM_SCOPES, L1Histogram, _count, l1_bin_layout,  # noqa: F401
-                                        l1_histogram, l1_voxel_weights)
+from sam_l1dfl.losses.histogram import HISTOGRAM_SCOPES, L1Histogram, l1_bin_layout, l1_histogram, l1_voxel_weights
+from sam_l1dfl.losses.histogram import count_keys as _count  # noqa: F401 - its old name (the tests use it)
+from sam_l1dfl.losses.kernels import sigmoid_terms as _sigmoid_terms  # noqa: F401 - its old name (pickled losses)
 from sam_l1dfl.losses.l1dfl import L1DFLoss
 from sam_l1dfl.losses.roi import dilate
 from sam_l1dfl.losses.shares import WEIGHT_REGIONS, l1_weight_shares, weight_regions

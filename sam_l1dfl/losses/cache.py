@@ -6,7 +6,7 @@ import weakref
 
 import torch
 
-class _TargetContext:
+class TargetContext:
     """What a loss derives from a target that the click loop passes again at every click: kept
     for the same tensor object (and version), recomputed for any other."""
 

@@ -11,9 +11,9 @@ from typing import NamedTuple
 import torch
 from torch.profiler import record_function
 
-from sam_l1dfl.losses.roi import _roi
+from sam_l1dfl.losses.roi import region_of_interest
 
-def _check_eps(eps: float) -> float:
+def check_eps(eps: float) -> float:
     try:
         eps = float(eps)
     except (TypeError, ValueError):
@@ -35,7 +35,7 @@ def l1_bin_layout(eps: float = 0.05) -> tuple[torch.Tensor, torch.Tensor, torch.
     ``centres[k] = k*eps`` for ``k = 0..K``; bin ``k`` is ``[left_edges[k], left_edges[k+1])``
     and the last bin is ``[left_edges[K], 1]``.
     """
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     k_last = _last_bin_index(eps)
     k = torch.arange(k_last + 1, dtype=torch.float64)
     centres = k * eps
@@ -55,7 +55,7 @@ def _bin_index(g: torch.Tensor, eps: float, k_last: int, inplace: bool = True) -
 _PARTITIONS = 512  # CUDA: counts are privatised over this many slots, so atomics rarely collide
 
 
-def _count(keys: torch.Tensor, nbins: int, privatised: "bool | None" = None) -> torch.Tensor:
+def count_keys(keys: torch.Tensor, nbins: int, privatised: "bool | None" = None) -> torch.Tensor:
     """int64 counts of the int32 ``keys`` in ``[0, nbins)``: a bincount, host-sync free on CUDA
     (``privatised``: the CUDA way, the default there; the tests run it on a CPU too)."""
     flat = keys.reshape(-1)
@@ -103,7 +103,7 @@ class L1Histogram(NamedTuple):
     n: torch.Tensor  #: int64 number of elements ``N`` (sum of ``counts``)
 
 
-def _check_scope(scope: str) -> str:
+def check_scope(scope: str) -> str:
     if scope not in HISTOGRAM_SCOPES:
         raise ValueError(f"histogram_scope must be one of {list(HISTOGRAM_SCOPES)}, got {scope!r}")
     return scope
@@ -131,7 +131,7 @@ def _histogram_keys(
             key.view(b, -1).add_(torch.arange(0, b * nb, nb, device=key.device, dtype=torch.int32).unsqueeze(1))
         if roi is not None:
             key = key.masked_fill_(~roi.expand_as(key), groups * nb)
-        counts = _count(key, groups * nb + 1)[: groups * nb].view(groups, nb)
+        counts = count_keys(key, groups * nb + 1)[: groups * nb].view(groups, nb)
         if scope == "batch":
             counts = _maybe_all_reduce(counts, sync_histogram)  # per-sample histograms need no sync
         n = counts.sum(1)
@@ -150,14 +150,14 @@ _LAYOUTS: dict = {}
 def _layout_on(eps: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`l1_bin_layout` on ``device``, kept: a host-to-device copy per call would make a GPU
     wait (and CUDA's sync debug mode flag it)."""
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     key = (eps, str(device))
     if key not in _LAYOUTS:
         _LAYOUTS[key] = tuple(t.to(device) for t in l1_bin_layout(eps))
     return _LAYOUTS[key]
 
 
-def _beta_mean(hist: L1Histogram) -> torch.Tensor:
+def beta_mean_of(hist: L1Histogram) -> torch.Tensor:
     """mean(beta) over a histogram's voxels = sum over occupied bins of width_k, per histogram."""
     return (hist.weights * hist.counts.to(torch.float64)).sum(-1) / hist.n.to(torch.float64).clamp(min=1.0)
 
@@ -179,8 +179,8 @@ def l1_histogram(
     ``(B, C, *spatial)``; ``roi``: counted inside :func:`weight_roi` only, sigmoid convention:
     every channel is foreground).
     """
-    _check_same_shape(prob, target)
-    roi = _roi(prob, target, roi_dilation, 0) if _check_scope(histogram_scope) == "roi" else None
+    check_same_shape(prob, target)
+    roi = region_of_interest(prob, target, roi_dilation, 0) if check_scope(histogram_scope) == "roi" else None
     return _histogram_keys(prob, target, eps, sync_histogram, histogram_scope, roi)[0]
 
 
@@ -195,15 +195,15 @@ def l1_voxel_weights(
     docstring for the bins and the edge rule; ``sync_histogram``, ``histogram_scope`` and
     ``roi_dilation`` as in :func:`l1_histogram` (``roi``: 0 outside the region of interest).
     """
-    _check_same_shape(prob, target)
-    roi = _roi(prob, target, roi_dilation, 0) if _check_scope(histogram_scope) == "roi" else None
+    check_same_shape(prob, target)
+    roi = region_of_interest(prob, target, roi_dilation, 0) if check_scope(histogram_scope) == "roi" else None
     _, key, flat = _histogram_keys(prob, target, eps, sync_histogram, histogram_scope, roi)
     dtype = prob.dtype if prob.is_floating_point() else torch.float32
     return _gather(flat, key, dtype)
 
 
 
-def _check_same_shape(prob: torch.Tensor, target: torch.Tensor) -> None:
+def check_same_shape(prob: torch.Tensor, target: torch.Tensor) -> None:
     if prob.shape != target.shape:
         raise ValueError(f"prob and target must have the same shape, got {tuple(prob.shape)} and {tuple(target.shape)}")
 

@@ -12,7 +12,7 @@ def _rowdots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.dot(a[r], b[r]) for r in range(a.shape[0])])
 
 
-class _WeightedDiceSums(torch.autograd.Function):
+class WeightedDiceSums(torch.autograd.Function):
     """Per-row ``sum(beta*p*y)``, ``sum(beta*p*p)``, ``sum(beta*y*y)`` of ``(R, V)`` tensors.
 
     Only ``p`` is differentiated (``beta`` and ``y`` are constants).  The sums use one BLAS dot
@@ -37,8 +37,8 @@ class _WeightedDiceSums(torch.autograd.Function):
         return grad, None, None
 
 
-def _sigmoid_terms(z, p, g, y, ysign, alpha_t, beta, fw, gamma: float):
-    """The sums of :class:`_SigmoidL1DFSums` and the three per-voxel gradient coefficients, for
+def sigmoid_terms(z, p, g, y, ysign, alpha_t, beta, fw, gamma: float):
+    """The sums of :class:`SigmoidL1DFSums` and the three per-voxel gradient coefficients, for
     ``(R, V)`` rows (pure tensor code: ``train.compile`` hands it to ``torch.compile``)."""
     # Few fresh tensors, the rest in place: on a CPU every new 16 MB tensor costs page faults.
     q = torch.sub(1.0, p).mul_(p)  # dp/dz = p (1 - p), as torch's sigmoid backward computes it
@@ -69,7 +69,7 @@ def _sigmoid_terms(z, p, g, y, ysign, alpha_t, beta, fw, gamma: float):
     return inter, bpp, byy, fsum, u1, u2, u3
 
 
-class _SigmoidL1DFSums(torch.autograd.Function):
+class SigmoidL1DFSums(torch.autograd.Function):
     """The sigmoid-mode loss in one pass: per row ``(R, V)`` of logits ``z``, the weighted Dice sums
     ``sum(beta p y)``, ``sum(beta p^2)``, ``sum(beta y^2)`` and the focal sum, with ``p = sigmoid(z)``.
 
@@ -80,7 +80,7 @@ class _SigmoidL1DFSums(torch.autograd.Function):
     the Dice terms' derivative goes through ``dp/dz = p (1 - p)``.  Forward saves the three
     per-voxel coefficients of the gradient, so backward is one short pass (and no
     ``log``/``exp`` is taken twice, as autograd through ``logsigmoid`` would).  ``kernel``: the
-    function computing them (:func:`_sigmoid_terms`, or its compiled twin).
+    function computing them (:func:`sigmoid_terms`, or its compiled twin).
     """
 
     @staticmethod
@@ -99,7 +99,7 @@ class _SigmoidL1DFSums(torch.autograd.Function):
         return (grad,) + (None,) * 9
 
 
-class _Kernel:
+class CompiledKernel:
     """``torch.compile`` of a pure tensor function, falling back to the eager one (with a warning)
     when compiling or running it fails (no C++ compiler, no Triton, an unsupported op)."""
 
@@ -122,7 +122,7 @@ class _Kernel:
 
 def sigmoid_constants(ctx: dict, target: torch.Tensor, dtype: torch.dtype, alpha: "float | None",
                       include_background: bool):
-    """The constants of :class:`_SigmoidL1DFSums` that depend on the target only: ``y``, ``1 - 2y``
+    """The constants of :class:`SigmoidL1DFSums` that depend on the target only: ``y``, ``1 - 2y``
     and ``alpha_t`` as rows, kept in ``ctx`` (a loss's per-target cache: the click loop reuses its
     target)."""
     key = ("sigmoid", dtype, alpha, include_background)

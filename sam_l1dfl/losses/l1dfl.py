@@ -13,10 +13,10 @@ from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 from torch.profiler import record_function
 
-from sam_l1dfl.losses.cache import _TargetContext
+from sam_l1dfl.losses.cache import TargetContext
 from sam_l1dfl.losses.checks import check_arguments, check_reduction, check_shapes, check_values
-from sam_l1dfl.losses.histogram import _beta_mean, _check_eps, _check_scope, focal_weights, histogram_weights
-from sam_l1dfl.losses.kernels import _Kernel, _SigmoidL1DFSums, _WeightedDiceSums, _sigmoid_terms, sigmoid_constants
+from sam_l1dfl.losses.histogram import beta_mean_of, check_eps, check_scope, focal_weights, histogram_weights
+from sam_l1dfl.losses.kernels import CompiledKernel, SigmoidL1DFSums, WeightedDiceSums, sigmoid_terms, sigmoid_constants
 from sam_l1dfl.losses.roi import cached_roi
 from sam_l1dfl.losses.shares import l1_weight_shares, weight_regions
 
@@ -77,7 +77,7 @@ class L1DFLoss(_Loss):
     ``beta``, e.g. ``torch.ones_like`` gives a plain squared-denominator Dice Focal loss.
 
     Sigmoid mode with ``reduction`` ``mean``/``sum`` and no ``voxel_weights`` (the training case)
-    runs fused (:class:`_SigmoidL1DFSums`): the same sums with an analytic backward, no
+    runs fused (:class:`SigmoidL1DFSums`): the same sums with an analytic backward, no
     ``logsigmoid``, int32 bins; equal to the general path up to float rounding (tested).
     """
 
@@ -105,8 +105,8 @@ class L1DFLoss(_Loss):
     ) -> None:
         super().__init__(reduction=check_reduction(reduction))
         check_arguments(sigmoid, softmax, lambda_dice, lambda_focal, smooth_nr, smooth_dr, alpha, gamma, roi_dilation)
-        self.eps = _check_eps(eps)
-        self.histogram_scope = _check_scope(histogram_scope)
+        self.eps = check_eps(eps)
+        self.histogram_scope = check_scope(histogram_scope)
         self.roi_dilation = int(roi_dilation)
         self.include_background = bool(include_background)
         self.to_onehot_y = bool(to_onehot_y)
@@ -123,15 +123,15 @@ class L1DFLoss(_Loss):
         self.weight_focal = bool(weight_focal)
         self.sync_histogram = bool(sync_histogram)
         self.validate = bool(validate)
-        self._target_ctx = _TargetContext()
-        self._kernel = _sigmoid_terms
+        self._target_ctx = TargetContext()
+        self._kernel = sigmoid_terms
 
     def compile_kernels(self, backend: str = "inductor") -> "L1DFLoss":
         """``train.compile``: run the sigmoid path's per-voxel arithmetic (the Dice and focal sums
         and their gradient coefficients, ~25 element-wise passes) through ``torch.compile``, which
         fuses it into a few loops (CPU: C++ via Inductor; GPU: Triton).  Falls back to eager, with
         a warning, if compiling fails.  Returns ``self``."""
-        self._kernel = _Kernel(_sigmoid_terms, backend)
+        self._kernel = CompiledKernel(sigmoid_terms, backend)
         return self
 
     @property
@@ -174,7 +174,7 @@ class L1DFLoss(_Loss):
         beta = beta_mean = None
         if voxel_weights is None and (self.weight_dice or self.weight_focal):
             beta, hist = histogram_weights(prob, target, self.eps, self.sync_histogram, self.histogram_scope, roi)
-            beta_mean = _beta_mean(hist)  # 0-d, or (B,) per sample
+            beta_mean = beta_mean_of(hist)  # 0-d, or (B,) per sample
         elif voxel_weights is not None:
             beta = torch.broadcast_to(voxel_weights.detach().to(prob.dtype), prob.shape)
 
@@ -182,7 +182,7 @@ class L1DFLoss(_Loss):
         b, c = prob.shape[:2]
         rows = (b * c, -1)
         dice_w = beta if (beta is not None and (self.weight_dice or voxel_weights is not None)) else torch.ones_like(prob)
-        inter, bpp, byy = _WeightedDiceSums.apply(
+        inter, bpp, byy = WeightedDiceSums.apply(
             prob.reshape(rows), dice_w.reshape(rows).detach(), target.reshape(rows).detach()
         )
         dice = self._dice(inter, bpp + byy, b, c)
@@ -227,11 +227,11 @@ class L1DFLoss(_Loss):
             if self.weight_dice or self.weight_focal:
                 beta, hist = histogram_weights(p, y, self.eps, self.sync_histogram, self.histogram_scope, roi, g=g)
                 if self.weight_focal:
-                    fw = focal_weights(beta, _beta_mean(hist), roi, False)
+                    fw = focal_weights(beta, beta_mean_of(hist), roi, False)
         b, c = input.shape[:2]
         rows = (b * c, -1)
         with record_function("l1dfl.terms"):
-            inter, bpp, byy, fsum = _SigmoidL1DFSums.apply(
+            inter, bpp, byy, fsum = SigmoidL1DFSums.apply(
                 input.reshape(rows), p.reshape(rows), g.reshape(rows), y.reshape(rows), ysign, alpha_t,
                 beta.reshape(rows) if (beta is not None and self.weight_dice) else None,
                 None if fw is None else fw.reshape(rows), self.gamma, self._kernel)

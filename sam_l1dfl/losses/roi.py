@@ -30,7 +30,7 @@ def _dilated_target(target: torch.Tensor, dilation: int, fg_from: int) -> torch.
         return dilate(y, dilation)
 
 
-def _roi(prob: torch.Tensor, target: torch.Tensor, dilation: int, fg_from: int,
+def region_of_interest(prob: torch.Tensor, target: torch.Tensor, dilation: int, fg_from: int,
          dilated: "torch.Tensor | None" = None) -> torch.Tensor:
     """``(B, 1, *spatial)`` bool: the target foreground dilated by ``dilation`` voxels (``dilated``
     when already computed), united with the predicted foreground (``p > 0.5``)."""
@@ -45,9 +45,9 @@ def _roi(prob: torch.Tensor, target: torch.Tensor, dilation: int, fg_from: int,
 
 
 def cached_roi(ctx: dict, prob: torch.Tensor, target: torch.Tensor, dilation: int, fg_from: int) -> torch.Tensor:
-    """:func:`_roi` with the dilated target kept in ``ctx`` (a loss's per-target cache: the click
-    loop passes the same target at every click)."""
+    """:func:`region_of_interest` with the dilated target kept in ``ctx`` (a loss's per-target
+    cache: the click loop passes the same target at every click)."""
     key = ("dilated", dilation, fg_from)
     if key not in ctx:
         ctx[key] = _dilated_target(target, dilation, fg_from)
-    return _roi(prob, target, dilation, fg_from, dilated=ctx[key])
+    return region_of_interest(prob, target, dilation, fg_from, dilated=ctx[key])

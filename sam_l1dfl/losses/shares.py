@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from sam_l1dfl.losses.histogram import _check_same_shape, l1_voxel_weights
+from sam_l1dfl.losses.histogram import check_same_shape, l1_voxel_weights
 from sam_l1dfl.losses.roi import dilate
 
 WEIGHT_REGIONS = ("interior", "boundary", "background")
@@ -49,7 +49,7 @@ def l1_weight_shares(
 
     ``regions`` (optional): :func:`weight_regions` of ``target``, when already computed.
     """
-    _check_same_shape(prob, target)
+    check_same_shape(prob, target)
     with torch.no_grad():
         p = prob.detach().to(torch.float64)
         y = target.detach().to(torch.float64)
