@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -49,14 +49,13 @@ class CropCache:
         return self.cache_dir / f"index-{self._key(rec, {'what': 'index', 'margin': self.margin})}.json"
 
     @staticmethod
-    def read_index(path: "Path | None") -> "list | None":
-        """The cached :class:`~sam_l1dfl.data.dataset.CropSpec` list (None: not cached, or unreadable)."""
-        from sam_l1dfl.data.dataset import CropSpec
-
+    def read_index(path: "Path | None", parse: Callable[[dict], Any]) -> "list | None":
+        """The cached crop plan, each entry read by ``parse`` (``CropSpec.from_dict``); None: not
+        cached, or unreadable."""
         if path is None or not path.is_file():
             return None
         try:
-            return [CropSpec.from_dict(d) for d in json.loads(path.read_text())["crops"]]
+            return [parse(d) for d in json.loads(path.read_text())["crops"]]
         except (OSError, ValueError, KeyError):
             return None
 

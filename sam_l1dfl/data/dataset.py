@@ -188,7 +188,7 @@ class LesionCropDataset(_TorchDataset):
         it = show_progress(self.records.values(), desc="indexing lesions", unit="case", enabled=self.progress)
         for rec in it:
             path = self.cache.index_path(rec)
-            cached = self.cache.read_index(path)
+            cached = self.cache.read_index(path, CropSpec.from_dict)
             if cached is not None:
                 self.stats["index_from_cache"] += 1
             if cached is None:
