@@ -37,46 +37,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from sam_l1dfl.compare.report_figures import figures
+from sam_l1dfl.compare.report_metrics import (CALIBRATION_METRICS, CASE_METRICS, LOWER_IS_BETTER,  # noqa: F401
+                                              REFERENCE_LOSS, STAT_METRICS, TABLE_METRICS, detection_metrics,
+                                              stat_families, stat_metrics, table_metrics)
+from sam_l1dfl.compare.report_text import ReportData, table_md
 from sam_l1dfl.compare.stats import bonferroni, wilcoxon_paired
 from sam_l1dfl.io_utils import write_json_atomic, write_text_atomic
 from sam_l1dfl.metrics.calibration import MID, expected_calibration_error
 from sam_l1dfl.metrics.detection import CRITERIA, STRATIFIERS, ratios, row_stratum
 from sam_l1dfl.metrics.volume import EMPTY_REF_RULES, empty_reference_dice
-
-TABLE_METRICS = (("dice", "Dice"), ("fpv_ml", "FPV (mL)"), ("fnv_ml", "FNV (mL)"), ("f1_c1", "F1 C1"),
-                 ("f1_c2", "F1 C2"), ("f1_c3", "F1 C3"), ("fp_c1", "FP lesions"))
-#: every per-case value averaged over seeds (the table's plus the other criteria and calibration)
-CASE_METRICS = tuple(m for m, _ in TABLE_METRICS) + ("fp_c2", "fp_c3", "recall_c1", "recall_c2", "recall_c3",
-                                                     "ece", "mid_share")
-#: (metric, label, +1 if higher is better else -1): the primary family with C1 as the criterion
-STAT_METRICS = (("dice", "Dice", 1), ("f1_c1", "F1 C1", 1), ("fp_c1", "FP lesions", -1))
-CALIBRATION_METRICS = (("ece", "ECE (margin)", -1), ("mid_share", "mid share (margin)", -1))
-REFERENCE_LOSS = "l1dfl"
-LOWER_IS_BETTER = ("fpv_ml", "fnv_ml", "fp_c1", "fp_c2", "fp_c3")
-
-
-def stat_metrics(primary: str = "c1") -> tuple:
-    """The primary family: Dice, F1 and FP lesions under ``primary``."""
-    return (("dice", "Dice", 1), (f"f1_{primary}", f"F1 {primary.upper()}", 1),
-            (f"fp_{primary}", "FP lesions" if primary == "c1" else f"FP lesions {primary.upper()}", -1))
-
-
-def detection_metrics() -> tuple:
-    return tuple(x for c in CRITERIA for x in ((f"f1_{c}", f"F1 {c.upper()}", 1),
-                                              (f"fp_{c}", f"FP lesions {c.upper()}", -1)))
-
-
-def stat_families(primary: str = "c1") -> list[tuple[str, tuple]]:
-    """``[(family, metrics), ...]``: the Wilcoxon test families of the report, each Bonferroni-corrected
-    over its own tests (the calibration family runs only when the runs recorded margin calibration)."""
-    return [("primary", stat_metrics(primary)), ("detection", detection_metrics()),
-            ("calibration", CALIBRATION_METRICS)]
-
-
-def table_metrics(primary: str = "c1") -> tuple:
-    fp = stat_metrics(primary)[2]
-    return TABLE_METRICS[:-1] + ((fp[0], fp[1]),)
-
 
 def _f(v: Any) -> float:
     try:
@@ -121,12 +90,6 @@ def _msd(vals: Sequence[float]) -> tuple[float, float, int]:
     if v.size == 0:
         return float("nan"), float("nan"), 0
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan"), int(v.size)
-
-
-def _fmt(mean: float, sd: float, nd: int = 3) -> str:
-    if not math.isfinite(mean):
-        return "n/a"
-    return f"{mean:.{nd}f} ± {sd:.{nd}f}" if math.isfinite(sd) else f"{mean:.{nd}f}"
 
 
 def pooled_detection(results: Sequence[dict]) -> dict[tuple[str, str], dict[str, dict]]:
@@ -340,8 +303,6 @@ def write_report(out: "str | Path", results: Sequence[dict], splits: dict, meta:
     (default: ``meta["primary_criterion"]``, else ``"c3"`` for the ``paper`` budget and ``"c1"``
     otherwise); ``lesion_free_dice``: ``"nan"`` or ``"authors"`` (default: ``meta["lesion_free_dice"]``,
     else ``"authors"`` for ``paper`` and ``"nan"`` otherwise)."""
-    from sam_l1dfl.compare.report_text import ReportData, table_md  # they read this module's constants
-
     out = Path(out)
     primary, lesion_free_dice = _report_rules(meta, primary, lesion_free_dice)
     smoke = meta.get("budget") == "small"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sam_l1dfl.compare.report import LOWER_IS_BETTER, REFERENCE_LOSS, _fmt
+from sam_l1dfl.compare.report_metrics import LOWER_IS_BETTER, REFERENCE_LOSS
 from sam_l1dfl.metrics.calibration import MID
 from sam_l1dfl.metrics.detection import CRITERIA, STRATIFIERS
 
@@ -42,6 +42,12 @@ class ReportData:
     @property
     def all_keys(self) -> list:
         return self.keys + self.base_keys
+
+
+def _fmt(mean: float, sd: float, nd: int = 3) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{nd}f} ± {sd:.{nd}f}" if math.isfinite(sd) else f"{mean:.{nd}f}"
 
 
 def _p(p: float) -> str:
