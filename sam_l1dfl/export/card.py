@@ -31,9 +31,19 @@ def model_card(
     """Markdown model card from the run's config.json fields and ``metrics.json``."""
     training = meta.get("training") or {}
     tcfg = training.get("config") or {}
-    data = tcfg.get("data") or {}
-    pre = meta.get("preprocess") or {}
     start = training.get("start_from") or {}
+    lines = _intro(meta, start)
+    lines += _training_data(tcfg, metrics, data_description)
+    lines += _input_block(meta, cfg)
+    lines += _training_block(meta, training, tcfg, start)
+    lines += _metrics_block(metrics, training)
+    lines += _architecture_block(cfg)
+    lines += _closing_blocks(usage, files)
+    return "\n".join(lines)
+
+
+def _intro(meta: dict, start: dict) -> list[str]:
+    """The title, the weights' origin, what the model is, the warning and the intended use."""
     origin = weights_origin(meta)
     is_standin = meta.get("weights_origin") == STANDIN_NAME and not start
     lines = ["# Stand-in SAM-Med3D (synthetic-only)" if is_standin else "# SAM-Med3D fine-tuned with sam-l1dfl", ""]
@@ -58,9 +68,14 @@ def model_card(
         "scope: unsupervised or automated clinical use, other tracers or modalities than those "
         "listed below without re-validation, images whose preprocessing differs from the one below.",
         "",
-        "## Training data",
-        "",
     ]
+    return lines
+
+
+def _training_data(tcfg: dict, metrics: Optional[dict], data_description: Optional[str]) -> list[str]:
+    """## Training data"""
+    data = tcfg.get("data") or {}
+    lines = ["## Training data", ""]
     if data_description:
         lines += [data_description.strip(), ""]
     if tcfg:
@@ -78,6 +93,13 @@ def model_card(
     if metrics and metrics.get("per_lesion_after"):
         lines.append(f"- validation lesions: {len(metrics['per_lesion_after'])}")
     lines.append("")
+    return lines
+
+
+def _input_block(meta: dict, cfg) -> list[str]:
+    """## Input and preprocessing"""
+    pre = meta.get("preprocess") or {}
+    lines = []
     lines += ["## Input and preprocessing", ""]
     lines.append(f"- input mode: `{meta.get('input_mode', '?')}` ({cfg.in_chans} channel(s))")
     if pre:
@@ -93,6 +115,12 @@ def model_card(
         lines.append(f"- note: {meta['meta_source']}")
     lines.append(f"- prompt types: {', '.join(meta.get('prompt_types') or ['points'])}")
     lines.append("")
+    return lines
+
+
+def _training_block(meta: dict, training: dict, tcfg: dict, start: dict) -> list[str]:
+    """## Training"""
+    lines = []
     lines += ["## Training", ""]
     if start:
         lines.append(f"- started from: `{start.get('checkpoint')}`"
@@ -119,6 +147,12 @@ def model_card(
     if not (start or loss or tcfg):
         lines.append("- not recorded with the weights")
     lines.append("")
+    return lines
+
+
+def _metrics_block(metrics: Optional[dict], training: dict) -> list[str]:
+    """## Metrics: validation Dice before, after and at the best step"""
+    lines = []
     lines += ["## Metrics", ""]
     rows = []
     if metrics:
@@ -145,6 +179,12 @@ def model_card(
     else:
         lines.append("No metrics were recorded with these weights.")
     lines.append("")
+    return lines
+
+
+def _architecture_block(cfg) -> list[str]:
+    """## Architecture"""
+    lines = []
     lines += ["## Architecture", ""]
     lines.append("SAM-Med3D (`vit_b_ori` layout)" if cfg.matches_official_layout() and cfg.encoder_embed_dim == 768
                  else "SAM-Med3D variant")
@@ -153,6 +193,12 @@ def model_card(
     lines.append(json.dumps(cfg.to_dict(), indent=None))
     lines.append("```")
     lines.append("")
+    return lines
+
+
+def _closing_blocks(usage: Optional[str], files: Optional[dict]) -> list[str]:
+    """## How to use, ## Files and ## References"""
+    lines = []
     if usage:
         lines += ["## How to use", "", usage.strip(), ""]
     if files:
@@ -167,4 +213,4 @@ def model_card(
         "- L1DFL: Dzikunu et al., arXiv 2502.02756.",
         "",
     ]
-    return "\n".join(lines)
+    return lines
