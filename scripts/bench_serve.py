@@ -128,6 +128,8 @@ def _memory(url, registry, arr, spacing, seed, n=3) -> "tuple[float, float]":
     client's own target buffer (the client runs in this process too)."""
     from nnInteractive.inference.remote import nnInteractiveRemoteInferenceSession
 
+    from sam_l1dfl.inference.interactive import held_bytes
+
     sessions, base = [], _rss()
     for _ in range(n):
         s = nnInteractiveRemoteInferenceSession(url)
@@ -136,7 +138,7 @@ def _memory(url, registry, arr, spacing, seed, n=3) -> "tuple[float, float]":
         s.add_point_interaction(seed, include_interaction=True)
         sessions.append(s)
     grown = (_rss() - base) / n
-    held = sum(lease.session.nbytes() for lease in registry.leases()) / n
+    held = sum(held_bytes(lease.session) for lease in registry.leases()) / n
     for s in sessions:
         s.close()
     return grown, held

@@ -96,10 +96,30 @@ def paste(mask: np.ndarray, history: UndoHistory, mapped, thr_logit: float) -> "
     return box
 
 
+def crop_and_mask_prompt(seg, decoder, pet: "sitk.Image", st: ObjectState, lesion: PromptedLesion):
+    """``(crop, mask prompt)`` of the next decode: the current crop and its last low-res logits; or,
+    when the crop is placed (again), the crop ``infer`` plans for ``lesion``, with the initial
+    segmentation as the mask prompt (None: empty)."""
+    if st.crop is not None and not st.replace_crop:
+        return st.crop, st.low
+    cfg = seg.preprocess
+    geom = cfg.geometry_at(plan_crops([lesion], cfg, seg.margin_vox, False)[0].center_lps)
+    if st.initial is None:
+        return geom, None
+    return geom, mask_prompt_from(st.initial, pet, geom, cfg.crop_size, decoder.low_res_size, decoder.device)
+
+
+def held_bytes(session: "InteractiveSession") -> int:
+    """Memory a session holds: image(s), mask, cached embeddings (undo patches not counted)."""
+    if session.case is None:
+        return 0
+    imgs = [i for i in (session.case.pet, session.case.ct_native) if i is not None]
+    return sum(i.GetNumberOfPixels() * 4 for i in imgs) + session.mask.nbytes + session.embeddings.nbytes()
+
+
 class InteractiveSession:
-    """One user's image and object on a shared :class:`~sam_l1dfl.inference.Segmenter` (see the
-    module docstring).  Not thread-safe: the server holds a lock per session, and one more around
-    the model.  ``max_undo``: undo steps kept; ``cached_crops``: image embeddings kept."""
+    """One user's image and object on a shared Segmenter (module docstring); not thread-safe (the
+    server locks each session, and the model).  Keeps ``max_undo`` steps, ``cached_crops`` embeddings."""
 
     def __init__(self, segmenter, *, max_undo: int = 16, cached_crops: int = 2):
         self.seg = segmenter
@@ -117,13 +137,6 @@ class InteractiveSession:
     def shape(self) -> "tuple[int, int, int] | None":
         return None if self.mask is None else tuple(self.mask.shape)
 
-    def nbytes(self) -> int:
-        """Memory the session holds: image(s), mask, cached embeddings (undo patches not counted)."""
-        if self.case is None:
-            return 0
-        imgs = [i for i in (self.case.pet, self.case.ct_native) if i is not None]
-        return sum(i.GetNumberOfPixels() * 4 for i in imgs) + self.mask.nbytes + self.embeddings.nbytes()
-
     def set_image(self, image: np.ndarray, spacing: "Sequence[float] | None" = None,
                   origin: "Sequence[float] | None" = None, direction=None) -> list[str]:
         """A new image ``[C, a, b, c]`` (C = 1: PET; 2 for PET+CT checkpoints: PET, then CT on its
@@ -140,24 +153,22 @@ class InteractiveSession:
         self.ref = ImageRef.from_image(pet)
         self.mask = np.zeros(image.shape[1:], dtype=np.uint8)
         self.embeddings.clear()
-        self._forget()
+        self.state = ObjectState()
+        self.history.clear()
         return notes
 
-    def clear_mask(self) -> None:
-        """A fresh, empty mask (a new target buffer); the prompts stay, the undo steps go."""
+    def clear_mask(self, forget_prompts: bool = False) -> None:
+        """A fresh, empty mask (a new target buffer) with nothing to undo; with ``forget_prompts``
+        (:meth:`reset`) a new object: no prompts either."""
         self._need_image()
         self.mask[...] = 0
         self.history.clear()
+        if forget_prompts:
+            self.state = ObjectState()
 
     def reset(self) -> None:
         """A new object on the same image: no prompts, an empty mask, nothing to undo."""
-        self._need_image()
-        self.mask[...] = 0
-        self._forget()
-
-    def _forget(self) -> None:
-        self.state = ObjectState()
-        self.history.clear()
+        self.clear_mask(forget_prompts=True)
 
     def _need_image(self) -> None:
         if self.case is None:
@@ -235,22 +246,13 @@ class InteractiveSession:
         """Decode the prompts added since the last prediction (with ``run=False``); ``ran`` is False
         when there is none (decoding again would feed the mask back as its own prompt)."""
         self._need_image()
-        st, cfg = self.state, self.seg.preprocess
+        st = self.state
         if not st.pending or not st.has_positive:
             return Change(ran=False)
         rep = InferenceReport(batch_size=1, device=str(self.seg.device))
         lesion = object_lesion(self.seg.resolver, self.case.pet, self.ref, st, rep)
-        new_crop = st.crop is None or st.replace_crop
-        geom = cfg.geometry_at(plan_crops([lesion], cfg, self.seg.margin_vox, False)[0].center_lps) if new_crop \
-            else st.crop
+        geom, mask_prompt = crop_and_mask_prompt(self.seg, self.decoder, self.case.pet, st, lesion)
         emb, encoded = self.embeddings.get(self.case, geom, rep)
-        if not new_crop:
-            mask_prompt = st.low
-        elif st.initial is not None:
-            mask_prompt = mask_prompt_from(st.initial, self.case.pet, geom, cfg.crop_size, self.decoder.low_res_size,
-                                           self.decoder.device)
-        else:
-            mask_prompt = None
         low, logits, iou, _ = self.decoder.decode_lesion(emb, geom, lesion, mask_prompt, rep)
         change = paste(self.mask, self.history, map_logits(self.case.pet, logits, geom), self._thr)
         self.state = replace(st, crop=geom, low=low, replace_crop=False, pending=False)
@@ -268,4 +270,4 @@ class InteractiveSession:
 
 
 __all__ = ["BOX_NOTE", "OUTSIDE_NOTE", "Change", "INITIAL_MASK_LOGIT", "InteractiveSession", "ObjectState", "StateError",
-           "image_from_array", "object_lesion", "parse_geometry", "paste"]
+           "crop_and_mask_prompt", "held_bytes", "image_from_array", "object_lesion", "parse_geometry", "paste"]

@@ -18,7 +18,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from nnInteractive.inference.remote import _protocol as P
 
-from sam_l1dfl.inference.interactive import Change, StateError, parse_geometry
+from sam_l1dfl.inference.interactive import Change, StateError, held_bytes, parse_geometry
 
 from .bodies import json_body, packed_body
 from .leases import Lease
@@ -96,7 +96,7 @@ async def set_image(srv, request: Request, lease: Lease):
     lease.target = None
     for note in notes:
         log.info("session %s: %s", lease.token[:8], note)
-    log.info("session %s: image %s, %.0f MB held", lease.token[:8], list(image.shape), lease.session.nbytes() / 2**20)
+    log.info("session %s: image %s, %.0f MB held", lease.token[:8], list(image.shape), held_bytes(lease.session) / 2**20)
     return {"original_image_shape": list(image.shape), "sam_l1dfl": {"notes": notes}}
 
 
