@@ -249,23 +249,7 @@ class ThresholdSegmenter(Segmenter):
         labels = np.zeros(grid.array_shape, np.uint16)
         out_lesions = []
         for les in lesions:
-            geom = cfg.geometry_at((les.lo + les.hi) / 2.0)
-            lo, hi = grid.index_box(geom.grid.extent_corners())  # the clicks lie in the PET: never None
-            sl = Grid.array_slices(lo, hi)
-            ijk = np.stack(np.meshgrid(*(np.arange(a, b + 1) for a, b in zip(lo, hi)), indexing="ij"), -1)
-            world = grid.index_to_world(ijk.reshape(-1, 3).astype(np.float64))
-            ok = geom.contains_index(geom.world_to_index(world))
-            for box in les.boxes:
-                ok &= _in_box(world, box)
-            anchors = les.pos if len(les.pos) else np.mean([b.mean(0) for b in les.boxes], axis=0)[None]
-            if len(les.neg):
-                ok &= _nearest(world, les.neg) >= _nearest(world, anchors)
-            # (i, j, k) voxel order -> numpy (z, y, x)
-            ok = ok.reshape(ijk.shape[:3]).transpose(2, 1, 0)
-            sub = np.asarray(suv[sl], dtype=np.float32)
-            seeds = np.rint(grid.world_to_index(les.pos)).astype(np.int64).reshape(-1, 3) - lo
-            seeds = seeds[np.all((seeds >= 0) & (seeds <= np.asarray(hi) - lo), axis=1)][:, ::-1]
-            region = grow_from_clicks(sub, seeds, ok, self.fraction)
+            geom, sl, lo, region = self._grow(les, grid, suv)
             if region.peak is None:
                 les.notes.append("no positive point inside its box and crop, or no SUV > 0 there: empty mask")
                 rep.notes.append(f"lesion {les.lesion_id}: " + les.notes[-1])
@@ -274,18 +258,44 @@ class ThresholdSegmenter(Segmenter):
                 upd = region.mask & (region.suv_max > b)
                 b[upd] = region.suv_max
                 lab[upd] = les.label
-            peak = None if region.peak is None else (np.asarray(region.peak)[::-1] + lo).astype(float)
-            out_lesions.append({
-                "lesion_id": les.lesion_id, "label": les.label, "window": len(out_lesions),
-                "window_center_lps": [round(float(v), 3) for v in geom.center_lps],
-                "n_points": int(len(les.pos) + len(les.neg)), "iou_pred": None,
-                "suv_max": None if peak is None else round(region.suv_max, 4),
-                "suv_max_lps": None if peak is None else [round(float(v), 3) for v in grid.index_to_world(peak)],
-                "threshold_suv": None if peak is None else round(self.fraction * region.suv_max, 4),
-                "notes": les.notes})
+            out_lesions.append(self._record(les, geom, region, lo, grid, len(out_lesions)))
         res = SegmentationResult.from_labels(pet, labels, out_lesions, rep)
         rep.seconds["crop"] += time.perf_counter() - t1
         return res
+
+
+    def _grow(self, les, grid: Grid, suv: np.ndarray):
+        """One lesion's region: ``(crop, PET slices of its crop, their first voxel, grown region)``.
+        The region may use the PET voxels inside the crop SAM would see, inside its boxes, and
+        nearer its positive points than its negative ones."""
+        geom = self.preprocess.geometry_at((les.lo + les.hi) / 2.0)
+        lo, hi = grid.index_box(geom.grid.extent_corners())  # the clicks lie in the PET: never None
+        sl = Grid.array_slices(lo, hi)
+        ijk = np.stack(np.meshgrid(*(np.arange(a, b + 1) for a, b in zip(lo, hi)), indexing="ij"), -1)
+        world = grid.index_to_world(ijk.reshape(-1, 3).astype(np.float64))
+        ok = geom.contains_index(geom.world_to_index(world))
+        for box in les.boxes:
+            ok &= _in_box(world, box)
+        anchors = les.pos if len(les.pos) else np.mean([b.mean(0) for b in les.boxes], axis=0)[None]
+        if len(les.neg):
+            ok &= _nearest(world, les.neg) >= _nearest(world, anchors)
+        ok = ok.reshape(ijk.shape[:3]).transpose(2, 1, 0)  # (i, j, k) voxel order -> numpy (z, y, x)
+        sub = np.asarray(suv[sl], dtype=np.float32)
+        seeds = np.rint(grid.world_to_index(les.pos)).astype(np.int64).reshape(-1, 3) - lo
+        seeds = seeds[np.all((seeds >= 0) & (seeds <= np.asarray(hi) - lo), axis=1)][:, ::-1]
+        return geom, sl, lo, grow_from_clicks(sub, seeds, ok, self.fraction)
+
+    def _record(self, les, geom, region, lo, grid: Grid, window: int) -> dict:
+        """The lesion's entry in the case report (its SUVmax, where, and the threshold used)."""
+        peak = None if region.peak is None else (np.asarray(region.peak)[::-1] + lo).astype(float)
+        return {
+            "lesion_id": les.lesion_id, "label": les.label, "window": window,
+            "window_center_lps": [round(float(v), 3) for v in geom.center_lps],
+            "n_points": int(len(les.pos) + len(les.neg)), "iou_pred": None,
+            "suv_max": None if peak is None else round(region.suv_max, 4),
+            "suv_max_lps": None if peak is None else [round(float(v), 3) for v in grid.index_to_world(peak)],
+            "threshold_suv": None if peak is None else round(self.fraction * region.suv_max, 4),
+            "notes": les.notes}
 
 
 def _in_box(world: np.ndarray, corners: np.ndarray) -> np.ndarray:

@@ -131,47 +131,12 @@ def plot_case(ax, pet: sitk.Image, masks: "Mapping[str, tuple[sitk.Image, str]] 
     0 (negative, red cross).  ``boxes_world``: iterable of ``(min_lps, max_lps)`` corners in mm.
     Returns the ``AxesImage`` of the PET.
     """
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Rectangle
-
     arr, ext = mip(pet, axis)
     im = ax.imshow(arr, cmap="gray_r", vmin=0.0, vmax=vmax, extent=ext, origin="upper",
                    interpolation="bilinear", aspect="equal")
-    handles = []
-    for n, (name, spec) in enumerate((masks or {}).items()):
-        if isinstance(spec, sitk.Image):
-            mimg, color = spec, DEFAULT_COLORS[n % len(DEFAULT_COLORS)]
-        else:
-            mimg, color = spec
-        marr, mext = mask_mip(mimg, axis)
-        if marr.any():
-            # contour coordinates: pixel centres of the mask MIP in mm
-            h, w = marr.shape
-            xs = np.linspace(mext[0], mext[1], w, endpoint=False) + (mext[1] - mext[0]) / (2 * w)
-            ys = np.linspace(mext[3], mext[2], h, endpoint=False) + (mext[2] - mext[3]) / (2 * h)
-            ax.contour(xs, ys, marr.astype(np.float32), levels=[0.5], colors=[color],
-                       linewidths=linewidth)
-        handles.append(Line2D([], [], color=color, lw=1.5, label=name))
-    if points_world is not None and len(points_world):
-        pts = project_points(points_world, axis)
-        labels = np.ones(len(pts), int) if point_labels is None else np.asarray(point_labels).ravel()
-        pos, neg = labels > 0, labels <= 0
-        if pos.any():
-            ax.plot(pts[pos, 0], pts[pos, 1], "+", color="#00a000", ms=7, mew=1.5, ls="none")
-            handles.append(Line2D([], [], marker="+", color="#00a000", ls="none", label="positive point"))
-        if neg.any():
-            ax.plot(pts[neg, 0], pts[neg, 1], "x", color="#d00000", ms=6, mew=1.5, ls="none")
-            handles.append(Line2D([], [], marker="x", color="#d00000", ls="none", label="negative point"))
-    if boxes_world is not None:
-        nbox = 0
-        for lo, hi in boxes_world:
-            p = project_points(np.array([lo, hi], float), axis)
-            x0, y0 = p.min(0)
-            x1, y1 = p.max(0)
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="#ff9900", lw=1.0))
-            nbox += 1
-        if nbox:
-            handles.append(Line2D([], [], color="#ff9900", lw=1.0, label="box prompt"))
+    handles = _draw_masks(ax, masks, axis, linewidth)
+    handles += _draw_points(ax, points_world, point_labels, axis)
+    handles += _draw_boxes(ax, boxes_world, axis)
     ax.set_xlim(ext[0], ext[1])
     ax.set_ylim(ext[2], ext[3])
     ax.set_xticks([])
@@ -191,6 +156,65 @@ def plot_case(ax, pet: sitk.Image, masks: "Mapping[str, tuple[sitk.Image, str]] 
     if scale_bar:
         _scale_bar(ax, ext)
     return im
+
+
+def _draw_masks(ax, masks, axis: str, linewidth: float) -> list:
+    """Outline each mask (contour of its MIP); one legend handle per mask."""
+    from matplotlib.lines import Line2D
+
+    handles = []
+    for n, (name, spec) in enumerate((masks or {}).items()):
+        if isinstance(spec, sitk.Image):
+            mimg, color = spec, DEFAULT_COLORS[n % len(DEFAULT_COLORS)]
+        else:
+            mimg, color = spec
+        marr, mext = mask_mip(mimg, axis)
+        if marr.any():
+            # contour coordinates: pixel centres of the mask MIP in mm
+            h, w = marr.shape
+            xs = np.linspace(mext[0], mext[1], w, endpoint=False) + (mext[1] - mext[0]) / (2 * w)
+            ys = np.linspace(mext[3], mext[2], h, endpoint=False) + (mext[2] - mext[3]) / (2 * h)
+            ax.contour(xs, ys, marr.astype(np.float32), levels=[0.5], colors=[color],
+                       linewidths=linewidth)
+        handles.append(Line2D([], [], color=color, lw=1.5, label=name))
+    return handles
+
+
+def _draw_points(ax, points_world, point_labels, axis: str) -> list:
+    """Positive points as green pluses, negative ones as red crosses; their legend handles."""
+    from matplotlib.lines import Line2D
+
+    handles = []
+    if points_world is not None and len(points_world):
+        pts = project_points(points_world, axis)
+        labels = np.ones(len(pts), int) if point_labels is None else np.asarray(point_labels).ravel()
+        pos, neg = labels > 0, labels <= 0
+        if pos.any():
+            ax.plot(pts[pos, 0], pts[pos, 1], "+", color="#00a000", ms=7, mew=1.5, ls="none")
+            handles.append(Line2D([], [], marker="+", color="#00a000", ls="none", label="positive point"))
+        if neg.any():
+            ax.plot(pts[neg, 0], pts[neg, 1], "x", color="#d00000", ms=6, mew=1.5, ls="none")
+            handles.append(Line2D([], [], marker="x", color="#d00000", ls="none", label="negative point"))
+    return handles
+
+
+def _draw_boxes(ax, boxes_world, axis: str) -> list:
+    """Box prompts as orange rectangles; a legend handle when there is one."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    handles = []
+    if boxes_world is not None:
+        nbox = 0
+        for lo, hi in boxes_world:
+            p = project_points(np.array([lo, hi], float), axis)
+            x0, y0 = p.min(0)
+            x1, y1 = p.max(0)
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="#ff9900", lw=1.0))
+            nbox += 1
+        if nbox:
+            handles.append(Line2D([], [], color="#ff9900", lw=1.0, label="box prompt"))
+    return handles
 
 
 @dataclass

@@ -9,7 +9,8 @@ overrides takes ``KEY=VALUE`` words anywhere among its flags (:func:`parse_args_
 """
 
 #: The subcommands, in the order ``sam-l1dfl --help`` lists them (the data flow).
-NAMES = ("dicom", "synth", "data", "prompts", "weights", "inspect", "finetune", "infer", "infer-auto", "evaluate", "export", "mip")
+NAMES = ("dicom", "synth", "data", "prompts", "weights", "inspect", "finetune", "infer", "infer-auto", "serve", "evaluate",
+         "export", "mip")
 
 #: Argument help shared by several commands (written once).
 PET_HELP = "PET (SUV) image; its grid is the output grid"

@@ -105,7 +105,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_shard_arguments(p)
 
 
-def run(args: argparse.Namespace) -> int:
+def _check_arguments(args: argparse.Namespace) -> bool:
+    """Refuse inconsistent options before anything is loaded; True in one-case (``--pet``) mode."""
     from sam_l1dfl.errors import InputError
 
     single = args.pet is not None
@@ -145,6 +146,11 @@ def run(args: argparse.Namespace) -> int:
                              ("--probabilities", args.probabilities)) if v and args.method == "threshold"]
     if unused:
         raise InputError(None, f"{', '.join(unused)}: not used by --method threshold (PET-only baseline, no model)")
+    return single
+
+
+def run(args: argparse.Namespace) -> int:
+    single = _check_arguments(args)
 
     from sam_l1dfl.devices import parse_device
     from sam_l1dfl.inference import Segmenter

@@ -37,35 +37,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_output_flags(p, verbose="also list the cases written")
 
 
-def run(args: argparse.Namespace) -> int:
-    import sys
-    from pathlib import Path
-
-    from sam_l1dfl.data.discovery import discover_cases
+def _write_prompts(cases: list, cfg, out, args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
+    """Each labelled case's prompts (and Slicer markups): the lines written, skipped (no lesion)
+    and failed."""
     from sam_l1dfl.data.io import load_case
-    from sam_l1dfl.errors import InputError, PromptError, SamL1dflError
-    from sam_l1dfl.io_utils import check_output_path, check_outputs
+    from sam_l1dfl.errors import PromptError, SamL1dflError
     from sam_l1dfl.progress import progress
-    from sam_l1dfl.prompts import PromptConfig, generate_prompts, save_prompts
-
-    cfg = PromptConfig(
-        strategy=args.strategy,
-        n_pos=args.n_pos,
-        n_neg=args.n_neg,
-        neg_strategy=args.neg_strategy,
-        boxes=args.boxes,
-        box_jitter_mm=args.box_jitter_mm,
-        connectivity=args.connectivity,
-        seed=args.seed,
-    ).validate()
-    out = check_output_path(args.out, folder=True)
-    report = discover_cases(args.data)
-    cases = [c for c in report.cases if c.label is not None]
-    if not cases:
-        raise InputError(args.data, f"no case with a label found ({len(report.cases)} case(s) without one)")
-    names = [out / f"{c.case_id}{ext}" for c in cases for ext in ((".json", ".mrk.json") if args.slicer else (".json",))]
-    check_outputs(names, inputs=case_inputs(cases, args.data),
-                  hint="choose another --out")
+    from sam_l1dfl.prompts import generate_prompts, save_prompts
 
     written, skipped, failed = [], [], []
     for rec in progress(cases, desc="prompts", unit="case", enabled=not args.quiet):
@@ -86,6 +64,38 @@ def run(args: argparse.Namespace) -> int:
             save_prompts(prompts, out / f"{rec.case_id}.mrk.json")
         n_les = len(prompts.lesions)
         written.append(f"{rec.case_id}: {n_les} lesion{'s' if n_les != 1 else ''}")
+    return written, skipped, failed
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from sam_l1dfl.data.discovery import discover_cases
+    from sam_l1dfl.errors import InputError
+    from sam_l1dfl.io_utils import check_output_path, check_outputs
+    from sam_l1dfl.prompts import PromptConfig
+
+    cfg = PromptConfig(
+        strategy=args.strategy,
+        n_pos=args.n_pos,
+        n_neg=args.n_neg,
+        neg_strategy=args.neg_strategy,
+        boxes=args.boxes,
+        box_jitter_mm=args.box_jitter_mm,
+        connectivity=args.connectivity,
+        seed=args.seed,
+    ).validate()
+    out = check_output_path(args.out, folder=True)
+    report = discover_cases(args.data)
+    cases = [c for c in report.cases if c.label is not None]
+    if not cases:
+        raise InputError(args.data, f"no case with a label found ({len(report.cases)} case(s) without one)")
+    names = [out / f"{c.case_id}{ext}" for c in cases for ext in ((".json", ".mrk.json") if args.slicer else (".json",))]
+    check_outputs(names, inputs=case_inputs(cases, args.data),
+                  hint="choose another --out")
+
+    written, skipped, failed = _write_prompts(cases, cfg, out, args)
 
     print(f"{out}: wrote prompts for {len(written)} case(s)"
           + (" (+ Slicer markups)" if args.slicer and written else "")

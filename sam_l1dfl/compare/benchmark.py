@@ -169,8 +169,17 @@ def tables(result: dict, main_budget: str, n_resamples: int = 2000) -> str:
     methods = result["methods"]
     by_method = {m: [r for r in runs if r.name == m and r.budget == main_budget] for m in methods}
     ref_rows = base["zero-shot"].lesions
+    groups = [(k, v) for k in STRATA_KEYS for v in STRATA_ORDER[k]]
+    lines = _overall_table(base, methods, by_method)
+    lines += _strata_table(base, methods, by_method, groups, ref_rows)
+    lines += _paired_table(base, methods, by_method, groups, ref_rows, n_resamples)
+    lines += _budget_curve_table(result, runs, methods, main_budget)
+    return "\n".join(lines)
+
+
+def _overall_table(base: dict, methods: list, by_method: dict) -> list[str]:
+    """Overall: one row per method, mean ± sd over seeds."""
     lines = []
-    # ---- overall
     head = ["method"] + [h for _k, h, _f in COLUMNS]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
@@ -192,9 +201,13 @@ def tables(result: dict, main_budget: str, n_resamples: int = 2000) -> str:
         if by_method[m]:
             lines.append(row(variant_label(m), by_method[m]))
     lines.append(row("41% SUVmax from the click", [base["threshold"]]))
-    # ---- per stratum: lesion Dice and F1 (C3)
+    return lines
+
+
+def _strata_table(base: dict, methods: list, by_method: dict, groups: list, ref_rows: list) -> list[str]:
+    """Per stratum: lesion Dice and F1 (C3)."""
+    lines = []
     lines += ["", "Per stratum (lesion Dice / F1 under C3; fine-tunes: mean over seeds):", ""]
-    groups = [(k, v) for k in STRATA_KEYS for v in STRATA_ORDER[k]]
     counts = [len(select(ref_rows, k, v)) for k, v in groups]
     lines += ["| method | " + " | ".join(f"{v} (n={n})" for (k, v), n in zip(groups, counts)) + " |",
               "|" + "---|" * (len(groups) + 1)]
@@ -213,7 +226,13 @@ def tables(result: dict, main_budget: str, n_resamples: int = 2000) -> str:
         if by_method[m]:
             lines.append(f"| {variant_label(m)} | " + " | ".join(strat_cells(by_method[m])) + " |")
     lines.append("| 41% threshold | " + " | ".join(strat_cells([base["threshold"]])) + " |")
-    # ---- paired differences
+    return lines
+
+
+def _paired_table(base: dict, methods: list, by_method: dict, groups: list, ref_rows: list,
+                  n_resamples: int) -> list[str]:
+    """Paired per-lesion lesion-Dice differences against the zero-shot start and the threshold."""
+    lines = []
     lines += ["", "Paired per-lesion lesion-Dice differences, mean [95 % CI, bootstrap over cases]:", ""]
     cols = [("all", None, None)] + [(v, k, v) for k, v in groups]
     lines += ["| difference | " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * (len(cols) + 1)]
@@ -225,7 +244,12 @@ def tables(result: dict, main_budget: str, n_resamples: int = 2000) -> str:
             cells = [_ci(paired_difference(a, [base[other].lesions], select(ref_rows, k, v), n_resamples))
                      for _lbl, k, v in cols]
             lines.append(f"| {variant_label(m)} − {other} | " + " | ".join(cells) + " |")
-    # ---- budget curve
+    return lines
+
+
+def _budget_curve_table(result: dict, runs: list, methods: list, main_budget: str) -> list[str]:
+    """Budget curve: lesion Dice per training budget (none when the benchmark ran one budget)."""
+    lines = []
     curve = result.get("curve") or []
     if curve:
         lines += ["", "Budget curve (lesion Dice on the test set; training cases × steps):", ""]
@@ -237,7 +261,7 @@ def tables(result: dict, main_budget: str, n_resamples: int = 2000) -> str:
                 rs = [r for r in runs if r.name == m and r.budget == b]
                 cells.append(_fmt(float(np.mean([r.metrics["lesion_dice"] for r in rs]))) if rs else "n/a")
             lines.append(f"| {variant_label(m)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return lines
 
 
 __all__ = ["MethodRun", "STRATA_ORDER", "VAL_SEED", "evaluate_predictions", "parse_budget", "run_benchmark", "tables"]

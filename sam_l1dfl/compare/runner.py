@@ -513,15 +513,10 @@ def _check_loss_params(loss_params: dict) -> dict:
     return out
 
 
-def plan_comparison(data: "str | os.PathLike", out: "str | os.PathLike", models: Sequence[str] = ("unet",),
-                    losses: Sequence[str] = LOSSES, seeds: int = 1, budget: str = "small", *, folds: int = 0,
-                    split_seed: int = 0, sam_checkpoint: "str | None" = None, cnn_overrides: "dict | None" = None,
-                    sam_overrides: "dict | None" = None, loss_params: "dict | None" = None,
-                    lesion_free_dice: "str | None" = None, progress: bool = True, threads: "int | None" = None,
-                    write: bool = True) -> dict:
-    """Everything a comparison will do, resolved and validated, without training: the split (and
-    folds), one spec per run with its config, the meta the report gets.  ``write=False`` writes
-    nothing (``--plan``)."""
+def _checked_plan_args(budget: str, models: Sequence[str], losses: Sequence[str], seeds: int, folds: int,
+                       lesion_free_dice: "str | None", sam_checkpoint: "str | None") -> tuple[list, list, str]:
+    """:func:`plan_comparison`'s arguments checked: the models and losses normalised, the lesion-free
+    Dice rule."""
     if budget not in BUDGETS:
         raise ConfigError(None, f"--budget must be one of {list(BUDGETS)}, got {budget!r}")
     models = [m.strip().lower() for m in models]
@@ -545,6 +540,45 @@ def plan_comparison(data: "str | os.PathLike", out: "str | os.PathLike", models:
     if SAM_MODEL in models:
         if budget == "paper" and not sam_checkpoint:
             raise ConfigError(None, "--budget paper with sam-med3d needs --sam-checkpoint (e.g. sam_med3d_turbo.pth)")
+    return models, losses, lfd
+
+
+def _run_spec(model: str, loss: str, seed: int, fold: "int | None", out: Path, budget: str, budget_cfg: dict,
+              splits: dict, sam_checkpoint: "str | None", cnn_overrides: "dict | None", sam_overrides: "dict | None",
+              lp: dict, threads: "int | None", progress: bool) -> dict:
+    """One run's spec, its config validated (before anything trains)."""
+    name = run_name(model, loss, seed, fold)
+    run_dir = (out / "runs" / name).resolve()
+    pred_dir = run_dir / "pred" if fold is None else (out / "pred" / model / loss / f"fold{fold}").resolve()
+    spec = {"name": name, "model": model, "loss": loss, "seed": seed, "fold": fold,
+            "out": str(out.resolve()), "run_dir": str(run_dir), "pred_dir": str(pred_dir),
+            "budget": budget, "budget_cfg": budget_cfg,
+            "val": splits["val"] if fold is None else splits["folds"][fold],
+            "test": splits["test"], "records": splits["records"], "sam_checkpoint": sam_checkpoint,
+            "cnn_overrides": cnn_overrides or {}, "sam_overrides": sam_overrides or {},
+            "loss_params": lp.get(loss, {}), "threads": threads}
+    # everything that defines the run except the loss-independent paths
+    spec["fingerprint"] = fingerprint({k: spec[k] for k in (
+        "model", "loss", "seed", "budget_cfg", "val", "test", "sam_checkpoint", "cnn_overrides",
+        "sam_overrides", "loss_params")})
+    spec["progress"] = progress
+    cfg = run_config(spec)  # every config validated before anything trains
+    mode = "sigmoid" if model == SAM_MODEL else "softmax"
+    spec["loss_arguments"] = loss_arguments(loss, mode, **training_loss_params(loss, cfg.loss.params))
+    return spec
+
+
+def plan_comparison(data: "str | os.PathLike", out: "str | os.PathLike", models: Sequence[str] = ("unet",),
+                    losses: Sequence[str] = LOSSES, seeds: int = 1, budget: str = "small", *, folds: int = 0,
+                    split_seed: int = 0, sam_checkpoint: "str | None" = None, cnn_overrides: "dict | None" = None,
+                    sam_overrides: "dict | None" = None, loss_params: "dict | None" = None,
+                    lesion_free_dice: "str | None" = None, progress: bool = True, threads: "int | None" = None,
+                    write: bool = True) -> dict:
+    """Everything a comparison will do, resolved and validated, without training: the split (and
+    folds), one spec per run with its config, the meta the report gets.  ``write=False`` writes
+    nothing (``--plan``)."""
+    models, losses, lfd = _checked_plan_args(budget, models, losses, seeds, folds, lesion_free_dice, sam_checkpoint)
+    b = BUDGETS[budget]
     lp = _check_loss_params(merge(b["loss_params"], _check_loss_params(loss_params or {})))
     out = Path(out)
     splits = make_splits(data, out, split_seed, b["test_fraction"], b["n_val"], folds=folds, write=write)
@@ -554,25 +588,8 @@ def plan_comparison(data: "str | os.PathLike", out: "str | os.PathLike", models:
         for loss in losses:
             for fold in (range(folds) if folds else [None]):
                 for seed in range(seeds):
-                    name = run_name(model, loss, seed, fold)
-                    run_dir = (out / "runs" / name).resolve()
-                    pred_dir = run_dir / "pred" if fold is None else (out / "pred" / model / loss / f"fold{fold}").resolve()
-                    spec = {"name": name, "model": model, "loss": loss, "seed": seed, "fold": fold,
-                            "out": str(out.resolve()), "run_dir": str(run_dir), "pred_dir": str(pred_dir),
-                            "budget": budget, "budget_cfg": budget_cfg,
-                            "val": splits["val"] if fold is None else splits["folds"][fold],
-                            "test": splits["test"], "records": splits["records"], "sam_checkpoint": sam_checkpoint,
-                            "cnn_overrides": cnn_overrides or {}, "sam_overrides": sam_overrides or {},
-                            "loss_params": lp.get(loss, {}), "threads": threads}
-                    # everything that defines the run except the loss-independent paths
-                    spec["fingerprint"] = fingerprint({k: spec[k] for k in (
-                        "model", "loss", "seed", "budget_cfg", "val", "test", "sam_checkpoint", "cnn_overrides",
-                        "sam_overrides", "loss_params")})
-                    spec["progress"] = progress
-                    cfg = run_config(spec)  # every config validated before anything trains
-                    mode = "sigmoid" if model == SAM_MODEL else "softmax"
-                    spec["loss_arguments"] = loss_arguments(loss, mode, **training_loss_params(loss, cfg.loss.params))
-                    specs.append(spec)
+                    specs.append(_run_spec(model, loss, seed, fold, out, budget, budget_cfg, splits, sam_checkpoint,
+                                           cnn_overrides, sam_overrides, lp, threads, progress))
     meta = {"budget": budget, "budget_description": b["description"], "models": models, "losses": losses,
             "seeds": seeds, "folds": folds, "split_seed": split_seed, "n_runs": len(specs), "data": str(data),
             "loss_params": lp, "lesion_free_dice": lfd, "primary_criterion": b["primary_criterion"],
@@ -586,6 +603,20 @@ def describe_plan(plan: dict) -> str:
     """The plan in words: split and folds, every run with its loss arguments, each model's full
     config, the ensemble rule, the scoring rules and the statistics the report will run."""
     meta, splits, specs = plan["meta"], plan["splits"], plan["specs"]
+    L = _plan_data_and_rules(meta, splits)
+    L.append(f"runs ({len(specs)}):")
+    for s in specs:
+        args = ", ".join(f"{k}={v}" for k, v in s["loss_arguments"].items())
+        where = f"validation fold {s['fold']}" if s["fold"] is not None else f"seed {s['seed']}"
+        L.append(f"  {s['name']}: {where}; loss {s['loss']}({args})")
+    L.append("")
+    L += _plan_model_settings(meta, specs)
+    L += _plan_statistics(meta)
+    return "\n".join(L) + "\n"
+
+
+def _plan_data_and_rules(meta: dict, splits: dict) -> list[str]:
+    """The budget, the split (and folds), the evaluation and scoring rules, the loss parameters."""
     folds = meta["folds"]
     L = [f"PLAN (nothing is trained): budget {meta['budget']}: {meta['budget_description']}",
          f"data {meta['data']}: {splits['n_cases']} labelled cases; {len(splits['test'])} test cases (fixed, split "
@@ -611,12 +642,12 @@ def describe_plan(plan: dict) -> str:
     L.append("loss parameters (per loss, on top of each loss's defaults): "
              + (", ".join(f"{k}: {v}" for k, v in meta["loss_params"].items()) or "none"))
     L.append("")
-    L.append(f"runs ({len(specs)}):")
-    for s in specs:
-        args = ", ".join(f"{k}={v}" for k, v in s["loss_arguments"].items())
-        where = f"validation fold {s['fold']}" if s["fold"] is not None else f"seed {s['seed']}"
-        L.append(f"  {s['name']}: {where}; loss {s['loss']}({args})")
-    L.append("")
+    return L
+
+
+def _plan_model_settings(meta: dict, specs: list) -> list[str]:
+    """Each model's settings and its first run's full config."""
+    L = []
     L.append("settings per model (identical for every loss and fold/seed except name, seed, data.val_cases, "
              "loss.name and loss.params):")
     for model in meta["models"]:
@@ -637,6 +668,12 @@ def describe_plan(plan: dict) -> str:
         L.append("  config (first run):")
         L += ["    " + line for line in yaml.safe_dump(cfg.to_dict(), sort_keys=False).splitlines()]
     L.append("")
+    return L
+
+
+def _plan_statistics(meta: dict) -> list[str]:
+    """The tests the report will run (none without L1DFL and a baseline)."""
+    L, folds = [], meta["folds"]
     baselines = [l for l in meta["losses"] if l != report.REFERENCE_LOSS]
     if report.REFERENCE_LOSS in meta["losses"] and baselines:
         for family, stat in report.stat_families(meta["primary_criterion"]):
@@ -650,7 +687,7 @@ def describe_plan(plan: dict) -> str:
                  + " within the body mask (sam_l1dfl.baselines)")
     else:
         L.append(f"comparisons: none ({report.REFERENCE_LOSS} and a baseline are needed)")
-    return "\n".join(L) + "\n"
+    return L
 
 
 __all__ = ["AUTHORS_LOSS_PARAMS", "BUDGETS", "CNN_MODELS", "LESION_FREE_DICE", "LOSSES", "MODELS", "PeakMemory",

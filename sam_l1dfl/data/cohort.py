@@ -105,7 +105,19 @@ def generate_cohort_case(seed: int, index: int) -> "tuple[sitk.Image, sitk.Image
     extent = np.array(shape) * spacing
     mid = extent / 2.0
 
-    # body and organs: a value map before physics
+    values, body, body_axes, organ_levels, tissue = _background_and_organs(shape, coords, extent, mid, modality, rng)
+    label, targets = _place_targets(values, coords, body, body_axes, organ_levels, shape, spacing, mid, modality, rng)
+    img = _scan_physics(values, shape, spacing, tissue, modality, rng)
+    image, seg = _to_images(img, label, spacing, rng)
+    info = {"modality": modality, "size": list(shape[::-1]), "spacing": [round(float(s), 3) for s in spacing[::-1]],
+            "targets": targets}
+    return image, seg, info
+
+
+def _background_and_organs(shape: tuple, coords: list, extent: np.ndarray, mid: np.ndarray, modality: str,
+                           rng: np.random.Generator) -> tuple:
+    """Body and organs: a value map before physics; returns it with the body mask and axes, the
+    organs' shape levels and the tissue value."""
     body_axes = extent * rng.uniform(0.42, 0.56, size=3)
     body = np.sqrt(sum(((c - m) / a) ** 2 for c, m, a in zip(coords, mid, body_axes))) <= 1.0
     if modality == "ct":
@@ -130,8 +142,13 @@ def generate_cohort_case(seed: int, index: int) -> "tuple[sitk.Image, sitk.Image
         values[inside] = organ_values()
         organs |= inside
         organ_levels.append(lv)
+    return values, body, body_axes, organ_levels, tissue
 
-    # targets
+
+def _place_targets(values: np.ndarray, coords: list, body: np.ndarray, body_axes: np.ndarray, organ_levels: list,
+                   shape: tuple, spacing: np.ndarray, mid: np.ndarray, modality: str,
+                   rng: np.random.Generator) -> "tuple[np.ndarray, list[dict]]":
+    """The targets, painted into ``values`` (in place): their label and descriptions."""
     label = np.zeros(shape, bool)
     blocked = np.zeros(shape, bool)  # targets and their 26-neighbourhood
     targets = []
@@ -166,8 +183,12 @@ def generate_cohort_case(seed: int, index: int) -> "tuple[sitk.Image, sitk.Image
         blocked |= ndimage.binary_dilation(inside, structure=np.ones((3, 3, 3), bool))
         targets.append({"kind": kind, "radius_mm": round(radius, 2), "contrast": "positive" if sign > 0 else "negative",
                         "voxels": int(inside.sum())})
+    return label, targets
 
-    # physics
+
+def _scan_physics(values: np.ndarray, shape: tuple, spacing: np.ndarray, tissue: float, modality: str,
+                  rng: np.random.Generator) -> np.ndarray:
+    """The modality's blur, noise and intensity scale."""
     if modality == "pet":
         fwhm = rng.uniform(4.0, 8.0)
         img = ndimage.gaussian_filter(values, fwhm / 2.3548 / spacing)
@@ -184,7 +205,12 @@ def generate_cohort_case(seed: int, index: int) -> "tuple[sitk.Image, sitk.Image
         img = np.hypot(img + sigma * rng.normal(size=shape), sigma * rng.normal(size=shape))
     if modality != "ct":
         img = img * float(np.exp(rng.uniform(math.log(0.05), math.log(200.0))))
+    return img
 
+
+def _to_images(img: np.ndarray, label: np.ndarray, spacing: np.ndarray,
+               rng: np.random.Generator) -> "tuple[sitk.Image, sitk.Image]":
+    """The image and its label on a (sometimes flipped) grid at a random origin."""
     direction = np.eye(3)
     if rng.random() < 0.3:
         direction = np.diag([-1.0, -1.0, 1.0])
@@ -195,9 +221,7 @@ def generate_cohort_case(seed: int, index: int) -> "tuple[sitk.Image, sitk.Image
         im.SetSpacing(tuple(float(s) for s in spacing[::-1]))  # numpy (z, y, x) -> ITK (x, y, z)
         im.SetOrigin(tuple(float(o) for o in origin))
         im.SetDirection(tuple(float(v) for v in direction.ravel()))
-    info = {"modality": modality, "size": list(shape[::-1]), "spacing": [round(float(s), 3) for s in spacing[::-1]],
-            "targets": targets}
-    return image, seg, info
+    return image, seg
 
 
 def generate_cohort(out_dir: "str | Path", n_cases: int, seed: int = 0) -> Path:

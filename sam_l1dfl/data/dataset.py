@@ -32,8 +32,6 @@ Items are dicts:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -42,12 +40,12 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from sam_l1dfl.data.crop_cache import CACHE_VERSION, CropCache
 from sam_l1dfl.data.geometry import CropGeometry, image_index_to_world, resample_to_crop
 from sam_l1dfl.data.io import Case, CaseRecord, load_case
 from sam_l1dfl.data.lesions import find_lesions, label_components
 from sam_l1dfl.data.preprocess import IntensityConfig, normalize_channels, raw_crop
 from sam_l1dfl.errors import InputError
-from sam_l1dfl.io_utils import atomic_path, sha256_file, write_json_atomic
 from sam_l1dfl.progress import progress as show_progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,7 +56,6 @@ try:  # torch is always installed; keep the import cheap to reason about
 except ImportError:  # pragma: no cover
     _TorchDataset = object
 
-CACHE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -181,45 +178,25 @@ class LesionCropDataset(_TorchDataset):
                 raise InputError(r.pet, f"case {r.case_id} has no label; the lesion-crop dataset needs labels")
             if self.cfg.needs_ct and r.ct is None:
                 raise InputError(r.pet, f"case {r.case_id} has no CT but input_mode is {self.cfg.input_mode!r}")
-        self._hashes: dict[str, dict[str, str]] = {}
+        self.cache = CropCache(self.cache_dir, self.cfg, self.connectivity, self.cluster_mm, self.margin)
         self._memo: tuple[str, Case, Any, np.ndarray] | None = None
         self.specs: list[CropSpec] = self._build_index()
 
     # -------------------------------------------------------------- index
-    def _file_hashes(self, rec: CaseRecord) -> dict[str, str]:
-        if rec.case_id not in self._hashes:
-            h = {"pet": sha256_file(rec.pet), "label": sha256_file(rec.label)}
-            if self.cfg.needs_ct:
-                h["ct"] = sha256_file(rec.ct)
-            self._hashes[rec.case_id] = h
-        return self._hashes[rec.case_id]
-
-    def _key(self, rec: CaseRecord, extra: Mapping[str, Any]) -> str:
-        payload = {"v": CACHE_VERSION, "files": self._file_hashes(rec), "cfg": self.cfg.to_dict(),
-                   "connectivity": self.connectivity, "cluster_mm": self.cluster_mm, **extra}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
     def _build_index(self) -> list[CropSpec]:
         specs: list[CropSpec] = []
         it = show_progress(self.records.values(), desc="indexing lesions", unit="case", enabled=self.progress)
         for rec in it:
-            cached = None
-            path = None
-            if self.cache_dir is not None:
-                path = self.cache_dir / f"index-{self._key(rec, {'what': 'index', 'margin': self.margin})}.json"
-                if path.is_file():
-                    try:
-                        cached = [CropSpec.from_dict(d) for d in json.loads(path.read_text())["crops"]]
-                        self.stats["index_from_cache"] += 1
-                    except (OSError, ValueError, KeyError):
-                        cached = None
+            path = self.cache.index_path(rec)
+            cached = self.cache.read_index(path, CropSpec.from_dict)
+            if cached is not None:
+                self.stats["index_from_cache"] += 1
             if cached is None:
                 case, _, _ = self._load(rec)
 
                 lesions = find_lesions(case.label, case.pet, self.connectivity)
                 cached = plan_crops(rec.case_id, case.label, lesions, self.cfg, self.cluster_mm, self.margin)
-                if path is not None:
-                    write_json_atomic(path, {"case_id": rec.case_id, "crops": [s.to_dict() for s in cached]})
+                self.cache.write_index(path, rec.case_id, cached)
             if not cached:
                 self.notes.append(f"{rec.case_id}: no lesions in {rec.label} (no crops)")
             specs += cached
@@ -242,13 +219,6 @@ class LesionCropDataset(_TorchDataset):
     def _geometry(self, spec: CropSpec) -> CropGeometry:
         return self.cfg.geometry_at(spec.center_lps)
 
-    def _cache_path(self, spec: CropSpec) -> Path | None:
-        if self.cache_dir is None:
-            return None
-        rec = self.records[spec.case_id]
-        key = self._key(rec, {"what": "crop", "margin": self.margin, "crop": spec.to_dict()})
-        return self.cache_dir / spec.case_id[:64].replace(os.sep, "_") / f"crop-{key[:32]}.npz"
-
     def _build(self, spec: CropSpec) -> dict[str, np.ndarray]:
         case, comp_img, comp_arr = self._load(self.records[spec.case_id])
         big = self._geometry(spec).enlarged(self.margin)
@@ -260,19 +230,13 @@ class LesionCropDataset(_TorchDataset):
         return {"raw": raw, "target": target, "all": allm, "bbox": bbox.astype(np.int64)}
 
     def _get_arrays(self, spec: CropSpec) -> dict[str, np.ndarray]:
-        path = self._cache_path(spec)
-        if path is not None and path.is_file():
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    out = {k: z[k] for k in ("raw", "target", "all", "bbox")}
-                self.stats["crops_from_cache"] += 1
-                return out
-            except (OSError, ValueError, KeyError):
-                pass  # corrupt cache entry: rebuild it
+        path = self.cache.crop_path(self.records[spec.case_id], spec)
+        out = self.cache.read_crop(path)  # None for a corrupt entry too: rebuilt
+        if out is not None:
+            self.stats["crops_from_cache"] += 1
+            return out
         arrays = self._build(spec)
-        if path is not None:
-            with atomic_path(path, suffix=".npz") as tmp:
-                np.savez_compressed(tmp, **arrays)
+        self.cache.write_crop(path, arrays)
         return arrays
 
     def precompute(self) -> None:

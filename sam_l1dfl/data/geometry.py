@@ -77,8 +77,49 @@ _CUBE = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], dt
 
 
 # ---------------------------------------------------------------------- the grid type
+class _GridExtent:
+    """The extent part of :class:`Grid`: its voxel extent and boxes in world and index space (a
+    mixin: ``self`` is the grid)."""
+
+    def extent_corners(self) -> np.ndarray:
+        """The 8 corners of the voxel extent (indices -0.5 and size - 0.5) in LPS mm, (8, 3)."""
+        return self.index_to_world(_CUBE * np.asarray(self.size, dtype=float) - 0.5)
+
+    def world_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Axis-aligned LPS box (min, max) around the voxel extent."""
+        w = self.extent_corners()
+        return w.min(axis=0), w.max(axis=0)
+
+    def overlaps(self, other: "Grid") -> bool:
+        """Whether the world boxes (:meth:`world_bounds`) of the two grids intersect."""
+        alo, ahi = self.world_bounds()
+        blo, bhi = other.world_bounds()
+        return bool(np.all(alo <= bhi) and np.all(blo <= ahi))
+
+    def index_box(self, world, pad: int = 0) -> "tuple[np.ndarray, np.ndarray] | None":
+        """Inclusive voxel-index box ``(lo, hi)`` covering the LPS points ``world`` (N, 3), grown
+        by ``pad`` voxels and clipped to the grid; None when it misses the grid."""
+        idx = np.atleast_2d(self.world_to_index(world))
+        lo = np.maximum(np.floor(idx.min(0)).astype(np.int64) - pad, 0)
+        hi = np.minimum(np.ceil(idx.max(0)).astype(np.int64) + pad, np.asarray(self.size) - 1)
+        if np.any(hi < lo):
+            return None
+        return lo, hi
+
+    @staticmethod
+    def array_slices(lo, hi) -> tuple[slice, slice, slice]:
+        """numpy ``(z, y, x)`` slices of the inclusive index box ``lo..hi`` (given as (i, j, k))."""
+        return tuple(slice(int(lo[a]), int(hi[a]) + 1) for a in (2, 1, 0))
+
+    def subgrid(self, lo, hi) -> "Grid":
+        """The grid of voxels ``lo..hi`` (inclusive (i, j, k)): same lattice, smaller size."""
+        lo = np.asarray(lo, dtype=np.int64)
+        size = np.asarray(hi, dtype=np.int64) - lo + 1
+        return Grid(tuple(size), self.spacing, tuple(self.index_to_world(lo.astype(float))), self.direction)
+
+
 @dataclass(frozen=True)
-class Grid:
+class Grid(_GridExtent):
     """A 3D voxel grid in LPS millimetres: ``world = origin + direction @ (spacing * index)``.
 
     ``size`` is (i, j, k) (numpy arrays of the grid are ``(k, j, i)``, :attr:`array_shape`);
@@ -180,43 +221,6 @@ class Grid:
     def contains_world(self, world, margin: float = 0.0):
         """:meth:`contains_index` for LPS points."""
         return self.contains_index(self.world_to_index(world), margin)
-
-    # ------------------------------------------------------------------ extent
-    def extent_corners(self) -> np.ndarray:
-        """The 8 corners of the voxel extent (indices -0.5 and size - 0.5) in LPS mm, (8, 3)."""
-        return self.index_to_world(_CUBE * np.asarray(self.size, dtype=float) - 0.5)
-
-    def world_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Axis-aligned LPS box (min, max) around the voxel extent."""
-        w = self.extent_corners()
-        return w.min(axis=0), w.max(axis=0)
-
-    def overlaps(self, other: "Grid") -> bool:
-        """Whether the world boxes (:meth:`world_bounds`) of the two grids intersect."""
-        alo, ahi = self.world_bounds()
-        blo, bhi = other.world_bounds()
-        return bool(np.all(alo <= bhi) and np.all(blo <= ahi))
-
-    def index_box(self, world, pad: int = 0) -> "tuple[np.ndarray, np.ndarray] | None":
-        """Inclusive voxel-index box ``(lo, hi)`` covering the LPS points ``world`` (N, 3), grown
-        by ``pad`` voxels and clipped to the grid; None when it misses the grid."""
-        idx = np.atleast_2d(self.world_to_index(world))
-        lo = np.maximum(np.floor(idx.min(0)).astype(np.int64) - pad, 0)
-        hi = np.minimum(np.ceil(idx.max(0)).astype(np.int64) + pad, np.asarray(self.size) - 1)
-        if np.any(hi < lo):
-            return None
-        return lo, hi
-
-    @staticmethod
-    def array_slices(lo, hi) -> tuple[slice, slice, slice]:
-        """numpy ``(z, y, x)`` slices of the inclusive index box ``lo..hi`` (given as (i, j, k))."""
-        return tuple(slice(int(lo[a]), int(hi[a]) + 1) for a in (2, 1, 0))
-
-    def subgrid(self, lo, hi) -> "Grid":
-        """The grid of voxels ``lo..hi`` (inclusive (i, j, k)): same lattice, smaller size."""
-        lo = np.asarray(lo, dtype=np.int64)
-        size = np.asarray(hi, dtype=np.int64) - lo + 1
-        return Grid(tuple(size), self.spacing, tuple(self.index_to_world(lo.astype(float))), self.direction)
 
     # ------------------------------------------------------------------ SimpleITK
     def stamp(self, image: "sitk.Image") -> "sitk.Image":

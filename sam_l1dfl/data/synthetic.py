@@ -343,13 +343,26 @@ _PROFILE_Y = [0, 0, 5, 5, 5, 5, 5, 10, 20, 25, 20, 10]
 
 
 def _build_anatomy(an: _Anatomy, lab: np.ndarray) -> dict[str, Any]:
-    """Fill the organ label map; return geometry needed for lesions and textures."""
-    L = ORGAN_LABELS
-    p, rng = an.p, an.rng
-    g = an.g
+    """Fill the organ label map; return geometry needed for lesions and textures (an organ family
+    at a time, in this order: the draws of ``an.rng`` follow it)."""
     out: dict[str, Any] = {}
+    _body(an, lab)
+    _chest_and_vessels(an, lab, out)
+    _bones(an, lab, out)
+    _liver_spleen_kidneys(an, lab, out)
+    _bowel_bladder_ureters(an, lab, out)
+    _glands(an, lab)
+    return out
 
-    # body contour + subcutaneous fat (trunk, neck, head) -------------------------------
+
+def _inside(cur: np.ndarray) -> np.ndarray:
+    """Inside the body: where a label map is not background."""
+    return cur != ORGAN_LABELS["background"]
+
+
+def _body(an: _Anatomy, lab: np.ndarray) -> None:
+    """Body contour + subcutaneous fat (trunk, neck, head), and the thighs."""
+    L, p, g = ORGAN_LABELS, an.p, an.g
     sl = tuple(slice(0, n) for n in g.array_shape)
     X, Y, Z = an.u_coords(sl)
     a = _interp(Z, _PROFILE_Z, _PROFILE_A) * np.float32(p["body_w"])
@@ -374,9 +387,11 @@ def _build_anatomy(an: _Anatomy, lab: np.ndarray) -> dict[str, Any]:
     lab[body] = L["soft_tissue"]
     lab[fat & body] = L["fat"]
     del X, Y, Z, a, b, yc, r, fat, thighs, trunk
-    inside = lambda cur: cur != L["background"]  # noqa: E731
 
-    # lungs, heart, vessels ---------------------------------------------------------------
+
+def _chest_and_vessels(an: _Anatomy, lab: np.ndarray, out: dict) -> None:
+    """Lungs, heart, vessels (``out``: the aorta's lower part and the iliac arteries)."""
+    L, p, inside = ORGAN_LABELS, an.p, _inside
     lg = p["lung"]
     for sx in (-1, 1):
         an.ellipsoid(lab, L["lung"], (sx * 78, 20, 470), (62 * lg, 80 * lg, 135 * lg), where=inside)
@@ -394,7 +409,10 @@ def _build_anatomy(an: _Anatomy, lab: np.ndarray) -> dict[str, Any]:
         iliac[name] = pts
     out["aorta"], out["iliac"] = aorta[3:], iliac
 
-    # bones -------------------------------------------------------------------------------
+
+def _bones(an: _Anatomy, lab: np.ndarray, out: dict) -> None:
+    """Spine (``out["spine"]``), pelvis, femora and ribs."""
+    L, inside = ORGAN_LABELS, _inside
     # spine: vertebral bodies with discs, plus posterior elements
     zs = np.array([60, 140, 330, 560, 640, 700], float)
     ys = np.array([70, 55, 60, 75, 40, 30], float)
@@ -432,7 +450,10 @@ def _build_anatomy(an: _Anatomy, lab: np.ndarray) -> dict[str, Any]:
         cur = lab[sl]
         cur[ribs & (cur != L["background"])] = L["bone_other"]
 
-    # abdominal organs --------------------------------------------------------------------
+
+def _liver_spleen_kidneys(an: _Anatomy, lab: np.ndarray, out: dict) -> None:
+    """Liver, spleen and kidneys (``out``: the kidneys, their heights and the ureters' paths)."""
+    L, p = ORGAN_LABELS, an.p
     lv = p["liver"]
     hepatic = lambda cur: (cur != L["background"]) & (cur != L["lung"]) & (cur != L["bone_spine"])  # noqa
     an.ellipsoid(lab, L["liver"], (-60, 0, 290), (100 * lv, 85 * lv, 80 * lv), R=_rotation("y", -25),
@@ -453,6 +474,12 @@ def _build_anatomy(an: _Anatomy, lab: np.ndarray) -> dict[str, Any]:
                         [sx * 60, 15, 70], [sx * 40, -10, 40], [sx * 18, -25, 40]])
         ureters[name] = pts
     out["kidneys"], out["ureters"] = kidneys, ureters
+
+
+def _bowel_bladder_ureters(an: _Anatomy, lab: np.ndarray, out: dict) -> None:
+    """Bowel (a thresholded random field, ``out["bowel_field"]``), bladder and ureters."""
+    L, p, rng, g = ORGAN_LABELS, an.p, an.rng, an.g
+    ureters = out["ureters"]
     # bowel: thresholded smooth random field in the abdomen, outside other organs
     sl, (X, Y, Z) = an.crop(np.array([-140, -100, 80]), np.array([140, 60, 240]))
     if sl is not None:
@@ -478,6 +505,11 @@ def _build_anatomy(an: _Anatomy, lab: np.ndarray) -> dict[str, Any]:
         out["ureter_slices"][name] = an.tube(
             lab, L["ureter"], pts, 4.0 / an.s,
             where=lambda cur: np.isin(cur, [L["soft_tissue"], L["fat"], L["bowel"]]))
+
+
+def _glands(an: _Anatomy, lab: np.ndarray) -> None:
+    """Salivary and lacrimal glands."""
+    L, inside = ORGAN_LABELS, _inside
     # salivary glands
     for sx in (-1, 1):
         an.ellipsoid(lab, L["parotid"], (sx * 50, 15, 705), (14, 24, 26), where=inside)
@@ -485,7 +517,6 @@ def _build_anatomy(an: _Anatomy, lab: np.ndarray) -> dict[str, Any]:
         # lacrimal glands (superolateral orbit): above the default field of view, which ends at
         # the skull base like autoPET's; present when a grid reaches that high
         an.ellipsoid(lab, L["lacrimal"], (sx * 35, -60, 745), (10, 6, 5), where=inside)
-    return out
 
 
 # ----------------------------------------------------------------------------- values
@@ -594,19 +625,21 @@ def _occupancy(g: Grid, sl, c_w, shape, allowed: np.ndarray, volume_ml: float) -
     return occ, centre
 
 
-def _lesion_site(an: _Anatomy, lab: np.ndarray, anat: dict, loc: str, R: float, rng: np.random.Generator,
-                 organ_vox: dict) -> "tuple[np.ndarray, str] | None":
-    """World centre and site description of a new lesion at ``loc`` (None when none is found)."""
-    g = an.g
-    L = ORGAN_LABELS
+class _SiteDraws:
+    """The ways of drawing the world centre of a lesion of radius ``R`` (mm), from ``rng``."""
 
-    def random_voxel(flat_idx):
+    def __init__(self, an: _Anatomy, R: float, rng: np.random.Generator):
+        self.an, self.R, self.rng = an, R, rng
+
+    def random_voxel(self, flat_idx):
         if flat_idx.size == 0:
             return None
+        g, rng = self.an.g, self.rng
         kji = np.unravel_index(int(flat_idx[rng.integers(flat_idx.size)]), g.array_shape)
         return g.index_to_world(np.array(kji[::-1], float))
 
-    def beside(pts, gap_u):
+    def beside(self, pts, gap_u):
+        an, R, rng = self.an, self.R, self.rng
         seg = int(rng.integers(len(pts) - 1))
         base = pts[seg] + rng.uniform(0.1, 0.9) * (pts[seg + 1] - pts[seg])
         v = rng.standard_normal(3)
@@ -614,15 +647,21 @@ def _lesion_site(an: _Anatomy, lab: np.ndarray, anat: dict, loc: str, R: float, 
         v /= np.linalg.norm(v)
         return an.w(base) + v * (gap_u * an.s + R * rng.uniform(0.6, 1.0) + rng.uniform(1.0, 4.0))
 
-    def next_to_organ(c_u, a_u):
+    def next_to_organ(self, c_u, a_u):
         """On the surface of an ellipsoidal organ (centre, semi-axes in patient mm), 1-4 mm off."""
+        an, R, rng = self.an, self.R, self.rng
         v = rng.standard_normal(3)
         v /= np.linalg.norm(v)
         surf = an.w(np.asarray(c_u) + v * np.asarray(a_u))
         return surf + v * (R * rng.uniform(0.7, 1.0) + rng.uniform(1.0, 4.0))
 
+
+def _lesion_site(an: _Anatomy, lab: np.ndarray, anat: dict, loc: str, R: float, rng: np.random.Generator,
+                 organ_vox: dict) -> "tuple[np.ndarray, str] | None":
+    """World centre and site description of a new lesion at ``loc`` (None when none is found)."""
+    draw = _SiteDraws(an, R, rng)
     if loc in ("bone_pelvis", "bone_spine", "bone_rib"):
-        c_w = random_voxel(organ_vox[loc])
+        c_w = draw.random_voxel(organ_vox[loc])
         if c_w is None:
             return None
         u = (c_w - an.ref) / an.s
@@ -630,36 +669,43 @@ def _lesion_site(an: _Anatomy, lab: np.ndarray, anat: dict, loc: str, R: float, 
                 "bone_spine": "lumbar" if u[2] < 300 else "thoracic/cervical", "bone_rib": "rib"}[loc]
         return c_w, site
     if loc == "liver":
-        c_w = random_voxel(organ_vox["liver"])
+        c_w = draw.random_voxel(organ_vox["liver"])
         return None if c_w is None else (c_w, "liver")
+    if loc in ("node_pelvic", "node_retroperitoneal", "node_mesenteric", "node_cervical"):
+        return _node_site(an, anat, loc, R, rng, organ_vox, draw)
+    # prostate bed, under the bladder
+    bl = anat["bladder"]
+    u = np.array([rng.uniform(-18, 18), bl["c"][1] + rng.uniform(5, 25), bl["c"][2] - bl["a"][2] - rng.uniform(-5, 12)])
+    return an.w(u), "prostate bed"
+
+
+def _node_site(an: _Anatomy, anat: dict, loc: str, R: float, rng: np.random.Generator, organ_vox: dict,
+               draw: _SiteDraws) -> "tuple[np.ndarray, str] | None":
+    """:func:`_lesion_site` of a lymph node (``loc`` ``node_*``)."""
     if loc == "node_pelvic":
         side = "left" if rng.random() < 0.5 else "right"
         if rng.random() < 0.35:  # next to the ureter (a classic false-positive trap)
-            return beside(anat["ureters"][side][2:], 3.5 / an.s), f"{side} pelvic, beside ureter"
-        return beside(anat["iliac"][side][1:], 6.0), f"{side} iliac"
+            return draw.beside(anat["ureters"][side][2:], 3.5 / an.s), f"{side} pelvic, beside ureter"
+        return draw.beside(anat["iliac"][side][1:], 6.0), f"{side} iliac"
     if loc == "node_retroperitoneal":
         if rng.random() < 0.4:  # at the renal hilum, next to the kidney
             side, sx = ("left", 1) if rng.random() < 0.5 else ("right", -1)
             zc = anat["kidney_z"][side]
-            return next_to_organ((sx * 33, 48, zc), (6, 10, 25)), f"{side} renal hilum"
-        return beside(anat["aorta"], 11.0), "para-aortic"
+            return draw.next_to_organ((sx * 33, 48, zc), (6, 10, 25)), f"{side} renal hilum"
+        return draw.beside(anat["aorta"], 11.0), "para-aortic"
     if loc == "node_mesenteric":
-        c_w = random_voxel(organ_vox["bowel"])
+        c_w = draw.random_voxel(organ_vox["bowel"])
         if c_w is None:
             return None
         v = rng.standard_normal(3)
         v /= np.linalg.norm(v)
         return c_w + v * (R * rng.uniform(0.8, 1.1) + rng.uniform(3.0, 8.0)), "mesenteric, beside bowel"
-    if loc == "node_cervical":
-        sx = 1 if rng.random() < 0.5 else -1
-        side = "left" if sx > 0 else "right"
-        if rng.random() < 0.6:
-            return next_to_organ((sx * 30, -5, 660), (15, 15, 12)), f"{side} cervical level II, beside submandibular gland"
-        return next_to_organ((sx * 50, 15, 705), (14, 24, 26)), f"{side} cervical, beside parotid"
-    # prostate bed, under the bladder
-    bl = anat["bladder"]
-    u = np.array([rng.uniform(-18, 18), bl["c"][1] + rng.uniform(5, 25), bl["c"][2] - bl["a"][2] - rng.uniform(-5, 12)])
-    return an.w(u), "prostate bed"
+    # node_cervical
+    sx = 1 if rng.random() < 0.5 else -1
+    side = "left" if sx > 0 else "right"
+    if rng.random() < 0.6:
+        return draw.next_to_organ((sx * 30, -5, 660), (15, 15, 12)), f"{side} cervical level II, beside submandibular gland"
+    return draw.next_to_organ((sx * 50, 15, 705), (14, 24, 26)), f"{side} cervical, beside parotid"
 
 
 def _lesion_size_and_suvmax(loc: str, rng: np.random.Generator, suv: dict) -> tuple[float, float]:
@@ -681,6 +727,21 @@ def _lesion_size_and_suvmax(loc: str, rng: np.random.Generator, suv: dict) -> tu
     return d, target
 
 
+def _organ_voxels(an: _Anatomy, lab: np.ndarray) -> dict[str, np.ndarray]:
+    """Flat indices of the voxels a lesion centre is drawn from, per location (ribs: bone_other
+    above the pelvis, not the femora)."""
+    L, g = ORGAN_LABELS, an.g
+    flat = lab.ravel()
+    organ_vox = {k: np.flatnonzero(flat == L[k]) for k in ("bone_spine", "bone_pelvis", "liver", "bowel")}
+    ribs = np.flatnonzero(flat == L["bone_other"])
+    if ribs.size:  # ribs: bone_other above the pelvis (not the femora)
+        kk = np.unravel_index(ribs, g.array_shape)
+        zw = np.stack([kk[2], kk[1], kk[0]], 1).astype(float) @ g.matrix.T + g.origin
+        ribs = ribs[((zw - an.ref) / an.s)[:, 2] > 300]
+    organ_vox["bone_rib"] = ribs
+    return organ_vox
+
+
 def _place_lesions(an: _Anatomy, lab: np.ndarray, anat: dict, n: int, rng: np.random.Generator,
                    suv: dict) -> tuple[np.ndarray, list[dict], list[float]]:
     """Place ``n`` lesions; return the instance map, per-lesion dicts (with the partial-volume
@@ -693,14 +754,7 @@ def _place_lesions(an: _Anatomy, lab: np.ndarray, anat: dict, n: int, rng: np.ra
     soft_ok = np.array([L["soft_tissue"], L["fat"]])
     bone_ok = np.array([L["bone_spine"], L["bone_pelvis"], L["bone_other"], L["soft_tissue"], L["fat"]])
     liver_ok = np.array([L["liver"]])
-    flat = lab.ravel()
-    organ_vox = {k: np.flatnonzero(flat == L[k]) for k in ("bone_spine", "bone_pelvis", "liver", "bowel")}
-    ribs = np.flatnonzero(flat == L["bone_other"])
-    if ribs.size:  # ribs: bone_other above the pelvis (not the femora)
-        kk = np.unravel_index(ribs, g.array_shape)
-        zw = np.stack([kk[2], kk[1], kk[0]], 1).astype(float) @ g.matrix.T + g.origin
-        ribs = ribs[((zw - an.ref) / an.s)[:, 2] > 300]
-    organ_vox["bone_rib"] = ribs
+    organ_vox = _organ_voxels(an, lab)
     targets: list[float] = []
     ball = ndimage.generate_binary_structure(3, 3)
     names = list(LOCATION_PROBABILITY)
@@ -803,9 +857,57 @@ def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False
     lab = np.zeros(grid.array_shape, np.uint8)
     anat = _build_anatomy(an, lab)
     suv, hu = _organ_values(rng_val)
-    L = ORGAN_LABELS
+    act, ct = _tissue_maps(lab, anat, suv, hu, rng_val)
 
-    # activity and CT from the label map -------------------------------------------------
+    # lesions ------------------------------------------------------------------------------
+    if n_lesions is None:
+        n_lesions = 0 if rng.random() < 0.15 else int(1 + rng.binomial(11, 0.3))
+    inst, lesions, targets = _place_lesions(an, lab, anat, int(n_lesions), rng_les, suv)
+    fwhm = float(rng_val.uniform(*PSF_FWHM_MM))
+    sigma_vox = fwhm * _FWHM_TO_SIGMA / np.asarray(grid.spacing[::-1])  # numpy (z, y, x) order
+    host = act.copy()  # the activity of the tissue each lesion sits in, before any lesion
+    for les, target in zip(lesions, targets):
+        _paint_lesion(les, target, act, ct, host, inst, grid, sigma_vox, rng_val)
+
+    pet, counts, k_noise = _pet_physics(act, grid, sigma_vox, rng_val, rng_noise)
+    ct = _ct_physics(ct, grid, rng_noise)
+    seg = (inst > 0).astype(np.uint8)
+    final = _measure_lesions(lesions, inst, lab, pet, grid)
+    # renumber instances consecutively (they already are: 1..n)
+    info = _case_info(direction, full_size, scale, fwhm, k_noise, counts, suv, hu, grid, t0)
+    return SyntheticCase(
+        case_id=case_id, seed=int(seed), pet=grid.image_from_array(pet), ct=grid.image_from_array(ct),
+        seg=grid.image_from_array(seg), organs=grid.image_from_array(lab), lesions=final, info=info, instances=inst)
+
+
+def _case_info(direction: str, full_size: bool, scale: float, fwhm: float, k_noise: float, counts: float,
+               suv: dict, hu: dict, grid: Grid, t0: float) -> dict[str, Any]:
+    """The case's ``info``: how it was made (geometry, organ values, PET physics, time taken)."""
+    return {
+        "direction_kind": direction,
+        "full_size": bool(full_size),
+        "anatomy_scale": scale,
+        "psf_fwhm_mm": round(fwhm, 3),
+        "noise_k": round(k_noise, 4),
+        "count_level": round(counts, 4),
+        "organ_suv": {k: round(v, 3) for k, v in suv.items()},
+        "organ_hu": {k: round(v, 1) for k, v in hu.items()},
+        "geometry": {
+            "size": list(grid.size),
+            "spacing": [float(v) for v in grid.spacing],
+            "origin": [round(float(v), 4) for v in grid.origin],
+            "direction": [round(float(v), 8) for v in grid.direction],
+        },
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def _tissue_maps(lab: np.ndarray, anat: dict, suv: dict, hu: dict,
+                 rng_val: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Activity and CT from the label map, with textures: bowel patchy 2-10, kidney cortex vs
+    medulla, ureter peristalsis, bone cortex (draws from ``rng_val``: the ureter phases, then the
+    cortex HU)."""
+    L = ORGAN_LABELS
     lut_suv = np.zeros(256, np.float32)
     lut_hu = np.full(256, -1000.0, np.float32)
     for name, v in L.items():
@@ -813,7 +915,6 @@ def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False
         lut_hu[v] = hu[name]
     act = lut_suv[lab]
     ct = lut_hu[lab]
-    # textures: bowel patchy 2-10, kidney cortex vs medulla, ureter peristalsis, bone cortex
     if "bowel_field" in anat:
         sl, f2 = anat["bowel_field"]
         m = lab[sl] == L["bowel"]
@@ -837,44 +938,46 @@ def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False
     bone = np.isin(lab, [L[b] for b in BONE_LABELS])
     cortex = bone & ~ndimage.binary_erosion(bone)
     ct[cortex] = float(rng_val.uniform(900, 1200))
+    return act, ct
 
-    # lesions ------------------------------------------------------------------------------
-    if n_lesions is None:
-        n_lesions = 0 if rng.random() < 0.15 else int(1 + rng.binomial(11, 0.3))
-    inst, lesions, targets = _place_lesions(an, lab, anat, int(n_lesions), rng_les, suv)
-    fwhm = float(rng_val.uniform(*PSF_FWHM_MM))
-    sigma_vox = fwhm * _FWHM_TO_SIGMA / np.asarray(grid.spacing[::-1])  # numpy (z, y, x) order
-    host = act.copy()  # the activity of the tissue each lesion sits in, before any lesion
-    for les, target in zip(lesions, targets):
-        sl, occ = les["_slices"], les["_occ"]
-        m = inst[sl] == les["index"]
-        bg = float(np.median(host[sl][m])) if m.any() else 1.0
-        # texture inside the lesion: brighter core, smooth heterogeneity, sometimes a necrotic core
-        f = np.broadcast_to(np.asarray(les["_f"]), occ.shape)
-        tex = (1.12 - 0.25 * np.clip(f, 0, 1.2)) * np.clip(
-            1.0 + 0.2 * _smooth_field(occ.shape, 1.0, rng_val), 0.5, 1.6)
-        necrotic = m.sum() * float(np.prod(grid.spacing)) / 1000.0 >= NECROSIS_MIN_ML and \
-            rng_val.random() < NECROSIS_PROBABILITY
-        if necrotic:
-            tex = np.where(f < float(rng_val.uniform(0.45, 0.65)), tex * float(rng_val.uniform(0.15, 0.4)), tex)
-        # partial-volume recovery of this lesion alone (occupancy x texture through the PSF), to
-        # aim the measured SUVmax at the target
-        pad = tuple(slice(max(s.start - 4, 0), min(s.stop + 4, n)) for s, n in zip(sl, grid.array_shape))
-        ind = np.zeros(tuple(p.stop - p.start for p in pad), np.float32)
-        inner = tuple(slice(s.start - p.start, s.stop - p.start) for s, p in zip(sl, pad))
-        ind[inner] = occ * tex
-        rc = float(ndimage.gaussian_filter(ind, sigma_vox, mode="constant").max())
-        uptake = min(bg + (target - bg) / max(rc, 1e-3), 3.0 * target)
-        act[sl] = (act[sl] * (1.0 - occ) + occ * uptake * tex).astype(np.float32)
-        les.update({"uptake_suv": round(float(uptake), 3), "host_suv": round(bg, 3), "necrotic": bool(necrotic)})
-        if les["location"].startswith("bone"):
-            ct[sl][m] = np.maximum(ct[sl][m], float(rng_val.uniform(450, 950)))
-        elif les["location"] == "liver":
-            ct[sl][m] = ct[sl][m] - float(rng_val.uniform(10, 25))  # hypodense on CT
-        else:
-            ct[sl][m] = float(rng_val.uniform(30, 50))
 
-    # PET physics: PSF blur of the partial-volume activity, count-dependent correlated noise -----
+def _paint_lesion(les: dict, target: float, act: np.ndarray, ct: np.ndarray, host: np.ndarray, inst: np.ndarray,
+                  grid: Grid, sigma_vox: np.ndarray, rng_val: np.random.Generator) -> None:
+    """One lesion's activity (aimed at its target SUVmax through the PSF) and CT, in place; adds
+    ``uptake_suv``, ``host_suv`` and ``necrotic`` to ``les``."""
+    sl, occ = les["_slices"], les["_occ"]
+    m = inst[sl] == les["index"]
+    bg = float(np.median(host[sl][m])) if m.any() else 1.0
+    # texture inside the lesion: brighter core, smooth heterogeneity, sometimes a necrotic core
+    f = np.broadcast_to(np.asarray(les["_f"]), occ.shape)
+    tex = (1.12 - 0.25 * np.clip(f, 0, 1.2)) * np.clip(
+        1.0 + 0.2 * _smooth_field(occ.shape, 1.0, rng_val), 0.5, 1.6)
+    necrotic = m.sum() * float(np.prod(grid.spacing)) / 1000.0 >= NECROSIS_MIN_ML and \
+        rng_val.random() < NECROSIS_PROBABILITY
+    if necrotic:
+        tex = np.where(f < float(rng_val.uniform(0.45, 0.65)), tex * float(rng_val.uniform(0.15, 0.4)), tex)
+    # partial-volume recovery of this lesion alone (occupancy x texture through the PSF), to
+    # aim the measured SUVmax at the target
+    pad = tuple(slice(max(s.start - 4, 0), min(s.stop + 4, n)) for s, n in zip(sl, grid.array_shape))
+    ind = np.zeros(tuple(p.stop - p.start for p in pad), np.float32)
+    inner = tuple(slice(s.start - p.start, s.stop - p.start) for s, p in zip(sl, pad))
+    ind[inner] = occ * tex
+    rc = float(ndimage.gaussian_filter(ind, sigma_vox, mode="constant").max())
+    uptake = min(bg + (target - bg) / max(rc, 1e-3), 3.0 * target)
+    act[sl] = (act[sl] * (1.0 - occ) + occ * uptake * tex).astype(np.float32)
+    les.update({"uptake_suv": round(float(uptake), 3), "host_suv": round(bg, 3), "necrotic": bool(necrotic)})
+    if les["location"].startswith("bone"):
+        ct[sl][m] = np.maximum(ct[sl][m], float(rng_val.uniform(450, 950)))
+    elif les["location"] == "liver":
+        ct[sl][m] = ct[sl][m] - float(rng_val.uniform(10, 25))  # hypodense on CT
+    else:
+        ct[sl][m] = float(rng_val.uniform(30, 50))
+
+
+def _pet_physics(act: np.ndarray, grid: Grid, sigma_vox: np.ndarray, rng_val: np.random.Generator,
+                 rng_noise: np.random.Generator) -> tuple[np.ndarray, float, float]:
+    """PET physics: PSF blur of the partial-volume activity, count-dependent correlated noise;
+    returns the PET, the scan's relative count level and the noise factor."""
     pet = ndimage.gaussian_filter(act, sigma_vox, mode="nearest")
     noise = rng_noise.standard_normal(grid.array_shape, dtype=np.float32)
     noise = ndimage.gaussian_filter(noise, 0.8)
@@ -883,16 +986,23 @@ def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False
     k_noise = NOISE_K / counts  # noise variance = k * SUV: Poisson-like, inversely proportional to counts
     pet = pet + np.sqrt(k_noise * np.maximum(pet, 0) + 0.002).astype(np.float32) * noise
     pet = np.maximum(pet, 0).astype(np.float32)
-    # CT: CTres-like partial volume and noise
+    return pet, counts, k_noise
+
+
+def _ct_physics(ct: np.ndarray, grid: Grid, rng_noise: np.random.Generator) -> np.ndarray:
+    """CT: CTres-like partial volume and noise (after the PET's noise in ``rng_noise``)."""
     ct = ndimage.gaussian_filter(ct, 0.6, mode="nearest")
     ct += 12.0 * rng_noise.standard_normal(grid.array_shape, dtype=np.float32)
-    ct = np.clip(np.round(ct), -1024, 3071).astype(np.int16)
+    return np.clip(np.round(ct), -1024, 3071).astype(np.int16)
 
-    # per-lesion bookkeeping ----------------------------------------------------------------
-    seg = (inst > 0).astype(np.uint8)
+
+def _measure_lesions(lesions: list[dict], inst: np.ndarray, lab: np.ndarray, pet: np.ndarray,
+                     grid: Grid) -> list[dict]:
+    """Per-lesion bookkeeping on the final PET: size, SUV, TBR, the nearest uptake organ, where it
+    is; drops the placement's private keys."""
     vox_ml = float(np.prod(grid.spacing)) / 1000.0
     final = []
-    organ_vals = {nm: L[nm] for nm in UPTAKE_ORGANS}
+    organ_vals = {nm: ORGAN_LABELS[nm] for nm in UPTAKE_ORGANS}
     reach = [int(math.ceil(ORGAN_SEARCH_MM / sp)) + 1 for sp in grid.spacing[::-1]]
     for les in lesions:
         sl = les.pop("_slices")
@@ -905,13 +1015,7 @@ def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False
         cen = ijk.mean(0)
         n = int(m.sum())
         vals = pet[sl][m]
-        # distance (voxel centre to voxel centre, mm) to the nearest organ with physiological uptake
-        box = tuple(slice(max(int(lo) - r, 0), min(int(hi) + 1 + r, nmax)) for lo, hi, r, nmax in
-                    zip(ijk.min(0)[::-1], ijk.max(0)[::-1], reach, grid.array_shape))
-        dist = ndimage.distance_transform_edt(inst[box] != les["index"], sampling=grid.spacing[::-1])
-        near = {nm: float(dist[lab[box] == v].min()) for nm, v in organ_vals.items() if np.any(lab[box] == v)}
-        nearest = min(near, key=near.get) if near else None
-        odist = near[nearest] if nearest else None
+        nearest, odist = _nearest_organ(les, ijk, inst, lab, grid, organ_vals, reach)
         les.update({
             "adjacent_to": nearest if odist is not None and odist <= NEAR_ORGAN_MM else None,
             "nearest_organ": nearest,
@@ -927,27 +1031,20 @@ def generate_case(seed: int, case_id: str = "synth_000", full_size: bool = False
             "bbox_index": [ijk.min(0).astype(int).tolist(), ijk.max(0).astype(int).tolist()],
         })
         final.append(les)
-    # renumber instances consecutively (they already are: 1..n)
-    info = {
-        "direction_kind": direction,
-        "full_size": bool(full_size),
-        "anatomy_scale": scale,
-        "psf_fwhm_mm": round(fwhm, 3),
-        "noise_k": round(k_noise, 4),
-        "count_level": round(counts, 4),
-        "organ_suv": {k: round(v, 3) for k, v in suv.items()},
-        "organ_hu": {k: round(v, 1) for k, v in hu.items()},
-        "geometry": {
-            "size": list(grid.size),
-            "spacing": [float(v) for v in grid.spacing],
-            "origin": [round(float(v), 4) for v in grid.origin],
-            "direction": [round(float(v), 8) for v in grid.direction],
-        },
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    return SyntheticCase(
-        case_id=case_id, seed=int(seed), pet=grid.image_from_array(pet), ct=grid.image_from_array(ct),
-        seg=grid.image_from_array(seg), organs=grid.image_from_array(lab), lesions=final, info=info, instances=inst)
+    return final
+
+
+def _nearest_organ(les: dict, ijk: np.ndarray, inst: np.ndarray, lab: np.ndarray, grid: Grid, organ_vals: dict,
+                   reach: list) -> "tuple[str | None, float | None]":
+    """The nearest organ with physiological uptake and its distance (voxel centre to voxel centre,
+    mm), searched within ``reach`` voxels of the lesion's box."""
+    box = tuple(slice(max(int(lo) - r, 0), min(int(hi) + 1 + r, nmax)) for lo, hi, r, nmax in
+                zip(ijk.min(0)[::-1], ijk.max(0)[::-1], reach, grid.array_shape))
+    dist = ndimage.distance_transform_edt(inst[box] != les["index"], sampling=grid.spacing[::-1])
+    near = {nm: float(dist[lab[box] == v].min()) for nm, v in organ_vals.items() if np.any(lab[box] == v)}
+    nearest = min(near, key=near.get) if near else None
+    odist = near[nearest] if nearest else None
+    return nearest, odist
 
 
 def case_record(case: SyntheticCase, n_lesions_requested: int | None = None) -> dict[str, Any]:

@@ -31,9 +31,19 @@ def model_card(
     """Markdown model card from the run's config.json fields and ``metrics.json``."""
     training = meta.get("training") or {}
     tcfg = training.get("config") or {}
-    data = tcfg.get("data") or {}
-    pre = meta.get("preprocess") or {}
     start = training.get("start_from") or {}
+    lines = _intro(meta, start)
+    lines += _training_data(tcfg, metrics, data_description)
+    lines += _input_block(meta, cfg)
+    lines += _training_block(meta, training, tcfg, start)
+    lines += _metrics_block(metrics, training)
+    lines += _architecture_block(cfg)
+    lines += _closing_blocks(usage, files)
+    return "\n".join(lines)
+
+
+def _intro(meta: dict, start: dict) -> list[str]:
+    """The title, the weights' origin, what the model is, the warning and the intended use."""
     origin = weights_origin(meta)
     is_standin = meta.get("weights_origin") == STANDIN_NAME and not start
     lines = ["# Stand-in SAM-Med3D (synthetic-only)" if is_standin else "# SAM-Med3D fine-tuned with sam-l1dfl", ""]
@@ -58,9 +68,14 @@ def model_card(
         "scope: unsupervised or automated clinical use, other tracers or modalities than those "
         "listed below without re-validation, images whose preprocessing differs from the one below.",
         "",
-        "## Training data",
-        "",
     ]
+    return lines
+
+
+def _training_data(tcfg: dict, metrics: Optional[dict], data_description: Optional[str]) -> list[str]:
+    """## Training data"""
+    data = tcfg.get("data") or {}
+    lines = ["## Training data", ""]
     if data_description:
         lines += [data_description.strip(), ""]
     if tcfg:
@@ -78,6 +93,13 @@ def model_card(
     if metrics and metrics.get("per_lesion_after"):
         lines.append(f"- validation lesions: {len(metrics['per_lesion_after'])}")
     lines.append("")
+    return lines
+
+
+def _input_block(meta: dict, cfg) -> list[str]:
+    """## Input and preprocessing"""
+    pre = meta.get("preprocess") or {}
+    lines = []
     lines += ["## Input and preprocessing", ""]
     lines.append(f"- input mode: `{meta.get('input_mode', '?')}` ({cfg.in_chans} channel(s))")
     if pre:
@@ -93,6 +115,20 @@ def model_card(
         lines.append(f"- note: {meta['meta_source']}")
     lines.append(f"- prompt types: {', '.join(meta.get('prompt_types') or ['points'])}")
     lines.append("")
+    return lines
+
+
+def _lora_line(lora: dict) -> str:
+    """The LoRA settings a run's config.json records (``"lora"``, :meth:`sam_l1dfl.model.lora.EncoderLora.describe`)."""
+    return (f"- LoRA on the image encoder (HF peft, merged into these weights): r {lora.get('r')}, "
+            f"alpha {lora.get('alpha')}, dropout {lora.get('dropout')}, targets {', '.join(lora.get('targets') or [])} "
+            f"({lora.get('modules')} layers, {lora.get('parameters'):,} LoRA parameters"
+            + (f"; {lora['trainable_in_all']:,} trainable in all)" if lora.get("trainable_in_all") else ")"))
+
+
+def _training_block(meta: dict, training: dict, tcfg: dict, start: dict) -> list[str]:
+    """## Training"""
+    lines = []
     lines += ["## Training", ""]
     if start:
         lines.append(f"- started from: `{start.get('checkpoint')}`"
@@ -107,13 +143,8 @@ def model_card(
         tr = tcfg.get("trainable") or {}
         parts = [k for k in ("mask_decoder", "prompt_encoder", "patch_embed", "full", "lora") if tr.get(k)]
         lines.append(f"- trained parts: {', '.join(parts) or '?'}")
-        lora = meta.get("lora") or {}
-        if lora:
-            lines.append(f"- LoRA on the image encoder (HF peft, merged into these weights): r {lora.get('r')}, "
-                         f"alpha {lora.get('alpha')}, dropout {lora.get('dropout')}, targets "
-                         f"{', '.join(lora.get('targets') or [])} ({lora.get('modules')} layers, "
-                         f"{lora.get('parameters'):,} LoRA parameters"
-                         + (f"; {lora['trainable_in_all']:,} trainable in all)" if lora.get("trainable_in_all") else ")"))
+        if meta.get("lora"):
+            lines.append(_lora_line(meta["lora"]))
         opt, trn = tcfg.get("optim") or {}, tcfg.get("train") or {}
         lines.append(f"- optimiser: AdamW, lr {opt.get('lr')}, weight decay {opt.get('weight_decay')}; "
                      f"batch {trn.get('batch_size')} per process, {trn.get('epochs')} epochs"
@@ -126,6 +157,12 @@ def model_card(
     if not (start or loss or tcfg):
         lines.append("- not recorded with the weights")
     lines.append("")
+    return lines
+
+
+def _metrics_block(metrics: Optional[dict], training: dict) -> list[str]:
+    """## Metrics: validation Dice before, after and at the best step"""
+    lines = []
     lines += ["## Metrics", ""]
     rows = []
     if metrics:
@@ -152,6 +189,12 @@ def model_card(
     else:
         lines.append("No metrics were recorded with these weights.")
     lines.append("")
+    return lines
+
+
+def _architecture_block(cfg) -> list[str]:
+    """## Architecture"""
+    lines = []
     lines += ["## Architecture", ""]
     lines.append("SAM-Med3D (`vit_b_ori` layout)" if cfg.matches_official_layout() and cfg.encoder_embed_dim == 768
                  else "SAM-Med3D variant")
@@ -160,6 +203,12 @@ def model_card(
     lines.append(json.dumps(cfg.to_dict(), indent=None))
     lines.append("```")
     lines.append("")
+    return lines
+
+
+def _closing_blocks(usage: Optional[str], files: Optional[dict]) -> list[str]:
+    """## How to use, ## Files and ## References"""
+    lines = []
     if usage:
         lines += ["## How to use", "", usage.strip(), ""]
     if files:
@@ -174,4 +223,4 @@ def model_card(
         "- L1DFL: Dzikunu et al., arXiv 2502.02756.",
         "",
     ]
-    return "\n".join(lines)
+    return lines

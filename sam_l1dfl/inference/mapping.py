@@ -33,6 +33,23 @@ def covered_subgrid(reference: "sitk.Image", geom: CropGeometry) -> "tuple[sitk.
     return grid.subgrid(*box).reference_image(), Grid.array_slices(*box)
 
 
+def map_logits(reference: "sitk.Image", logits: np.ndarray, geom: CropGeometry) -> "tuple[tuple[slice, slice, slice], np.ndarray] | None":
+    """Crop logits ``(X, Y, Z)`` at ``geom`` on the part of ``reference``'s grid the crop covers,
+    by ONE linear resampling: ``((z, y, x) slices into the full array, logits there)``, or None
+    when the crop misses the image.  Voxels of that part outside the crop get :data:`OUTSIDE_LOGIT`."""
+    sub = covered_subgrid(reference, geom)
+    if sub is None:
+        return None
+    ref_small, sl = sub
+    img = crop_to_image(logits, geom, ref_small, "linear", OUTSIDE_LOGIT)
+    return sl, sitk.GetArrayFromImage(img)  # a copy: a view would outlive the image it reads
+
+
+def threshold_logit(threshold: float) -> float:
+    """The logit of a probability threshold (a voxel is in the mask when its logit is >= it)."""
+    return math.log(threshold / (1.0 - threshold))
+
+
 class LabelCanvas:
     """The label map of one case on ``pet``'s grid, filled lesion by lesion (:meth:`add`), and the
     per-lesion probability maps when ``probabilities``."""
@@ -42,19 +59,17 @@ class LabelCanvas:
         self.size_zyx = tuple(reversed(pet.GetSize()))
         self.best = np.full(self.size_zyx, -np.inf, dtype=np.float32)
         self.labels = np.zeros(self.size_zyx, dtype=np.uint16)
-        self.thr_logit = math.log(threshold / (1.0 - threshold))
+        self.thr_logit = threshold_logit(threshold)
         self.probabilities = probabilities
         self.prob_maps: dict[int, np.ndarray] = {}
 
     def add(self, logits: np.ndarray, geom: CropGeometry, label: int, lesion_id: int) -> None:
         """One lesion's crop logits ``(X, Y, Z)`` at ``geom``: its voxels above the threshold take
         ``label`` where they beat every lesion added before."""
-        sub = covered_subgrid(self.pet, geom)
-        if sub is None:
+        mapped = map_logits(self.pet, logits, geom)
+        if mapped is None:
             return
-        ref_small, sl = sub
-        img = crop_to_image(logits, geom, ref_small, "linear", OUTSIDE_LOGIT)
-        a = sitk.GetArrayViewFromImage(img)
+        sl, a = mapped
         b, lab = self.best[sl], self.labels[sl]
         upd = (a >= self.thr_logit) & (a > b)
         b[upd] = a[upd]
@@ -76,4 +91,4 @@ class LabelCanvas:
         return SegmentationResult.from_labels(self.pet, self.labels, lesions, rep, probs)
 
 
-__all__ = ["LabelCanvas", "OUTSIDE_LOGIT", "covered_subgrid"]
+__all__ = ["LabelCanvas", "OUTSIDE_LOGIT", "covered_subgrid", "map_logits", "threshold_logit"]

@@ -52,29 +52,26 @@ and ``summary.json``; it returns a :class:`DatasetSummary`.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import SimpleITK as sitk
 
-from sam_l1dfl.data.dicom.suv_sanity import warn_if_not_suv
 from sam_l1dfl.data.io import Case, CaseRecord, load_case, strip_suffix
 from sam_l1dfl.data.preprocess import IntensityConfig
-from sam_l1dfl.errors import CheckpointError, InputError, SamL1dflError
-from sam_l1dfl.io_utils import write_json_atomic
+from sam_l1dfl.errors import CheckpointError, InputError
 from sam_l1dfl.model import load_sam_med3d, read_model_meta
 from sam_l1dfl.model.standin import weights_origin
 from sam_l1dfl.model.weights import resolve_model_path
-from sam_l1dfl.progress import progress as show_progress
 from sam_l1dfl.prompts import CasePrompts
 
+from .dataset import segment_dataset
 from .decoding import LesionDecoder, decode_with_model
-from .encoding import CropEncoder, resolve_device
+from .encoding import CropEncoder, resolve_device, sync
 from .lesions import PromptResolver
 from .mapping import LabelCanvas
 from .planning import crop_batches, plan_crops
-from .results import DatasetSummary, InferenceReport, SegmentationResult, stage_timer, write_empty_case
+from .results import DatasetSummary, InferenceReport, SegmentationResult, stage_timer
 
 
 def checkpoint_preprocess(checkpoint: "str | os.PathLike", model_cfg=None) -> tuple["IntensityConfig", dict, str]:
@@ -140,12 +137,9 @@ class Segmenter:
     autocast (CUDA only; default off).  ``model``: an already loaded model (then ``checkpoint``
     only names it, and ``preprocess`` gives its :class:`IntensityConfig`).
 
-    ``decoder(emb, points, labels, boxes, mask_input, crops) -> (low_res (B,1,s,s,s), logits
-    (B,1,S,S,S) at the crop size, iou (B,))``: what turns a batch of image embeddings and prompts
-    (crop voxel indices; ``crops``: the :class:`~sam_l1dfl.data.geometry.CropGeometry` of each
-    batch element) into mask logits.  Default :meth:`model_decoder`: the model's prompt encoder and
-    mask decoder, upsampled trilinearly.  Another decoder (a test oracle that knows where each
-    crop lies) replaces only that step.
+    ``decoder``: the seam that turns a batch of embeddings and prompts into mask logits (its
+    signature: :mod:`.decoding`); default :meth:`model_decoder`.  Another decoder (a test oracle
+    that knows where each crop lies) replaces only that step.
     """
 
     #: Where the masks come from, in every report (``baselines.ThresholdSegmenter``: ``"threshold"``).
@@ -244,8 +238,8 @@ class Segmenter:
         cfg = self.preprocess
         windows = plan_crops(lesions, cfg, self.margin_vox, rep.share_crops)
         case = Case(case_id=prompts.case_id or "case", pet=pet, ct_native=ct)
-        encoder = CropEncoder(self.model, cfg, self.device, self.autocast)
-        decoder = LesionDecoder(self.decoder, cfg.crop_size, self.model.config.low_res_size, self.device, encoder.sync)
+        encoder = self.crop_encoder()
+        decoder = self.lesion_decoder()
         canvas = LabelCanvas(pet, self.threshold, probabilities)
         out_lesions: list[dict[str, Any]] = []
         for batch in crop_batches(windows, self.batch_size, cfg):
@@ -261,82 +255,21 @@ class Segmenter:
         with stage_timer(rep, "map_back"):
             return canvas.result(out_lesions, rep)
 
-    def segment_dataset(self, cases: "Sequence[CaseRecord]", out_dir: "str | os.PathLike", *,
-                        prompts_dir: "str | os.PathLike | None" = None, from_mask: bool = False, clicks: int = 0,
-                        probabilities: bool = False, allow_checksum_mismatch: bool = False,
-                        data: "str | os.PathLike | None" = None, progress: bool = True,
-                        on_case: "Callable[[str, SegmentationResult], None] | None" = None) -> DatasetSummary:
-        """Segment every case (``sam-l1dfl infer --data``) and write, atomically, into ``out_dir``:
-        ``<case>.nii.gz`` (binary; what ``sam-l1dfl evaluate`` reads), ``lesions/<case>.nii.gz``,
-        ``<case>.json``, ``probabilities/<case>/`` with ``probabilities``, and ``summary.json``.
+    def segment_dataset(self, cases: "Sequence[CaseRecord]", out_dir: "str | os.PathLike", **kwargs) -> DatasetSummary:
+        """Segment every case (``sam-l1dfl infer --data``) into ``out_dir``: see
+        :func:`~sam_l1dfl.inference.dataset.segment_dataset` for the files and the keywords."""
+        return segment_dataset(self, cases, out_dir, **kwargs)
 
-        Prompts: ``prompts_dir`` (``<case>.json``, ``<case>.mrk.json``, or a ``<case>/`` folder of
-        Slicer markups files), or ``from_mask`` (each
-        case's label, optionally with ``clicks`` refinement clicks).  A case without a prompt file
-        or without a reference lesion gets an empty mask; a case whose files are unusable is listed
-        in ``failed`` with its one-line reason.  ``data`` names the source in the summary;
-        ``on_case(case_id, result)`` is called after each segmented case.
-        """
-        cases = list(cases)
-        if not cases:
-            raise InputError(data, "no case found")
-        if (prompts_dir is None) == (not from_mask):
-            raise InputError(None, "give either prompts_dir or from_mask")
-        out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise InputError(out, "exists and is not a folder")
-        pdir = Path(prompts_dir) if prompts_dir is not None else None
-        if pdir is not None and not pdir.is_dir():
-            raise InputError(pdir, "prompt folder does not exist")
-        needs_ct = self.preprocess.needs_ct
-        summary = DatasetSummary(self.checkpoint, None if data is None else str(data), len(cases), int(clicks),
-                                 self.share_crops, str(out), self.method, self.weights)
-        t0 = time.perf_counter()
-        bar = show_progress(cases, desc="infer", unit="case", enabled=progress)
-        for rec in bar:
-            try:
-                case = load_case(rec, load_ct=needs_ct, load_label=from_mask)
-                warn_if_not_suv(sitk.GetArrayViewFromImage(case.pet), rec.pet)
-                if from_mask and case.label is None:
-                    raise InputError(rec.pet, f"case {rec.case_id} has no label for --prompts-from-mask")
-                if needs_ct and case.ct_native is None:
-                    raise InputError(rec.pet, f"case {rec.case_id} has no CT but the checkpoint's input_mode is "
-                                              f"{self.input_mode!r}")
-                prompts = None
-                if pdir is not None:
-                    cands = [pdir / f"{rec.case_id}.json", pdir / f"{rec.case_id}.mrk.json", pdir / rec.case_id]
-                    prompts = next((c for c in cands if c.is_file() or c.is_dir()), None)
-                    why = "no prompt file"
-                else:
-                    why = "no lesion in the reference mask"
-                if (pdir is not None and prompts is None) or (from_mask and not sitk.GetArrayViewFromImage(case.label).any()):
-                    write_empty_case(case.pet, out, rec.case_id, why, self.provenance)
-                    summary.empty.append(f"{rec.case_id}: {why}")
-                    continue
-                res = self.segment(case.pet, case.ct_native if needs_ct else None, prompts=prompts,
-                                   reference=case.label if from_mask else None, clicks=clicks,
-                                   probabilities=probabilities, allow_checksum_mismatch=allow_checksum_mismatch)
-            except SamL1dflError as exc:
-                summary.failed.append(f"{rec.case_id}: {exc}")
-                continue
-            res.write(out / f"{rec.case_id}.nii.gz", out / "lesions" / f"{rec.case_id}.nii.gz",
-                      out / f"{rec.case_id}.json", out / "probabilities" / rec.case_id if probabilities else None,
-                      {"case_id": rec.case_id, "pet": str(rec.pet), "prompts": None if prompts is None else str(prompts),
-                       **self.provenance})
-            r = res.report
-            summary.lesions += r.n_lesions
-            summary.encoder_passes += r.encoder_passes
-            for k, v in r.seconds.items():
-                summary.seconds[k] += v
-            summary.segmented.append(rec.case_id)
-            bar.set_postfix(lesions=summary.lesions, passes=summary.encoder_passes)
-            if on_case is not None:
-                on_case(rec.case_id, res)
-        summary.wall_seconds = time.perf_counter() - t0
-        write_json_atomic(out / "summary.json", summary.to_dict())
-        return summary
+    # ------------------------------------------------------------------ the steps and the decoder seam
+    def crop_encoder(self) -> CropEncoder:
+        """Step 3 for this segmenter: its model, preprocessing, device and autocast."""
+        return CropEncoder(self.model, self.preprocess, self.device, self.autocast)
 
-    # ------------------------------------------------------------------ the decoder seam
+    def lesion_decoder(self) -> LesionDecoder:
+        """Step 4 for this segmenter: its decoder (:attr:`decoder`), crop and low-res sizes, device."""
+        return LesionDecoder(self.decoder, self.preprocess.crop_size, self.model.config.low_res_size, self.device,
+                             lambda: sync(self.device))
+
     def model_decoder(self, emb, points, labels, boxes, mask_input, crops=None):
         """The default decoder: one batched prompt encoder + mask decoder call (single-mask output),
         upsampled trilinearly to the crop, as the official ``sam_model_infer``

@@ -376,48 +376,78 @@ def evaluate_dataset(
     figures: dict[str, Any] = {"cases": []}
     for k, (nclicks, folder) in enumerate(runs):
         preds = find_masks(folder)
-        missing = sorted(set(gt) - set(preds))
-        if missing and not missing_as_empty:
-            more = f"; all {len(missing)} without one: {', '.join(missing[:20])}{', ...' if len(missing) > 20 else ''}" \
-                if len(missing) > 1 else ""
-            raise InputError(folder / f"{missing[0]}.nii.gz",
-                             f"no prediction for reference case {missing[0]!r}{more} (use --missing-as-empty to count "
-                             "them as empty predictions)")
-        if len(missing) == len(gt):
-            raise InputError(folder, f"no prediction matches a reference case in {gt_dir}")
+        missing = _missing_predictions(folder, gt, preds, gt_dir, missing_as_empty)
         missing_all[str(folder)] = missing
         unmatched += [str(preds[c]) for c in sorted(set(preds) - set(gt))]
         draw = mips and k == len(runs) - 1
-        rows_run, les_run = [], []
-        desc = "evaluate" + ("" if nclicks is None else f" ({nclicks} clicks)")
-        failed: list[tuple[str, InputError]] = []
-        for case in show_progress(sorted(gt), desc=desc, unit="case", enabled=progress):
-            try:
-                gt_img, pred, ref, pet, spacing = read_evaluation_case(gt[case], preds.get(case), pets[case])
-            except InputError as exc:
-                failed.append((case, exc))
-                continue
-            if failed:  # no report will be written: only check the remaining cases' files
-                continue
-            res = evaluate_case(pred, ref, spacing, pet, case=case, clicks=nclicks,
-                                index_to_world=Grid.from_image(gt_img).array_index_to_world)
-            res.row.update(gt_file=str(gt[case]), pred_file=str(preds.get(case, "")),
-                           pet_file=str(pets[case] or ""),
-                           spacing_mm="x".join(f"{s:g}" for s in gt_img.GetSpacing()))  # image (x, y, z) order
-            rows_run.append(res.row)
-            les_run += res.lesions
-            if draw:
-                if max_mip_cases is None or len(figures["cases"]) < max_mip_cases:
-                    title = f"{case}  Dice {res.row['dice']:.3f}  FPV {res.row['fpv_ml']:.2f} mL  FNV {res.row['fnv_ml']:.2f} mL"
-                    figures["cases"].append((case, case_figure(gt_img, pet, res.matching, title)))
-                else:
-                    figures["cases_left_out"] = figures.get("cases_left_out", 0) + 1
-        if failed:
-            raise failed_cases_error(failed)
+        rows_run, les_run = _evaluate_run(gt, preds, pets, nclicks, figures if draw else None, max_mip_cases, progress)
         cases_rows += rows_run
         lesion_rows += les_run
         run_summaries.append(summarize_run(rows_run, les_run, n_resamples, seed))
-    summary = {
+    summary = _evaluation_summary(gt_dir, pet_dir, runs, gt, pets, missing_all, unmatched, n_resamples, seed,
+                                  run_summaries)
+    main_lesions = [l for l in lesion_rows if l["clicks"] == runs[-1][0]]
+    if mips:
+        figures["scatter"] = dice_volume_figure(main_lesions)
+        figures["clicks"] = click_curve_figure(run_summaries)
+    result = EvaluationResult(cases_rows, lesion_rows, summary)
+    if out_dir is not None:
+        result.paths = write_outputs(out_dir, cases_rows, lesion_rows, summary, figures)
+    return result
+
+
+def _missing_predictions(folder: Path, gt: dict, preds: dict, gt_dir, missing_as_empty: bool) -> list[str]:
+    """The reference cases without a prediction in ``folder``: an error unless ``missing_as_empty``
+    (and always when none matches)."""
+    missing = sorted(set(gt) - set(preds))
+    if missing and not missing_as_empty:
+        more = f"; all {len(missing)} without one: {', '.join(missing[:20])}{', ...' if len(missing) > 20 else ''}" \
+            if len(missing) > 1 else ""
+        raise InputError(folder / f"{missing[0]}.nii.gz",
+                         f"no prediction for reference case {missing[0]!r}{more} (use --missing-as-empty to count "
+                         "them as empty predictions)")
+    if len(missing) == len(gt):
+        raise InputError(folder, f"no prediction matches a reference case in {gt_dir}")
+    return missing
+
+
+def _evaluate_run(gt: dict, preds: dict, pets: dict, nclicks: "int | None", figures: "dict | None",
+                  max_mip_cases: "int | None", progress: bool) -> tuple[list[dict], list[dict]]:
+    """The case rows and lesion rows of one run (one click count); MIPs into ``figures`` when given.
+    Every case is read before any fails: the error names them all."""
+    rows_run, les_run = [], []
+    desc = "evaluate" + ("" if nclicks is None else f" ({nclicks} clicks)")
+    failed: list[tuple[str, InputError]] = []
+    for case in show_progress(sorted(gt), desc=desc, unit="case", enabled=progress):
+        try:
+            gt_img, pred, ref, pet, spacing = read_evaluation_case(gt[case], preds.get(case), pets[case])
+        except InputError as exc:
+            failed.append((case, exc))
+            continue
+        if failed:  # no report will be written: only check the remaining cases' files
+            continue
+        res = evaluate_case(pred, ref, spacing, pet, case=case, clicks=nclicks,
+                            index_to_world=Grid.from_image(gt_img).array_index_to_world)
+        res.row.update(gt_file=str(gt[case]), pred_file=str(preds.get(case, "")),
+                       pet_file=str(pets[case] or ""),
+                       spacing_mm="x".join(f"{s:g}" for s in gt_img.GetSpacing()))  # image (x, y, z) order
+        rows_run.append(res.row)
+        les_run += res.lesions
+        if figures is not None:
+            if max_mip_cases is None or len(figures["cases"]) < max_mip_cases:
+                title = f"{case}  Dice {res.row['dice']:.3f}  FPV {res.row['fpv_ml']:.2f} mL  FNV {res.row['fnv_ml']:.2f} mL"
+                figures["cases"].append((case, case_figure(gt_img, pet, res.matching, title)))
+            else:
+                figures["cases_left_out"] = figures.get("cases_left_out", 0) + 1
+    if failed:
+        raise failed_cases_error(failed)
+    return rows_run, les_run
+
+
+def _evaluation_summary(gt_dir, pet_dir, runs: list, gt: dict, pets: dict, missing_all: dict, unmatched: list,
+                        n_resamples: int, seed: int, run_summaries: list) -> dict:
+    """``summary.json``: the inputs, the definitions and one summary per run."""
+    return {
         "format": "sam-l1dfl-evaluation",
         "version": 1,
         "inputs": {
@@ -434,11 +464,3 @@ def evaluate_dataset(
         "definitions": DEFINITIONS,
         "runs": run_summaries,
     }
-    main_lesions = [l for l in lesion_rows if l["clicks"] == runs[-1][0]]
-    if mips:
-        figures["scatter"] = dice_volume_figure(main_lesions)
-        figures["clicks"] = click_curve_figure(run_summaries)
-    result = EvaluationResult(cases_rows, lesion_rows, summary)
-    if out_dir is not None:
-        result.paths = write_outputs(out_dir, cases_rows, lesion_rows, summary, figures)
-    return result

@@ -212,6 +212,21 @@ def match_lesions(
     pc, psum, pmax, _ = label_stats(ov.pred_labels, ov.n_pred, pet)
 
     criteria = CRITERIA if pet is not None else CRITERIA[:2]
+    cand, iou_pair = _candidate_pairs(ov, criteria, iou_threshold, rarg if pet is not None else None)
+    ref_rows = _reference_rows(ov, criteria, cand, iou_pair, vml, rc, rsum, rmax, rarg, psum, pmax, pet, ref.shape)
+    pred_rows = _prediction_rows(ov, criteria, cand, iou_pair, vml, pc, psum, pmax, pet)
+    counts: dict[str, dict[str, float]] = {}
+    for c in criteria:
+        tp = sum(r[f"detected_{c}"] for r in ref_rows)
+        fp = sum(r[f"fp_{c}"] for r in pred_rows)
+        fn = ov.n_ref - tp
+        counts[c] = {"tp": int(tp), "fp": int(fp), "fn": int(fn), **ratios(tp, fp, fn)}
+    return LesionMatching(ref_rows, pred_rows, counts, criteria, ov)
+
+
+def _candidate_pairs(ov: Overlap, criteria: tuple, iou_threshold: float, rarg: "np.ndarray | None"):
+    """The (reference, predicted) component pairs that match under each criterion, and every
+    overlapping pair's IoU; C3 (``rarg``: each lesion's SUVmax voxel) when PET is given."""
     cand: dict[str, set[tuple[int, int]]] = {c: set() for c in criteria}
     iou_pair: dict[tuple[int, int], float] = {}
     for i, j, inter in ov.pairs.tolist():
@@ -220,13 +235,18 @@ def match_lesions(
         cand["c1"].add((i, j))
         if inter >= iou_threshold * union:
             cand["c2"].add((i, j))
-    if pet is not None:
+    if rarg is not None:
         pflat = ov.pred_labels.ravel()
         for i in range(1, ov.n_ref + 1):
             j = int(pflat[rarg[i]])
             if j > 0:
                 cand["c3"].add((i, j))
+    return cand, iou_pair
 
+
+def _reference_rows(ov: Overlap, criteria: tuple, cand: dict, iou_pair: dict, vml: float, rc, rsum, rmax, rarg,
+                    psum, pmax, pet: "np.ndarray | None", shape: tuple) -> list[dict[str, Any]]:
+    """One row per reference lesion (the keys of :func:`match_lesions`)."""
     ref_rows: list[dict[str, Any]] = []
     for i in range(1, ov.n_ref + 1):
         sel = ov.pairs[ov.pairs[:, 0] == i]
@@ -247,11 +267,16 @@ def match_lesions(
             row["suv_max"] = float(rmax[i])
             row["suv_mean"] = float(rsum[i] / vox)
             row["tlu"] = float(rsum[i] / vox) * vox * vml
-            row["suvmax_index"] = tuple(int(v) for v in np.unravel_index(rarg[i], ref.shape))
+            row["suvmax_index"] = tuple(int(v) for v in np.unravel_index(rarg[i], shape))
             row["pred_suv_max"] = float(max((pmax[j] for j in pids), default=np.nan))
             row["pred_suv_mean"] = float(psum[pids].sum() / uvox) if uvox else float("nan")
         ref_rows.append(row)
+    return ref_rows
 
+
+def _prediction_rows(ov: Overlap, criteria: tuple, cand: dict, iou_pair: dict, vml: float, pc, psum, pmax,
+                     pet: "np.ndarray | None") -> list[dict[str, Any]]:
+    """One row per predicted component (the keys of :func:`match_lesions`)."""
     pred_rows: list[dict[str, Any]] = []
     for j in range(1, ov.n_pred + 1):
         rids = [int(i) for i in ov.pairs[ov.pairs[:, 1] == j, 0]]
@@ -269,14 +294,7 @@ def match_lesions(
             row["suv_mean"] = float(psum[j] / vox)
             row["tlu"] = float(psum[j] / vox) * vox * vml
         pred_rows.append(row)
-
-    counts: dict[str, dict[str, float]] = {}
-    for c in criteria:
-        tp = sum(r[f"detected_{c}"] for r in ref_rows)
-        fp = sum(r[f"fp_{c}"] for r in pred_rows)
-        fn = ov.n_ref - tp
-        counts[c] = {"tp": int(tp), "fp": int(fp), "fn": int(fn), **ratios(tp, fp, fn)}
-    return LesionMatching(ref_rows, pred_rows, counts, criteria, ov)
+    return pred_rows
 
 
 def strata_summary(ref_rows: Sequence[dict[str, Any]], criteria: Sequence[str] = CRITERIA[:2],

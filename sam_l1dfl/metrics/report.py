@@ -278,16 +278,38 @@ def render_html(summary: dict[str, Any], case_rows: Sequence[dict[str, Any]],
                 figures: dict[str, Any]) -> str:
     runs = summary["runs"]
     main = runs[-1]
-    label = (lambda r: "" if r["clicks"] is None else f"{r['clicks']} click(s)")
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>sam-l1dfl evaluation</title>"
              f"<style>{CSS}</style></head><body><h1>Segmentation evaluation</h1>"]
-    inp = summary["inputs"]
+    parts += _html_inputs(summary["inputs"])
+    parts += _html_volume(runs, main)
+    parts += _html_detection(runs, main)
+    parts += _html_strata(main, figures)
+    parts += _html_quantification(main)
+    parts += _html_cases(case_rows, main, figures)
+    parts.append("<h2>Definitions</h2><dl>" + "".join(
+        f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in DEFINITIONS.items()) + "</dl>")
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def _run_label(r: dict) -> str:
+    return "" if r["clicks"] is None else f"{r['clicks']} click(s)"
+
+
+def _html_inputs(inp: dict) -> list[str]:
+    """The inputs, and the predictions without a reference."""
+    parts = []
     parts.append("<p class='note'>" + "<br>".join(html.escape(f"{k.replace('_', ' ')}: {_words(v)}")
                                                   for k, v in inp.items() if k != "unmatched_predictions") + "</p>")
     if inp.get("unmatched_predictions"):
         parts.append(f"<p class='note'>Predictions without a reference (ignored): "
                      f"{html.escape(', '.join(inp['unmatched_predictions'][:20]))}</p>")
-    # overview
+    return parts
+
+
+def _html_volume(runs: list, main: dict) -> list[str]:
+    """Volume metrics (autoPET) per run."""
+    label, parts = _run_label, []
     head = ["run", "cases", "negative", "Dice", "FPV mL", "FNV mL", "lesion Dice"]
     rows = [[label(r) or "all", r["n_cases"], r["n_negative_cases"], _ci(r["dice"]), _ci(r["fpv_ml"], 2),
              _ci(r["fnv_ml"], 2), _ci(r["lesion_dice"])] for r in runs]
@@ -296,7 +318,12 @@ def render_html(summary: dict[str, Any], case_rows: Sequence[dict[str, Any]],
         parts.append(f"<p class='note'>Dice is NaN for the {main['n_negative_cases']} case(s) with an empty "
                      "reference and is left out of the mean; their false positives count in FPV.</p>")
     parts.append("<p class='note'>Means with 95% bootstrap CIs.</p>")
-    # detection
+    return parts
+
+
+def _html_detection(runs: list, main: dict) -> list[str]:
+    """Lesion-wise detection per run and criterion."""
+    label, parts = _run_label, []
     drows = []
     for r in runs:
         for c, d in r["detection"].items():
@@ -307,7 +334,12 @@ def render_html(summary: dict[str, Any], case_rows: Sequence[dict[str, Any]],
     parts.append(f"<p class='note'>{html.escape(DEFINITIONS['counting'])}</p>")
     if "c3" not in main["detection"]:
         parts.append("<p class='note'>C3 needs the PET and was not computed.</p>")
-    # strata
+    return parts
+
+
+def _html_strata(main: dict, figures: dict) -> list[str]:
+    """Size strata of the main run, the Dice-volume scatter and the click curve."""
+    label, parts = _run_label, []
     crit = list(main["detection"])
     srows = [[name, e["n_lesions"], _num(e["dice_mean"]), _num(e["dice_median"]),
               *[_num(e.get(f"recall_{c}")) for c in crit], e["n_fp_c1"]] for name, e in main["strata"].items()]
@@ -317,14 +349,24 @@ def render_html(summary: dict[str, Any], case_rows: Sequence[dict[str, Any]],
         parts.append(_img(figures["scatter"], "per-lesion Dice vs lesion volume"))
     if figures.get("clicks"):
         parts.append("<h2>Click-number curve</h2>" + _img(figures["clicks"], "metrics vs number of clicks"))
-    # quantification
+    return parts
+
+
+def _html_quantification(main: dict) -> list[str]:
+    """Quantification of the main run (agreement of the predicted and reference quantities)."""
+    label, parts = _run_label, []
     qrows = [[q, _num(a.get("ref_mean")), _num(a.get("pred_mean")), a["n"], _num(a["pearson_r"]),
               _num(a["spearman_rho"]), _num(a["mean_diff"]), f"[{_num(a['loa_lower'])}, {_num(a['loa_upper'])}]"]
              for q, a in main["quantification"].items()]
     parts.append(f"<h2>Quantification {html.escape(label(main))}</h2>" + _table(
         ["quantity", "ref mean", "pred mean", "n", "Pearson r", "Spearman ρ", "mean diff (pred−ref)",
          "95% limits of agreement"], qrows))
-    # per case
+    return parts
+
+
+def _html_cases(case_rows: Sequence[dict[str, Any]], main: dict, figures: dict) -> list[str]:
+    """Per case of the main run, with the MIPs."""
+    label, parts = _run_label, []
     main_rows = [r for r in case_rows if r["clicks"] == main["clicks"]]
     crit_cols = [c for c in ("c1", "c2", "c3") if c in main["detection"]]
     prow = [[r["case"], _num(r["dice"]), _num(r["fpv_ml"], 2), _num(r["fnv_ml"], 2),
@@ -344,10 +386,7 @@ def render_html(summary: dict[str, Any], case_rows: Sequence[dict[str, Any]],
             for case, b in figures["cases"]) + "</div>")
         if figures.get("cases_left_out"):
             parts.append(f"<p class='note'>{figures['cases_left_out']} more case(s) not drawn.</p>")
-    parts.append("<h2>Definitions</h2><dl>" + "".join(
-        f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in DEFINITIONS.items()) + "</dl>")
-    parts.append("</body></html>\n")
-    return "".join(parts)
+    return parts
 
 
 def write_outputs(out_dir: "str | Path", case_rows: Sequence[dict[str, Any]], lesion_rows: Sequence[dict[str, Any]],

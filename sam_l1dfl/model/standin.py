@@ -102,6 +102,21 @@ def weights_origin(meta: dict, path: "str | os.PathLike | None" = None) -> str:
     return "other"
 
 
+#: The license of the weights of each origin, as the model card and ``sam-l1dfl serve`` state it.
+#: SAM-Med3D (code and turbo weights) is published under Apache-2.0; the stand-in is ours, made
+#: from synthetic data only.  Unknown weights get nnInteractive's marker, so viewers flag them.
+WEIGHTS_LICENSES = {
+    "turbo": "Apache-2.0 (SAM-Med3D-turbo weights, uni-medical/SAM-Med3D)",
+    STANDIN_NAME: "Apache-2.0 (sam-l1dfl stand-in, trained on synthetic data only)",
+    "random": "none (random initialisation)",
+}
+
+
+def weights_license(origin: str) -> str:
+    """The license line of weights of ``origin`` (:func:`weights_origin`); ``!!MISSING!!`` when unknown."""
+    return WEIGHTS_LICENSES.get(origin, "!!MISSING!!")
+
+
 def _relative_paths(value, work: Path):
     """``value`` with every absolute path under ``work`` made relative to it, and any other absolute
     path replaced by None (a shipped config names no folder of the machine that made it)."""
@@ -172,5 +187,5 @@ def install_standin(run_dir: "str | os.PathLike", *, cohort_cases: int, cohort_s
     return Path(dest)
 
 
-__all__ = ["CARD_FILE", "MAX_BYTES", "ORIGIN_WORDS", "STANDIN_DIR", "STANDIN_NAME", "install_standin", "is_standin_name",
+__all__ = ["WEIGHTS_LICENSES", "weights_license", "CARD_FILE", "MAX_BYTES", "ORIGIN_WORDS", "STANDIN_DIR", "STANDIN_NAME", "install_standin", "is_standin_name",
            "standin_available", "weights_origin"]

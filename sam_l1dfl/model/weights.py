@@ -322,6 +322,23 @@ _REQUIRED = (
 )
 
 
+def _attention_layout(sd: dict[str, torch.Tensor], depth: int, grid: int) -> tuple[int, int, list[int], bool]:
+    """``(head_dim, window_size, global_attn_indexes, use_rel_pos)`` from the encoder's relative
+    position tables (a table as long as the grid is a global block; SAM's defaults without them)."""
+    rel = [sd.get(f"image_encoder.blocks.{i}.attn.rel_pos_d") for i in range(depth)]
+    if rel[0] is not None:
+        head_dim = int(rel[0].shape[1])
+        lengths = [int(r.shape[0]) for r in rel]
+        global_len = 2 * grid - 1
+        window_lengths = {n for n in lengths if n != global_len}
+        window = (max(window_lengths) + 1) // 2 if window_lengths else grid
+        global_idx = [i for i, n in enumerate(lengths) if n == global_len] if window != grid else []
+        use_rel_pos = True
+    else:
+        head_dim, window, global_idx, use_rel_pos = 64, 14, [], False
+    return head_dim, window, global_idx, use_rel_pos
+
+
 def infer_config(sd: dict[str, torch.Tensor], source: "str | os.PathLike | None" = None) -> SamMed3DConfig:
     """Infer the architecture from key names and shapes.
 
@@ -341,17 +358,7 @@ def infer_config(sd: dict[str, torch.Tensor], source: "str | os.PathLike | None"
     pw = sd[PATCH_KEY]
     patch, in_chans = int(pw.shape[-1]), int(pw.shape[1])
     depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k)))
-    rel = [sd.get(f"image_encoder.blocks.{i}.attn.rel_pos_d") for i in range(depth)]
-    if rel[0] is not None:
-        head_dim = int(rel[0].shape[1])
-        lengths = [int(r.shape[0]) for r in rel]
-        global_len = 2 * grid - 1
-        window_lengths = {n for n in lengths if n != global_len}
-        window = (max(window_lengths) + 1) // 2 if window_lengths else grid
-        global_idx = [i for i, n in enumerate(lengths) if n == global_len] if window != grid else []
-        use_rel_pos = True
-    else:
-        head_dim, window, global_idx, use_rel_pos = 64, 14, [], False
+    head_dim, window, global_idx, use_rel_pos = _attention_layout(sd, depth, grid)
     if embed % head_dim:
         raise CheckpointError(source, f"relative-position width {head_dim} does not divide embed dim {embed}")
     mlp_dim = int(sd["image_encoder.blocks.0.mlp.lin1.weight"].shape[0])

@@ -216,52 +216,57 @@ def generate_prompts(
     any_lesion = labels > 0
     pet_arr = np.asarray(sitk.GetArrayViewFromImage(pet), dtype=np.float32) if pet is not None else None
     spacing_zyx = tuple(reversed(ref.spacing))
-    shape = labels.shape
 
     hot = None
     if cfg.n_neg > 0 and cfg.neg_strategy == "hotspot":
         hot = _hotspot_candidates(pet_arr, any_lesion, labels, ref, cfg)
 
-    out: list[LesionPrompts] = []
-    for les in lesions:
-        rng = np.random.default_rng([int(cfg.seed), int(les.id)])
-        sl = _crop_slices(les.bbox_index, (1, 1, 1), shape)
-        off = tuple(s.start for s in sl)
-        sub = labels[sl] == les.id
-        points: list[PointPrompt] = []
-        if cfg.n_pos:
-            if cfg.strategy == "center":
-                pos = _center_points(sub, spacing_zyx, cfg.n_pos)
-            elif cfg.strategy == "suvmax":
-                vox = np.argwhere(sub)
-                vals = pet_arr[sl][sub]
-                order = np.argsort(-vals, kind="stable")[: cfg.n_pos]
-                pos = vox[order]
-            else:
-                vox = np.argwhere(sub)
-                pos = vox[_pick(rng, len(vox), cfg.n_pos)]
-            points += _points(ref, _to_ijk(pos, off), POSITIVE, cfg.strategy)
-        if cfg.n_neg:
-            if cfg.neg_strategy == "shell":
-                neg = _shell_negatives(labels, any_lesion, les, ref, cfg, rng)
-            else:
-                neg = _hotspot_negatives(hot, les, cfg, rng)
-            points += _points(ref, neg, NEGATIVE, cfg.neg_strategy)
-        boxes: list[BoxPrompt] = []
-        if cfg.boxes:
-            boxes.append(_lesion_box(ref, les, cfg, rng))
-        info = {
-            "voxel_count": les.voxel_count,
-            "volume_ml": round(les.volume_ml, 6),
-            "centroid_world": [round(v, 6) for v in les.centroid_world],
-            "bbox_index": [list(les.bbox_index[0]), list(les.bbox_index[1])],
-        }
-        if les.suvmax is not None:
-            info["suvmax"] = round(les.suvmax, 6)
-            info["suvmax_world"] = [round(v, 6) for v in les.suvmax_world]
-        out.append(LesionPrompts(lesion_id=les.id, points=points, boxes=boxes, info=info))
+    out = [_lesion_prompts(les, labels, any_lesion, pet_arr, spacing_zyx, ref, cfg, hot) for les in lesions]
 
     return CasePrompts(case_id=case_id, image=ref, lesions=out, generator={"name": "sam-l1dfl", **cfg.to_dict()})
+
+
+def _lesion_prompts(les, labels: np.ndarray, any_lesion: np.ndarray, pet_arr: "np.ndarray | None",
+                    spacing_zyx: tuple, ref: ImageRef, cfg: PromptConfig, hot) -> LesionPrompts:
+    """One lesion's points (positive, then negative), box and info; its own random stream
+    ``(seed, lesion id)``."""
+    shape = labels.shape
+    rng = np.random.default_rng([int(cfg.seed), int(les.id)])
+    sl = _crop_slices(les.bbox_index, (1, 1, 1), shape)
+    off = tuple(s.start for s in sl)
+    sub = labels[sl] == les.id
+    points: list[PointPrompt] = []
+    if cfg.n_pos:
+        if cfg.strategy == "center":
+            pos = _center_points(sub, spacing_zyx, cfg.n_pos)
+        elif cfg.strategy == "suvmax":
+            vox = np.argwhere(sub)
+            vals = pet_arr[sl][sub]
+            order = np.argsort(-vals, kind="stable")[: cfg.n_pos]
+            pos = vox[order]
+        else:
+            vox = np.argwhere(sub)
+            pos = vox[_pick(rng, len(vox), cfg.n_pos)]
+        points += _points(ref, _to_ijk(pos, off), POSITIVE, cfg.strategy)
+    if cfg.n_neg:
+        if cfg.neg_strategy == "shell":
+            neg = _shell_negatives(labels, any_lesion, les, ref, cfg, rng)
+        else:
+            neg = _hotspot_negatives(hot, les, cfg, rng)
+        points += _points(ref, neg, NEGATIVE, cfg.neg_strategy)
+    boxes: list[BoxPrompt] = []
+    if cfg.boxes:
+        boxes.append(_lesion_box(ref, les, cfg, rng))
+    info = {
+        "voxel_count": les.voxel_count,
+        "volume_ml": round(les.volume_ml, 6),
+        "centroid_world": [round(v, 6) for v in les.centroid_world],
+        "bbox_index": [list(les.bbox_index[0]), list(les.bbox_index[1])],
+    }
+    if les.suvmax is not None:
+        info["suvmax"] = round(les.suvmax, 6)
+        info["suvmax_world"] = [round(v, 6) for v in les.suvmax_world]
+    return LesionPrompts(lesion_id=les.id, points=points, boxes=boxes, info=info)
 
 
 def _case_id_from_path(path) -> str:

@@ -371,17 +371,7 @@ def merge_markups(docs: "Sequence[tuple[dict, Any]]", image=None, image_path=Non
     :func:`assign_unlabelled`; its notes, and nodes that refer only to lesions without a positive
     point, are one ``UserWarning`` line each.  The case id is the one recorded in a ``sam_l1dfl``
     block, else the case prefix of the node names, else ``case_id``, else the first file's name."""
-    meta, meta_path = {}, None
-    for doc, path in docs:
-        validate_markups(doc, path)
-        m = doc.get("sam_l1dfl")
-        if not isinstance(m, dict):
-            continue
-        if meta_path is None:
-            meta, meta_path = m, path
-        elif m.get("case_id") != meta.get("case_id"):
-            raise PromptError(path, f"markups of case {m.get('case_id')!r}, but {meta_path} is of case "
-                                    f"{meta.get('case_id')!r}")
+    meta, meta_path = _case_meta(docs)
     first = docs[0][1]
     ref = _grid(meta, meta_path if meta_path is not None else first, image, image_path)
     by_lesion: dict[int, LesionPrompts] = {}
@@ -403,39 +393,18 @@ def merge_markups(docs: "Sequence[tuple[dict, Any]]", image=None, image_path=Non
             named: set = set()
             nodes.append((path, name, named))
             if mk["type"] == "Fiducial":
-                for cp in mk.get("controlPoints", []):
-                    if cp.get("positionStatus", "defined") != "defined" or "position" not in cp:
-                        continue
-                    lid, pol = _classify(cp, role)
-                    w = _to_lps(cp["position"], mk)
-                    pt = PointPrompt(world=tuple(float(v) for v in w),
-                                     index=tuple(float(v) for v in ref.world_to_index(w)),
-                                     label=pol, kind=_kind(cp, "slicer"))
+                for lid, text, pt in _fiducial_points(mk, role, ref):
                     if lid is None:
-                        unlabelled.append((str(cp.get("label", "")), pt))
+                        unlabelled.append((text, pt))
                         unlabelled_in.append(path)
                     else:
                         lesion(lid).points.append(pt)
                         named.add(lid)
             elif mk["type"] == "ROI":
-                if mk.get("roiType", "Box") != "Box":
-                    raise PromptError(path, f"ROI {name!r}: roiType {mk.get('roiType')!r} is not supported (only 'Box')")
-                if "center" not in mk or "size" not in mk:
-                    raise PromptError(path, f"ROI {name!r} needs 'center' and 'size'")
-                center = _to_lps(mk["center"], mk)
-                size = np.asarray(mk["size"], dtype=np.float64) / (1000.0 if mk.get("coordinateUnits") == "um" else 1.0)
-                orient = np.asarray(mk.get("orientation", np.eye(3).ravel()), dtype=np.float64).reshape(3, 3)
-                if mk.get("coordinateSystem", "LPS") == "RAS":
-                    orient = np.diag([-1.0, -1.0, 1.0]) @ orient
-                cps = mk.get("controlPoints") or [{}]
-                mm = _LESION_RE.search(role) or _LESION_RE.search(str(cps[0].get("description", "")))
-                try:
-                    box = placed_box(ref, center, size, orient.ravel(), _box_kind(cps[0]))
-                except ValueError as exc:
-                    raise PromptError(path, f"ROI {name!r}: {exc}") from None
-                if mm:
-                    lesion(int(mm.group(1))).boxes.append(box)
-                    named.add(int(mm.group(1)))
+                lid, box = _roi_box(mk, name, role, path, ref)
+                if lid is not None:
+                    lesion(lid).boxes.append(box)
+                    named.add(lid)
                 else:
                     loose_boxes.append((path, name, box, named))
     for path, name, box, named in loose_boxes:  # after every labelled lesion, so that ids do not clash
@@ -452,10 +421,67 @@ def merge_markups(docs: "Sequence[tuple[dict, Any]]", image=None, image_path=Non
                           "point (give all the case's markups files, or their folder)", UserWarning, stacklevel=2)
     case_id = str(meta.get("case_id") or (prefixes.pop() if len(prefixes) == 1 else None) or case_id
                   or Path(first).name.split(".")[0])
+    return CasePrompts(case_id=case_id, image=ref, lesions=_sorted_lesions(by_lesion),
+                       generator=dict(meta.get("generator", {}) or {}))
+
+
+def _sorted_lesions(by_lesion: dict[int, LesionPrompts]) -> list[LesionPrompts]:
+    """The lesions by id, each with its positive points first, whichever file came first (a stable sort)."""
     lesions = [by_lesion[k] for k in sorted(by_lesion)]
-    for les in lesions:  # positive points first, whichever file came first (a stable sort)
+    for les in lesions:
         les.points.sort(key=lambda p: not p.positive)
-    return CasePrompts(case_id=case_id, image=ref, lesions=lesions, generator=dict(meta.get("generator", {}) or {}))
+    return lesions
+
+
+def _case_meta(docs: "Sequence[tuple[dict, Any]]") -> tuple[dict, Any]:
+    """Validate each document; the ``sam_l1dfl`` block of the first that has one, and its file
+    (the others must name the same case)."""
+    meta, meta_path = {}, None
+    for doc, path in docs:
+        validate_markups(doc, path)
+        m = doc.get("sam_l1dfl")
+        if not isinstance(m, dict):
+            continue
+        if meta_path is None:
+            meta, meta_path = m, path
+        elif m.get("case_id") != meta.get("case_id"):
+            raise PromptError(path, f"markups of case {m.get('case_id')!r}, but {meta_path} is of case "
+                                    f"{meta.get('case_id')!r}")
+    return meta, meta_path
+
+
+def _fiducial_points(mk: dict, role: str, ref):
+    """``(lesion id or None, label text, PointPrompt)`` of each defined control point of a
+    Fiducial node."""
+    for cp in mk.get("controlPoints", []):
+        if cp.get("positionStatus", "defined") != "defined" or "position" not in cp:
+            continue
+        lid, pol = _classify(cp, role)
+        w = _to_lps(cp["position"], mk)
+        pt = PointPrompt(world=tuple(float(v) for v in w),
+                         index=tuple(float(v) for v in ref.world_to_index(w)),
+                         label=pol, kind=_kind(cp, "slicer"))
+        yield lid, str(cp.get("label", "")), pt
+
+
+def _roi_box(mk: dict, name: str, role: str, path, ref) -> tuple:
+    """``(lesion id or None, BoxPrompt)`` of an ROI node (a box only)."""
+    if mk.get("roiType", "Box") != "Box":
+        raise PromptError(path, f"ROI {name!r}: roiType {mk.get('roiType')!r} is not supported (only 'Box')")
+    if "center" not in mk or "size" not in mk:
+        raise PromptError(path, f"ROI {name!r} needs 'center' and 'size'")
+    center = _to_lps(mk["center"], mk)
+    size = np.asarray(mk["size"], dtype=np.float64) / (1000.0 if mk.get("coordinateUnits") == "um" else 1.0)
+    orient = np.asarray(mk.get("orientation", np.eye(3).ravel()), dtype=np.float64).reshape(3, 3)
+    if mk.get("coordinateSystem", "LPS") == "RAS":
+        orient = np.diag([-1.0, -1.0, 1.0]) @ orient
+    cps = mk.get("controlPoints") or [{}]
+    mm = _LESION_RE.search(role) or _LESION_RE.search(str(cps[0].get("description", "")))
+    try:
+        box = placed_box(ref, center, size, orient.ravel(), _box_kind(cps[0]))
+    except ValueError as exc:
+        raise PromptError(path, f"ROI {name!r}: {exc}") from None
+    return (int(mm.group(1)) if mm else None), box
 
 
 def _kind(cp, default: str) -> str:

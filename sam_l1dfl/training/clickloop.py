@@ -238,18 +238,26 @@ class ClickLoop(nn.Module):
             with record_function("clickloop.loss"):
                 seg_terms.append(loss_fn(logits, gtf))
             if self.weight_shares is not None:
-                with record_function("clickloop.shares"), torch.no_grad():
-                    sh = self.weight_shares(logits.detach(), gtf)
-                    for kind, short in (("beta", "beta"), ("dice_grad", "dgrad")):
-                        for region, v in sh[kind].items():
-                            k = f"{short}_{region}"
-                            shares[k] = v if k not in shares else shares[k] + v
+                self._add_weight_shares(shares, logits, gtf)
             with record_function("clickloop.clicks"):
                 errors = clicks.errors((logits > 0).detach())  # the next click's region, this IoU
             if self.supervise_iou:
                 with record_function("clickloop.iou"):
                     iou_terms.append(F.mse_loss(iou_pred[:, 0].float(), clicks.iou(errors)))
             low = low_res.detach() if self.detach_mask_prompt else low_res
+        return self._outputs(seg_terms, iou_terms, clicks, errors, shares)
+
+    def _add_weight_shares(self, shares: dict[str, torch.Tensor], logits: torch.Tensor, gtf: torch.Tensor) -> None:
+        """Add this click's :attr:`weight_shares` (``beta_*``, ``dgrad_*`` per region) to ``shares``."""
+        with record_function("clickloop.shares"), torch.no_grad():
+            sh = self.weight_shares(logits.detach(), gtf)
+            for kind, short in (("beta", "beta"), ("dice_grad", "dgrad")):
+                for region, v in sh[kind].items():
+                    k = f"{short}_{region}"
+                    shares[k] = v if k not in shares else shares[k] + v
+
+    def _outputs(self, seg_terms: list, iou_terms: list, clicks, errors, shares: dict) -> dict[str, torch.Tensor]:
+        """The step's loss (segmentation terms of every click + the weighted IoU term) and what is logged."""
         seg = torch.stack(seg_terms)
         loss = seg.sum()
         out = {"seg_per_iter": seg.detach()}

@@ -204,8 +204,17 @@ class FinetuneConfig(RunConfig):
 
     # -------------------------------------------------------------- validation
     def validate(self) -> "FinetuneConfig":
-        bad, choice = self.error, self.check_choice
         self.validate_run()
+        self._validate_model()
+        self._validate_loss()
+        self._validate_prompts_and_trainable()
+        self._validate_inputs()
+        self._validate_data_and_optim()
+        return self
+
+    def _validate_model(self) -> None:
+        """preprocess.crop_size, model.preset, model.overrides and model.checkpoint."""
+        bad = self.error
         if self.preprocess.crop_size != 128:
             raise bad("preprocess.crop_size", f"SAM-Med3D's input is 128³; got {self.preprocess.crop_size}")
         if self.model.preset not in SamMed3DConfig.presets():
@@ -226,6 +235,9 @@ class FinetuneConfig(RunConfig):
                                           f"(got {self.model.preset})")
         elif ck is not None and not Path(ck).exists():
             raise bad("model.checkpoint", f"{ck} does not exist")
+
+    def _validate_loss(self) -> None:
+        bad = self.error
         lo = self.loss
         if lo.warmup_steps < 0:
             raise bad("loss.warmup_steps", f"must be >= 0, got {lo.warmup_steps}")
@@ -235,6 +247,9 @@ class FinetuneConfig(RunConfig):
             raise bad("loss.warmup_name", exc.problem) from None
         if self.train.log_weight_shares and normalize_loss_name(lo.name) != "l1dfl":
             raise bad("train.log_weight_shares", f"measures L1DFL's weights; loss.name is {lo.name!r}")
+
+    def _validate_prompts_and_trainable(self) -> None:
+        bad, choice = self.error, self.check_choice
         p = self.prompts
         if not (p.points or p.boxes):
             raise bad("prompts", "enable points and/or boxes")
@@ -253,6 +268,10 @@ class FinetuneConfig(RunConfig):
             self.validate_lora(t.lora, t.full)
         if t.patch_embed and self.preprocess.input_mode != "pet+ct" and not t.full:
             raise bad("trainable.patch_embed", "only meaningful with preprocess.input_mode: pet+ct")
+
+    def _validate_inputs(self) -> None:
+        """cache.embeddings and augment.jitter_mm (the embedding cache needs unjittered crops)."""
+        bad, choice = self.error, self.check_choice
         if isinstance(self.cache.embeddings, bool):  # YAML reads on/off as booleans
             self.cache.embeddings = "on" if self.cache.embeddings else "off"
         choice("cache.embeddings", self.cache.embeddings, CACHE_MODES)
@@ -265,6 +284,9 @@ class FinetuneConfig(RunConfig):
             if self.augment.jitter_mm > 0:
                 raise bad("augment.jitter_mm", "crop jitter is incompatible with the embedding cache "
                                                "(set cache.embeddings: off or jitter_mm: 0)")
+
+    def _validate_data_and_optim(self) -> None:
+        bad = self.error
         d = self.data
         if d.connectivity not in (6, 18, 26):
             raise bad("data.connectivity", f"must be 6, 18 or 26, got {d.connectivity}")
@@ -285,7 +307,6 @@ class FinetuneConfig(RunConfig):
             raise bad("optim.min_lr_ratio", "must be in [0, 1]")
         if o.grad_clip is not None and not o.grad_clip > 0:
             raise bad("optim.grad_clip", "must be > 0 or null")
-        return self
 
     def validate_lora(self, lo: LoraSettings, full: bool) -> None:
         bad = self.error

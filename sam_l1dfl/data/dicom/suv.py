@@ -160,6 +160,45 @@ def _check_corrections(ds: Dataset, decay: str, path) -> None:
         raise InputError(path, f"DecayCorrection is {decay} but CorrectedImage {corrected} lacks DECY")
 
 
+def _radiopharmaceutical_items(headers: Sequence[Dataset], paths: Sequence["str | os.PathLike"]) -> list:
+    """The first RadiopharmaceuticalInformationSequence item of each slice."""
+    items = []
+    for h, p in zip(headers, paths):
+        seq = h.get("RadiopharmaceuticalInformationSequence")
+        if not seq:
+            raise InputError(p, "RadiopharmaceuticalInformationSequence is missing; cannot compute SUV")
+        items.append(seq[0])
+    return items
+
+
+def _reference_times(decay: str, series_time: dt.datetime, injection: dt.datetime, acquisitions: list,
+                     notes: list[str]) -> list:
+    """The time each slice's activity is decay-corrected to (``DecayCorrection`` START, ADMIN or NONE);
+    a note when SeriesTime is after the acquisition."""
+    n = len(acquisitions)
+    if decay == "START":
+        earliest = min(acquisitions)
+        reference = series_time if series_time <= earliest else earliest
+        if reference is earliest and series_time != earliest:
+            notes.append("SeriesTime is after the acquisition: the earliest AcquisitionTime is the reference")
+        times = [reference] * n
+    elif decay == "ADMIN":
+        times = [injection] * n
+    else:
+        times = acquisitions
+    return times
+
+
+def _check_decay_times(decay_s: np.ndarray, half_life: float, injection: dt.datetime, times: list,
+                       paths: Sequence["str | os.PathLike"]) -> None:
+    """Refuse a reference time before the injection or more than MAX_HALF_LIVES half-lives after it."""
+    bad = int(np.argmax((decay_s < 0) | (decay_s > MAX_HALF_LIVES * half_life)))
+    if decay_s[bad] < 0 or decay_s[bad] > MAX_HALF_LIVES * half_life:
+        raise InputError(paths[bad], f"injection at {injection:%Y-%m-%d %H:%M:%S} and reference time "
+                                     f"{times[bad]:%Y-%m-%d %H:%M:%S} are {decay_s[bad] / 3600:.2f} h apart "
+                                     f"(half-life {half_life / 60:.1f} min); check the dates and times")
+
+
 def suv_factors(headers: Sequence[Dataset], paths: Sequence["str | os.PathLike"]) -> SuvConversion:
     """SUVbw factor of each slice (``headers`` and their ``paths`` in slice order)."""
     if not headers:
@@ -194,12 +233,7 @@ def suv_factors(headers: Sequence[Dataset], paths: Sequence["str | os.PathLike"]
 
     weight = _same([_number(h, "PatientWeight", p) for h, p in zip(headers, paths)], "PatientWeight", paths)
     where = "RadiopharmaceuticalInformationSequence: "
-    items = []
-    for h, p in zip(headers, paths):
-        seq = h.get("RadiopharmaceuticalInformationSequence")
-        if not seq:
-            raise InputError(p, "RadiopharmaceuticalInformationSequence is missing; cannot compute SUV")
-        items.append(seq[0])
+    items = _radiopharmaceutical_items(headers, paths)
     dose = _same([_number(it, "RadionuclideTotalDose", p, where) for it, p in zip(items, paths)],
                  "RadionuclideTotalDose", paths)
     half_life = _same([_number(it, "RadionuclideHalfLife", p, where) for it, p in zip(items, paths)],
@@ -211,26 +245,13 @@ def suv_factors(headers: Sequence[Dataset], paths: Sequence["str | os.PathLike"]
     acquisitions = [_datetime(h, "AcquisitionDate", "AcquisitionTime", "AcquisitionDateTime", p)
                     for h, p in zip(headers, paths)]
     notes = []
-    if decay == "START":
-        earliest = min(acquisitions)
-        reference = series_time if series_time <= earliest else earliest
-        if reference is earliest and series_time != earliest:
-            notes.append("SeriesTime is after the acquisition: the earliest AcquisitionTime is the reference")
-        times = [reference] * n
-    elif decay == "ADMIN":
-        times = [injection] * n
-    else:
-        times = acquisitions
+    times = _reference_times(decay, series_time, injection, acquisitions, notes)
     no_date = not _has_clock_time(items[0], "RadiopharmaceuticalStartDateTime")
     if no_date and injection > min(times):
         injection -= dt.timedelta(days=1)
         notes.append("RadiopharmaceuticalStartTime is after the scan on the SeriesDate: taken as the day before")
     decay_s = np.array([(t - injection).total_seconds() for t in times])
-    bad = int(np.argmax((decay_s < 0) | (decay_s > MAX_HALF_LIVES * half_life)))
-    if decay_s[bad] < 0 or decay_s[bad] > MAX_HALF_LIVES * half_life:
-        raise InputError(paths[bad], f"injection at {injection:%Y-%m-%d %H:%M:%S} and reference time "
-                                     f"{times[bad]:%Y-%m-%d %H:%M:%S} are {decay_s[bad] / 3600:.2f} h apart "
-                                     f"(half-life {half_life / 60:.1f} min); check the dates and times")
+    _check_decay_times(decay_s, half_life, injection, times, paths)
     decayed = dose * np.exp2(-decay_s / half_life)
     factors = scale * weight * 1000.0 / decayed
     if units == "CNTS":

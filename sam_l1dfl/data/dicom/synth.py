@@ -139,6 +139,48 @@ def _write_slices(datasets: list[Dataset], out_dir: Path, prefix: str, reverse: 
     return paths
 
 
+def _pet_tags(ds: Dataset, nuclide: str, units: str, decay_correction: str, weight_kg: float,
+              series_time: dt.datetime, acquired: dt.datetime, decay_to: dt.datetime, half_life: float,
+              n_slices: int, k: int) -> None:
+    """The PET image and series tags of slice ``k`` (acquired at ``acquired``, decayed to ``decay_to``)."""
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.SeriesDate, ds.SeriesTime = _da(series_time), _tm(series_time)
+    ds.AcquisitionDate, ds.AcquisitionTime = _da(acquired), _tm(acquired)
+    ds.AcquisitionDateTime = acquired.strftime("%Y%m%d%H%M%S.%f")
+    ds.ContentDate, ds.ContentTime = _da(series_time), _tm(series_time)
+    ds.SeriesDescription = f"PET {nuclide} {units} {decay_correction}"
+    ds.PatientWeight = _ds(weight_kg)
+    ds.Units, ds.DecayCorrection = units, decay_correction
+    ds.CorrectedImage = ["ATTN", "SCAT", "NORM"] + ([] if decay_correction == "NONE" else ["DECY"])
+    ds.SeriesType = ["WHOLE BODY", "IMAGE"]
+    ds.CountsSource, ds.RandomsCorrectionMethod = "EMISSION", "DLYD"
+    ds.ReconstructionMethod, ds.CollimatorType = "OSEM", "NONE"
+    ds.PatientOrientationCodeSequence, ds.PatientGantryRelationshipCodeSequence = DicomSequence(), DicomSequence()
+    ds.NumberOfSlices = n_slices
+    ds.ImageIndex = k + 1
+    ds.FrameReferenceTime = _ds((acquired - series_time).total_seconds() * 1000.0)
+    ds.ActualFrameDuration = 120000
+    if decay_correction != "NONE":  # Type 1C: only when the image is decay-corrected
+        ds.DecayFactor = _ds(2.0 ** ((acquired - decay_to).total_seconds() / half_life))
+
+
+def _radiopharmaceutical(nuclide: str, injection_time: dt.datetime, dose_bq: float) -> Dataset:
+    """The item of the Radiopharmaceutical Information Sequence: drug, injection, dose and nuclide."""
+    code, scheme, meaning, drug, positron_fraction = NUCLIDE_CODES[nuclide]
+    half_life = HALF_LIFE_S[nuclide]
+    item = Dataset()
+    item.Radiopharmaceutical = drug
+    item.RadiopharmaceuticalStartTime = _tm(injection_time)
+    item.RadiopharmaceuticalStartDateTime = injection_time.strftime("%Y%m%d%H%M%S.%f")
+    item.RadionuclideTotalDose = _ds(dose_bq)
+    item.RadionuclideHalfLife = _ds(half_life)
+    item.RadionuclidePositronFraction = _ds(positron_fraction)
+    nucl = Dataset()
+    nucl.CodeValue, nucl.CodingSchemeDesignator, nucl.CodeMeaning = code, scheme, meaning
+    item.RadionuclideCodeSequence = DicomSequence([nucl])
+    return item
+
+
 def write_pet_series(suv: sitk.Image, out_dir: "str | os.PathLike", *, nuclide: str = "F-18",
                      dose_bq: float = DOSE_BQ, weight_kg: float = WEIGHT_KG,
                      injection_time: dt.datetime = INJECTION_TIME, scan_time: dt.datetime = SCAN_TIME,
@@ -169,7 +211,6 @@ def write_pet_series(suv: sitk.Image, out_dir: "str | os.PathLike", *, nuclide: 
     series_uid = _uid("pet", study_uid, seed, series_number, nuclide, decay_correction, units, reverse)
     positions, _D, iop = _slice_geometry(suv)
     array = sitk.GetArrayFromImage(suv).astype(np.float64)
-    code, scheme, meaning, drug, positron_fraction = NUCLIDE_CODES[nuclide]
     datasets = []
     for k in range(array.shape[0]):
         acquired = scan_time + dt.timedelta(seconds=k * slice_seconds)
@@ -187,36 +228,10 @@ def write_pet_series(suv: sitk.Image, out_dir: "str | os.PathLike", *, nuclide: 
         sop_uid = _uid(series_uid, k)
         ds = _base_dataset(PET_STORAGE, sop_uid, patient_id, study_uid, series_uid, frame_uid, "PT",
                            series_number, series_time)
-        ds.ImageType = ["ORIGINAL", "PRIMARY"]
-        ds.SeriesDate, ds.SeriesTime = _da(series_time), _tm(series_time)
-        ds.AcquisitionDate, ds.AcquisitionTime = _da(acquired), _tm(acquired)
-        ds.AcquisitionDateTime = acquired.strftime("%Y%m%d%H%M%S.%f")
-        ds.ContentDate, ds.ContentTime = _da(series_time), _tm(series_time)
-        ds.SeriesDescription = f"PET {nuclide} {units} {decay_correction}"
-        ds.PatientWeight = _ds(weight_kg)
-        ds.Units, ds.DecayCorrection = units, decay_correction
-        ds.CorrectedImage = ["ATTN", "SCAT", "NORM"] + ([] if decay_correction == "NONE" else ["DECY"])
-        ds.SeriesType = ["WHOLE BODY", "IMAGE"]
-        ds.CountsSource, ds.RandomsCorrectionMethod = "EMISSION", "DLYD"
-        ds.ReconstructionMethod, ds.CollimatorType = "OSEM", "NONE"
-        ds.PatientOrientationCodeSequence, ds.PatientGantryRelationshipCodeSequence = DicomSequence(), DicomSequence()
-        ds.NumberOfSlices = array.shape[0]
-        ds.ImageIndex = k + 1
-        ds.FrameReferenceTime = _ds((acquired - series_time).total_seconds() * 1000.0)
-        ds.ActualFrameDuration = 120000
-        if decay_correction != "NONE":  # Type 1C: only when the image is decay-corrected
-            ds.DecayFactor = _ds(2.0 ** ((acquired - decay_to).total_seconds() / half_life))
-        item = Dataset()
-        item.Radiopharmaceutical = drug
-        item.RadiopharmaceuticalStartTime = _tm(injection_time)
-        item.RadiopharmaceuticalStartDateTime = injection_time.strftime("%Y%m%d%H%M%S.%f")
-        item.RadionuclideTotalDose = _ds(dose_bq)
-        item.RadionuclideHalfLife = _ds(half_life)
-        item.RadionuclidePositronFraction = _ds(positron_fraction)
-        nucl = Dataset()
-        nucl.CodeValue, nucl.CodingSchemeDesignator, nucl.CodeMeaning = code, scheme, meaning
-        item.RadionuclideCodeSequence = DicomSequence([nucl])
-        ds.RadiopharmaceuticalInformationSequence = DicomSequence([item])
+        _pet_tags(ds, nuclide, units, decay_correction, weight_kg, series_time, acquired, decay_to, half_life,
+                  array.shape[0], k)
+        ds.RadiopharmaceuticalInformationSequence = DicomSequence(
+            [_radiopharmaceutical(nuclide, injection_time, dose_bq)])
         _plane(ds, suv, positions[k], iop)
         ds.RescaleSlope, ds.RescaleIntercept = _ds(slope), "0"
         if units == "CNTS":
