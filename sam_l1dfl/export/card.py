@@ -6,7 +6,7 @@ import json
 from typing import Any, Optional
 
 from sam_l1dfl.formats import METRICS_FILE
-from sam_l1dfl.model.standin import ORIGIN_WORDS, STANDIN_NAME, weights_origin
+from sam_l1dfl.model.standin import ORIGIN_WORDS, STANDIN_NAME, weights_license, weights_origin
 
 NOT_FOR_CLINICAL_USE = (
     "**Not for clinical use.** This model is a research artefact. It has not been validated for "
@@ -59,6 +59,8 @@ def _intro(meta: dict, start: dict) -> list[str]:
          "in PSMA PET/CT."),
         "",
         NOT_FOR_CLINICAL_USE,
+        "",
+        f"**License of the weights:** {weights_license(origin)}.",
         "",
         "## Intended use",
         "",

@@ -24,6 +24,39 @@ from sam_l1dfl.model.lora import lora_delta
 from sam_l1dfl.model.weights import resolve_model_path, save_safetensors
 
 
+def _changed(state: dict, base_sd: dict, skip) -> dict:
+    """The tensors of ``state`` that the base lacks or holds otherwise (``skip``: leave out)."""
+    out = {}
+    for k, v in state.items():
+        b = base_sd.get(k)
+        if k in skip:
+            continue
+        if b is None or b.shape != v.shape or b.dtype != v.dtype or not torch.equal(b, v):
+            out[k] = v.detach().cpu().contiguous().clone()
+    return out
+
+
+def _delta_metadata(src, base: Path, base_model, n_base: int) -> dict:
+    """The delta file's metadata: format, the base (SHA-256, name, format), the model config, the
+    source's meta with this export's provenance, and the training summary."""
+    meta = dict(src.meta)
+    meta["export"] = provenance(src, "delta")
+    md = {
+        "format": DELTA_FORMAT,
+        "version": DELTA_VERSION,
+        "base_sha256": base_model.load_report.sha256,
+        "base_file": weights_file(base).name if not base.is_dir() else base.name + "/" + MODEL_FILE,
+        "base_format": base_model.load_report.format,
+        "model_config": json.dumps(src.config.to_dict()),
+        "meta": json.dumps(meta),
+        "full_tensors": str(n_base),
+    }
+    if src.metrics is not None:
+        md["metrics"] = json.dumps({k: src.metrics[k] for k in ("steps", "dice_before", "dice_after", "best")
+                                    if k in src.metrics})
+    return md
+
+
 def export_delta(
     source,
     base: "str | os.PathLike",
@@ -48,32 +81,11 @@ def export_delta(
     base_sd = base_model.state_dict()
     # a LoRA run: its factors instead of the merged encoder weights they rebuild on this base
     factors, rebuilt, lora_md = lora_delta(src.weights, base_sd, src.model.state_dict(), cfg, base)
-    delta = dict(factors)
-    for k, v in src.model.state_dict().items():
-        b = base_sd.get(k)
-        if k in rebuilt:
-            continue
-        if b is None or b.shape != v.shape or b.dtype != v.dtype or not torch.equal(b, v):
-            delta[k] = v.detach().cpu().contiguous().clone()
+    delta = {**factors, **_changed(src.model.state_dict(), base_sd, rebuilt)}
     total = sum(v.numel() * v.element_size() for v in src.model.state_dict().values())  # the full model
     size = sum(v.numel() * v.element_size() for v in delta.values())
     groups = sorted({k.split(".", 1)[0] + (" (LoRA factors)" if k in factors else "") for k in delta})
-    meta = dict(src.meta)
-    meta["export"] = provenance(src, "delta")
-    md = {
-        "format": DELTA_FORMAT,
-        "version": DELTA_VERSION,
-        "base_sha256": base_model.load_report.sha256,
-        "base_file": weights_file(base).name if not base.is_dir() else base.name + "/" + MODEL_FILE,
-        "base_format": base_model.load_report.format,
-        "model_config": json.dumps(cfg.to_dict()),
-        "meta": json.dumps(meta),
-        "full_tensors": str(len(base_sd)),
-        **lora_md,
-    }
-    if src.metrics is not None:
-        md["metrics"] = json.dumps({k: src.metrics[k] for k in ("steps", "dice_before", "dice_after", "best")
-                                    if k in src.metrics})
+    md = {**_delta_metadata(src, base, base_model, len(base_sd)), **lora_md}
     with atomic_path(out) as tmp:
         save_safetensors(delta, tmp, md)
     notes = [

@@ -52,6 +52,8 @@ toolkit (zero-shot → fine-tune with L1DFL → better masks) runs, and can be m
 machine without downloading the published SAM-Med3D-turbo weights. Numbers obtained with it say
 how the *pipeline* behaves, not how SAM-Med3D behaves on patients.
 
+**License of the weights:** {license}.
+
 **Training data.** {cases} cases of the broad synthetic cohort (`sam_l1dfl.data.cohort` version
 {cohort_version}, seed {seed}): {cohort}
 It deliberately contains no PSMA PET phantom, so PSMA lesions are a domain shift for it, as they
@@ -170,7 +172,8 @@ def install_standin(run_dir: "str | os.PathLike", *, cohort_cases: int, cohort_s
                         if k in at_best) + f" at step {val.get('step')}"
     run_cfg = cfg.get("config", {}) if isinstance(cfg, dict) else {}
     train_cfg = run_cfg.get("train", {})
-    card = _CARD.format(n_params=n_params, clicks=run_cfg.get("prompts", {}).get("clicks_per_sample", 11),
+    card = _CARD.format(n_params=n_params, license=weights_license(STANDIN_NAME),
+                        clicks=run_cfg.get("prompts", {}).get("clicks_per_sample", 11),
                         lr=run_cfg.get("optim", {}).get("lr", 0.0), steps=metrics.get("steps"),
                         batch=metrics.get("global_batch"),
                         samples=int(metrics.get("steps", 0)) * int(metrics.get("global_batch", 0)),

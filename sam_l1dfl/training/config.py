@@ -162,6 +162,25 @@ class FinetuneTrainConfig(TrainConfig):
     the clicks) in ``train_log.jsonl`` (``beta_interior`` ... ``dgrad_background``)."""
 
 
+def check_lora(lo: "LoraSettings", full: bool, bad) -> None:
+    """``trainable.lora``'s settings: rank, alpha, dropout, target names, not beside
+    ``trainable.full``, and peft installed; ``bad(key, problem)`` makes the error."""
+    if full:
+        raise bad("trainable.lora", "trainable.full already trains the whole encoder; drop one of them")
+    if lo.r < 1:
+        raise bad("trainable.lora.r", f"must be >= 1, got {lo.r}")
+    if not lo.alpha > 0:
+        raise bad("trainable.lora.alpha", f"must be > 0, got {lo.alpha}")
+    if not 0 <= lo.dropout < 1:
+        raise bad("trainable.lora.dropout", f"must be in [0, 1), got {lo.dropout}")
+    unknown = [x for x in lo.targets if x not in LORA_TARGETS]
+    if unknown or not lo.targets or len(set(lo.targets)) != len(lo.targets):
+        raise bad("trainable.lora.targets", f"a list of distinct names from {', '.join(LORA_TARGETS)}; "
+                                            f"got {lo.targets}")
+    if importlib.util.find_spec("peft") is None:
+        raise bad("trainable.lora", f"needs Hugging Face peft, which is not installed: {LORA_EXTRA}")
+
+
 @dataclass
 class FinetuneConfig(RunConfig):
     """SAM-Med3D fine-tuning; ``name``, ``output_dir``, ``seed``, ``loss`` (sigmoid mode: the
@@ -265,7 +284,7 @@ class FinetuneConfig(RunConfig):
                 or (p.boxes and t.box_embeddings)):
             raise bad("trainable", "nothing would train")
         if t.lora is not None:
-            self.validate_lora(t.lora, t.full)
+            check_lora(t.lora, t.full, self.error)
         if t.patch_embed and self.preprocess.input_mode != "pet+ct" and not t.full:
             raise bad("trainable.patch_embed", "only meaningful with preprocess.input_mode: pet+ct")
 
@@ -307,23 +326,6 @@ class FinetuneConfig(RunConfig):
             raise bad("optim.min_lr_ratio", "must be in [0, 1]")
         if o.grad_clip is not None and not o.grad_clip > 0:
             raise bad("optim.grad_clip", "must be > 0 or null")
-
-    def validate_lora(self, lo: LoraSettings, full: bool) -> None:
-        bad = self.error
-        if full:
-            raise bad("trainable.lora", "trainable.full already trains the whole encoder; drop one of them")
-        if lo.r < 1:
-            raise bad("trainable.lora.r", f"must be >= 1, got {lo.r}")
-        if not lo.alpha > 0:
-            raise bad("trainable.lora.alpha", f"must be > 0, got {lo.alpha}")
-        if not 0 <= lo.dropout < 1:
-            raise bad("trainable.lora.dropout", f"must be in [0, 1), got {lo.dropout}")
-        unknown = [x for x in lo.targets if x not in LORA_TARGETS]
-        if unknown or not lo.targets or len(set(lo.targets)) != len(lo.targets):
-            raise bad("trainable.lora.targets", f"a list of distinct names from {', '.join(LORA_TARGETS)}; "
-                                                f"got {lo.targets}")
-        if importlib.util.find_spec("peft") is None:
-            raise bad("trainable.lora", f"needs Hugging Face peft, which is not installed: {LORA_EXTRA}")
 
     def model_config(self) -> SamMed3DConfig:
         in_chans = 2 if self.preprocess.input_mode == "pet+ct" else 1
