@@ -138,20 +138,21 @@ async def predict(srv, request: Request, lease: Lease):
     return await srv.in_session(lease, lambda s: prediction_reply(lease, s.predict()), predict=True)
 
 
-async def add_point(srv, request: Request, lease: Lease):
+async def _prompt(srv, request: Request, lease: Lease, field: str, method: str):
+    """A point or box: ``field`` of the body to ``session.<method>(value, include, run)``."""
     p = await json_body(request)
     include, run = flag(p, "include_interaction"), flag(p, "run_prediction", True)
-    coords = p.get("coordinates")
-    return await srv.in_session(lease, lambda s: prediction_reply(lease, s.add_point(coords, include, run)),
-                                predict=run)
+    value = p.get(field)
+    return await srv.in_session(
+        lease, lambda s: prediction_reply(lease, getattr(s, method)(value, include, run)), predict=run)
+
+
+async def add_point(srv, request: Request, lease: Lease):
+    return await _prompt(srv, request, lease, "coordinates", "add_point")
 
 
 async def add_bbox(srv, request: Request, lease: Lease):
-    p = await json_body(request)
-    include, run = flag(p, "include_interaction"), flag(p, "run_prediction", True)
-    bounds = p.get("bbox_coords")
-    return await srv.in_session(lease, lambda s: prediction_reply(lease, s.add_box(bounds, include, run)),
-                                predict=run)
+    return await _prompt(srv, request, lease, "bbox_coords", "add_box")
 
 
 async def add_initial_seg(srv, request: Request, lease: Lease):
