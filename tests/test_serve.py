@@ -496,7 +496,7 @@ def test_serve_command_start_line_healthz_and_host_rule(tmp_path):
                             env=env)
     try:
         line = proc.stdout.readline()
-        assert line.startswith("serving standin weights") and " on cpu at http://127.0.0.1:" in line
+        assert line.startswith("serving standin [the synthetic-pretrained STAND-IN") and " on cpu at http://127.0.0.1:" in line
         url = line.split(" at ")[1].split(";")[0]
         assert httpx.get(url + "/healthz", timeout=10).json() == {"ok": True}
     finally:
@@ -527,3 +527,16 @@ def test_first_click_equals_the_infer_command(phantom, server, tmp_path):
         want = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
         assert want.any() and np.array_equal(buf > 0, want), seed
     s.close()
+
+
+def test_far_click_without_reset_and_missing_target_buffer_are_said(phantom, server):
+    """A positive click on another lesion without a reset: the reply says the prompts span more
+    than one crop; a mask change with no target buffer: the reply says it carries no mask."""
+    with _raw(server) as (http, _):
+        assert http.post("/set_image", content=pack_array(phantom["array"][None]),
+                         headers={"X-Meta": json.dumps({"image_properties": {"spacing": phantom["spacing"]}})}).is_success
+        first, far = phantom["seeds"][0], phantom["seeds"][-1]
+        r = http.post("/add_point_interaction", json={"coordinates": list(first), "include_interaction": True})
+        assert "no target buffer" in json.loads(r.headers["X-Meta"])["sam_l1dfl"]["notes"][-1] and not r.content
+        r = http.post("/add_point_interaction", json={"coordinates": list(far), "include_interaction": True})
+        assert any("outside the crop" in n and "reset" in n for n in json.loads(r.headers["X-Meta"])["sam_l1dfl"]["notes"])

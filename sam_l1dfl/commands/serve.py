@@ -72,6 +72,8 @@ def _check(args) -> "str | None":
                              ("--port", args.port, 0)):
         if not value >= low:
             raise InputError(None, f"{flag} must be >= {low}, got {value}")
+    if args.port > 65535:
+        raise InputError(None, f"--port must be at most 65535, got {args.port}")
     key = args.api_key if args.api_key is not None else os.environ.get(KEY_ENV) or None
     if not is_loopback(args.host) and not key and not args.insecure:
         raise InputError(None, f"--host {args.host} is reachable from other machines: give an API key (--api-key or "
@@ -103,9 +105,10 @@ def run(args) -> int:
     log = logging.getLogger("sam_l1dfl.serve")
     log.addHandler(handler)
     log.setLevel(args.log_level.upper())
-    print(f"serving {seg.weights} weights ({ORIGIN_WORDS.get(seg.weights, seg.weights)}; {args.checkpoint}) on "
-          f"{seg.device} at {url_of(sock)}; API key {'required' if key else 'off'}; "
-          f"up to {args.max_sessions} session(s)", flush=True)
+    start = (seg.meta.get("training") or {}).get("start_from") and not seg.meta.get("weights_origin")
+    words = ("fine-tuned from " if start else "") + ORIGIN_WORDS.get(seg.weights, seg.weights)
+    print(f"serving {args.checkpoint} [{words}] on {seg.device} at {url_of(sock)}; "
+          f"API key {'required' if key else 'off'}; up to {args.max_sessions} session(s)", flush=True)
     if args.insecure and not key and not is_loopback(args.host):
         print(f"warning: anyone who reaches {args.host}:{sock.getsockname()[1]} can use this server (no API key)",
               file=sys.stderr, flush=True)

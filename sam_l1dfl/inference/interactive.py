@@ -59,6 +59,9 @@ from .results import InferenceReport
 
 #: What a negative click outside the current crop does.
 OUTSIDE_NOTE = "negative click outside the current crop: kept, no effect on this crop's mask"
+#: Said when positive prompts lie outside the crop (they span more than one crop).
+FAR_NOTE = ("{n} positive point(s) outside the crop: the prompts span more than one crop; for another object, "
+            "reset first")
 #: What a box does with weights that have no box embeddings (the official ones).
 BOX_NOTE = "these weights have no box embeddings: the box placed the crop and gave a positive click at its centre"
 
@@ -98,12 +101,15 @@ def paste(mask: np.ndarray, history: UndoHistory, mapped, thr_logit: float) -> "
 
 def crop_and_mask_prompt(seg, decoder, pet: "sitk.Image", st: ObjectState, lesion: PromptedLesion):
     """``(crop, mask prompt)`` of the next decode: the current crop and its last low-res logits; or,
-    when the crop is placed (again), the crop ``infer`` plans for ``lesion``, with the initial
-    segmentation as the mask prompt (None: empty)."""
+    when the crop is placed (again), the crop ``infer`` plans for ``lesion`` (a note on the lesion
+    when its positive points do not all fit), with the initial segmentation as the mask prompt."""
     if st.crop is not None and not st.replace_crop:
         return st.crop, st.low
     cfg = seg.preprocess
     geom = cfg.geometry_at(plan_crops([lesion], cfg, seg.margin_vox, False)[0].center_lps)
+    far = int((~geom.contains_index(geom.world_to_index(lesion.pos))).sum()) if len(lesion.pos) else 0
+    if far:  # the prompts span more than one crop: most likely another object clicked without a reset
+        lesion.notes.append(FAR_NOTE.format(n=far))
     if st.initial is None:
         return geom, None
     return geom, mask_prompt_from(st.initial, pet, geom, cfg.crop_size, decoder.low_res_size, decoder.device)
@@ -269,5 +275,5 @@ class InteractiveSession:
 
 
 
-__all__ = ["BOX_NOTE", "OUTSIDE_NOTE", "Change", "INITIAL_MASK_LOGIT", "InteractiveSession", "ObjectState", "StateError",
+__all__ = ["BOX_NOTE", "FAR_NOTE", "OUTSIDE_NOTE", "Change", "INITIAL_MASK_LOGIT", "InteractiveSession", "ObjectState", "StateError",
            "crop_and_mask_prompt", "held_bytes", "image_from_array", "object_lesion", "parse_geometry", "paste"]

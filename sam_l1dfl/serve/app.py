@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sam_l1dfl import __version__
 from sam_l1dfl.errors import SamL1dflError
-from sam_l1dfl.inference.interactive import BOX_NOTE, InteractiveSession, StateError
+from sam_l1dfl.inference.interactive import InteractiveSession, StateError
 from sam_l1dfl.model.standin import weights_license
 
 from . import endpoints as E
@@ -71,7 +71,8 @@ def capabilities(seg) -> dict:
             "model": "SAM-Med3D", "weights": seg.weights, "checkpoint": name, "input_mode": cfg.input_mode,
             "channels": cfg.channels, "crop_size": cfg.crop_size, "spacing_mm": cfg.spacing,
             "box_embeddings": seg.uses_boxes,
-            "boxes": "decoded with the box embeddings" if seg.uses_boxes else BOX_NOTE,
+            "boxes": "decoded with the box embeddings" if seg.uses_boxes else
+                     "no box embeddings: a box places the crop and gives a positive click at its centre",
             "negative_boxes": False, "autozoom": "accepted, no effect: crops are at the model spacing",
         },
     }

@@ -26,6 +26,8 @@ from .wire import MASK_DTYPES, WireError, flag, pack, read_json, shape_equal
 
 log = logging.getLogger("sam_l1dfl.serve")
 
+#: Said (reply and log) when a mask changed but the session has no target buffer to carry it.
+NO_TARGET = "no target buffer: the mask changed but the reply carries none (call set_target_buffer after set_image)"
 #: What SAM-Med3D cannot take, as the 400 of a scribble or lasso says it.
 NO_SCRIBBLES = ("SAM-Med3D takes points, boxes and an initial segmentation; {kind}s are not supported "
                 "(see /capabilities)")
@@ -39,7 +41,11 @@ def prediction_reply(lease: Lease, change: Change) -> Response:
         sub = lease.session.mask[tuple(slice(lo, hi) for lo, hi in change.bbox)].astype(lease.target[1])
         meta.update(bbox=change.bbox, dtype=str(sub.dtype), shape=list(sub.shape))
         body = pack(sub)
-    ext = {"notes": change.notes} if change.notes else {}
+    notes = list(change.notes)
+    if change.ran and change.bbox is not None and lease.target is None:
+        notes.append(NO_TARGET)
+        log.warning("session %s: %s", lease.token[:8], NO_TARGET)
+    ext = {"notes": notes} if notes else {}
     if change.iou is not None:
         ext.update(iou_pred=round(change.iou, 4), encoded=change.encoded)
     if change.report is not None:
@@ -110,6 +116,7 @@ async def set_target_buffer(srv, request: Request, lease: Lease):
         raise WireError(400, f"target buffer shape must be 3 positive integers, got {str(shape)[:60]}")
     want = lease.session.shape
     if want is None:  # as nninteractive-server: accepted, and dropped by the next set_image
+        log.warning("session %s: target buffer before any image: set_image will drop it", lease.token[:8])
         return {}
     if list(shape) != list(want):
         raise WireError(400, f"target buffer shape {shape} differs from the image's {list(want)}")
@@ -174,4 +181,4 @@ def unsupported(kind: str):
     return handler
 
 
-__all__ = ["NO_SCRIBBLES", "prediction_reply"]
+__all__ = ["NO_SCRIBBLES", "NO_TARGET", "prediction_reply"]
