@@ -290,6 +290,9 @@ def test_lora_alone_learns_on_held_out_crops(synth):
     print(f"held-out Dice@1/3: frozen {before['dice@1']:.3f}/{before['dice@3']:.3f} -> LoRA "
           f"{after['dice@1']:.3f}/{after['dice@3']:.3f}; losses {res.losses}")
     assert after["n_lesions"] == 2
+    # every validation with the encoder in the loop says whether the masks read the image (issue 28)
+    assert all(0 <= before["image_dependence"][k] <= 1 and 0 <= after["image_dependence"][k] <= 1
+               for k in ("zeros", "noise"))
     assert after["dice@1"] >= before["dice@1"] + 0.03 and after["dice@3"] >= before["dice@3"] + 0.03, (before, after)
     start, tuned = _tensors(STANDIN_DIR / "model.safetensors"), _tensors(res.run_dir / "last" / "model.safetensors")
     changed = {k for k in tuned if not torch.equal(tuned[k], start[k])}

@@ -285,15 +285,35 @@ class ClickLoop(nn.Module):
         if emb.dtype != wdtype and not torch.is_autocast_enabled(emb.device.type):
             emb = emb.to(wdtype)
         gt = label > 0
+        rounds = self._click_rounds(emb, gt, max(report_at))
+        return torch.stack([dice_batch(r.logits > 0, gt) for r in rounds if r.clicks in report_at], 1)
+
+    def _click_rounds(self, emb: torch.Tensor, gt: torch.Tensor, n: int):
+        """The inference click loop's ``n`` rounds on embeddings ``emb`` against ``gt``."""
         boxes = label_boxes(gt) if self.use_boxes else None
 
         def decode(points, labels, mask_prompt):
             low, iou = self.decode(emb, points, labels, boxes, mask_prompt)
             return low, F.interpolate(low, size=gt.shape[-3:], mode="trilinear", align_corners=False), iou
 
-        rounds = simulate_clicks(decode, gt, max(report_at), mask_prompt=self._low_res_zeros(emb, gt),
-                                 add_points=self.use_points)
-        return torch.stack([dice_batch(r.logits > 0, gt) for r in rounds if r.clicks in report_at], 1)
+        return simulate_clicks(decode, gt, n, mask_prompt=self._low_res_zeros(emb, gt), add_points=self.use_points)
+
+    def one_click_mask(self, emb: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """The mask after the first simulated click (the lesion's interior) on embeddings ``emb``."""
+        return next(iter(self._click_rounds(emb, gt, 1))).logits > 0
+
+    @torch.no_grad()
+    def image_dependence(self, label: torch.Tensor, images: torch.Tensor) -> "torch.Tensor | None":
+        """``(B, 2)``: Dice between the one-click mask on each crop and on a crop of zeros, and on a
+        crop of seeded Gaussian noise, with the same click.  Near 1: the masks ignore the image (a
+        blob painter).  None without the image encoder (cached embeddings)."""
+        if self.image_encoder is None or images is None:
+            return None
+        gt = label > 0
+        g = torch.Generator(device="cpu").manual_seed(0)
+        noise = torch.randn(images.shape[1:], generator=g).to(images.device, images.dtype).expand_as(images)
+        masks = [self.one_click_mask(self.image_encoder(x), gt) for x in (images, torch.zeros_like(images), noise)]
+        return torch.stack([dice_batch(masks[0], masks[1]), dice_batch(masks[0], masks[2])], 1)
 
 
 __all__ = ["ClickLoop", "configure_trainable"]

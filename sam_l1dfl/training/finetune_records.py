@@ -17,5 +17,11 @@ class FinetuneRecords:
         return {"samples_per_s": round(rate, 4)}
 
     def describe(self, res: dict) -> str:
-        return (f"step {self.state.global_step}: val Dice@1/3/5 = "
+        line = (f"step {self.state.global_step}: val Dice@1/3/5 = "
                 + " / ".join(f"{res[f'dice@{k}']:.3f}" for k in REPORT_AT) + f" ({res['n_lesions']} lesions)")
+        dep = res.get("image_dependence")
+        if dep:
+            line += f"; one-click masks vs zero/noise crops: Dice {dep['zeros']:.2f}/{dep['noise']:.2f}"
+            if min(dep.values()) > 0.9:
+                line += " (the masks ignore the image)"
+        return line

@@ -171,19 +171,25 @@ class FinetuneTrainer(FinetuneSetup, FinetuneRecords, Trainer):
         acc = self.acc
         net = acc.unwrap_model(self.loop)
         net.eval()
-        dices, idxs = [], []
+        dices, idxs, deps = [], [], []
         for batch in self.val_dl:
             with acc.autocast():
                 d = net.evaluate(batch["label"], embeddings=batch.get("embedding"), images=batch.get("image"),
                                  report_at=REPORT_AT)
+                dep = net.image_dependence(batch["label"], batch.get("image"))
             idx = torch.tensor(batch["index"], device=d.device)
             d, idx = acc.gather_for_metrics((d.float(), idx))
             dices.append(d.cpu())
             idxs.append(idx.cpu())
+            if dep is not None:
+                deps.append(acc.gather_for_metrics(dep.float()).cpu())
         net.train()
         d = torch.cat(dices)
         idx = torch.cat(idxs).tolist()
         res: dict[str, Any] = {f"dice@{k}": float(d[:, j].mean()) for j, k in enumerate(REPORT_AT)}
+        if deps:  # the median Dice of the one-click masks to those on zeros / noise (issue 28: <= 0.5)
+            dep = torch.cat(deps)
+            res["image_dependence"] = {"zeros": float(dep[:, 0].median()), "noise": float(dep[:, 1].median())}
         res["n_lesions"] = len(idx)
         res["per_lesion"] = [{**self.val_meta[i], **{f"dice@{k}": round(float(d[r, j]), 5)
                                                      for j, k in enumerate(REPORT_AT)}} for r, i in enumerate(idx)]

@@ -108,7 +108,9 @@ class Records:
         entry = {**self.position(), **{k: v for k, v in res.items() if k != self.detail_key}}
         st.val_history.append(entry)
         self.log.line({"type": "val", **entry, **({self.detail_key: res[self.detail_key]} if self.log_detail else {})})
-        self.log.scalars("val", {k: res[k] for k in self.val_scalars}, st.global_step)
+        scalars = {k: res[k] for k in self.val_scalars}
+        scalars.update({f"image_dependence_{k}": v for k, v in (res.get("image_dependence") or {}).items()})
+        self.log.scalars("val", scalars, st.global_step)
         score, where, counter = self.best_fields
         if res[self.score_key] > getattr(st, score):
             setattr(st, score, res[self.score_key])
