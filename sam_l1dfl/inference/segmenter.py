@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import SimpleITK as sitk
 
@@ -65,13 +65,13 @@ from sam_l1dfl.model.standin import weights_origin
 from sam_l1dfl.model.weights import resolve_model_path
 from sam_l1dfl.prompts import CasePrompts
 
-from .dataset import segment_dataset
+from .dataset import segment_dataset as _segment_dataset
 from .decoding import LesionDecoder, decode_with_model
 from .encoding import CropEncoder, resolve_device, sync
 from .lesions import PromptResolver
 from .mapping import LabelCanvas
 from .planning import crop_batches, plan_crops
-from .results import DatasetSummary, InferenceReport, SegmentationResult, stage_timer
+from .results import InferenceReport, SegmentationResult, stage_timer
 
 
 def checkpoint_preprocess(checkpoint: "str | os.PathLike", model_cfg=None) -> tuple["IntensityConfig", dict, str]:
@@ -255,10 +255,9 @@ class Segmenter:
         with stage_timer(rep, "map_back"):
             return canvas.result(out_lesions, rep)
 
-    def segment_dataset(self, cases: "Sequence[CaseRecord]", out_dir: "str | os.PathLike", **kwargs) -> DatasetSummary:
-        """Segment every case (``sam-l1dfl infer --data``) into ``out_dir``: see
-        :func:`~sam_l1dfl.inference.dataset.segment_dataset` for the files and the keywords."""
-        return segment_dataset(self, cases, out_dir, **kwargs)
+    #: Every case of a data set (``sam-l1dfl infer --data``) into a folder:
+    #: :func:`sam_l1dfl.inference.dataset.segment_dataset` (``self`` is its segmenter).
+    segment_dataset = _segment_dataset
 
     # ------------------------------------------------------------------ the steps and the decoder seam
     def crop_encoder(self) -> CropEncoder:
