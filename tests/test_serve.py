@@ -115,6 +115,9 @@ def test_each_lesion_clicked_gives_the_infer_mask(seg, phantom, server):
     s, buf = _opened(server, phantom)
     assert s.supported_interactions["points"] and not s.supported_interactions["scribble"] and s.supports_undo
     assert "Apache-2.0" in s.license
+    status = s.lease_status()  # the client's lease probes: they touch no clock but liveness
+    assert status["idle_timeout_seconds"] == 600 and 0 < status["remaining_seconds"] <= 600
+    assert 0 < s.heartbeat() <= 600 and s.ping()
     for seed in phantom["seeds"]:
         s.reset_interactions()
         bbox = s.add_point_interaction(seed, include_interaction=True)
